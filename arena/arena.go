@@ -1,0 +1,136 @@
+package arena
+
+import (
+	"fmt"
+	"math/bits"
+	"math/rand/v2"
+	"reflect"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/memclass"
+	"github.com/cella-go/cella/shard"
+	"github.com/cella-go/cella/token"
+)
+
+// Arena is a fixed-capacity store of T values in off-heap memory, handed out
+// as generation-checked tokens. All methods are safe for concurrent use.
+type Arena[T any] struct {
+	// Read on every call; written only by New and Close.
+	gate     *shard.Gate
+	set      *shard.Set
+	base     unsafe.Pointer // slot 0's state word
+	stride   uintptr        // bytes per slot: header + payload
+	slots    uint32
+	firstGen uint32         // generation of a never-used slot
+	perP     unsafe.Pointer // nP pCounters, off-heap
+	nP       int
+
+	class    memclass.Class
+	region   *memclass.Region // the slots
+	counters *memclass.Region // the per-P counters
+
+	_       atomicx.Pad
+	spill   spillCounters // for P ids ≥ nP and for the purego build
+	retired atomic.Uint64
+	final   atomic.Pointer[Stats] // published by Close
+}
+
+// New reserves an arena of cfg.Slots slots of T. It commits no memory: a
+// slot's page becomes resident when the slot is first used. T must hold no Go
+// pointers (ErrPointerType).
+func New[T any](cfg Config) (*Arena[T], error) {
+	return newArena[T](cfg, 0)
+}
+
+// newArena is New with a chosen first generation (0 = random); tests use it to
+// start slots near the generation wrap.
+func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
+	shards, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	typ := reflect.TypeFor[T]()
+	if err := checkPointerFree(typ); err != nil {
+		return nil, err
+	}
+	if typ.Align() > headerSize {
+		return nil, fmt.Errorf("%w: %s needs %d-byte alignment, at most %d is supported",
+			ErrInvalidConfig, typ, typ.Align(), headerSize)
+	}
+	stride := (headerSize + typ.Size() + 7) &^ 7
+	hi, total := bits.Mul64(uint64(cfg.Slots), uint64(stride))
+	if hi != 0 || total > 1<<47 {
+		return nil, fmt.Errorf("%w: Slots = %d of %d-byte %s needs more address space than the machine has",
+			ErrInvalidConfig, cfg.Slots, stride, typ)
+	}
+	region, err := memclass.Map(cfg.Class, uintptr(total))
+	if err != nil {
+		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
+	}
+	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
+	counters, err := memclass.Map(memclass.Host(), uintptr(nP)*unsafe.Sizeof(pCounters{}))
+	if err != nil {
+		region.Unmap()
+		return nil, fmt.Errorf("arena: mapping per-P counters: %w", err)
+	}
+	if firstGen == 0 {
+		// A random first generation per arena makes a token from another
+		// arena fail its generation check with high probability.
+		firstGen = 1 + rand.Uint32N(1<<30)
+	}
+	a := &Arena[T]{
+		gate:     shard.NewGate(),
+		set:      shard.New(uint32(cfg.Slots), shards, unsafe.Add(region.Base(), linkOffset), stride),
+		base:     region.Base(),
+		stride:   stride,
+		slots:    uint32(cfg.Slots),
+		firstGen: firstGen,
+		perP:     counters.Base(),
+		nP:       nP,
+		class:    cfg.Class,
+		region:   region,
+		counters: counters,
+	}
+	return a, nil
+}
+
+// state returns slot idx's state word.
+func (a *Arena[T]) state(idx uint32) *uint64 {
+	return (*uint64)(unsafe.Add(a.base, uintptr(idx)*a.stride))
+}
+
+// payload returns slot idx's value.
+func (a *Arena[T]) payload(idx uint32) *T {
+	return (*T)(unsafe.Add(a.base, uintptr(idx)*a.stride+headerSize))
+}
+
+// check splits t and reports whether it could have been issued by an arena
+// of this size. It touches no memory.
+func (a *Arena[T]) check(t token.Token) (idx, gen uint32, ok bool) {
+	idx, gen = t.Index(), t.Generation()
+	return idx, gen, gen != 0 && gen != retiredGen && idx < a.slots
+}
+
+func badToken(op string, t token.Token, a interface{ Capacity() int }) error {
+	if t.IsNil() {
+		return fmt.Errorf("%w: %s of the Nil token", ErrBadToken, op)
+	}
+	return fmt.Errorf("%w: %s of %v (index must be < %d slots, generation 1..%d)",
+		ErrBadToken, op, t, a.Capacity(), uint32(retiredGen-1))
+}
+
+func staleToken(op string, t token.Token) error {
+	return fmt.Errorf("%w: %s of %v", ErrStale, op, t)
+}
+
+// Capacity returns how many slots the arena can hold at once: the configured
+// slots less any retired at generation wrap.
+func (a *Arena[T]) Capacity() int {
+	return int(uint64(a.slots) - a.retired.Load())
+}
+
+// Class returns the memory class the arena was made with.
+func (a *Arena[T]) Class() memclass.Class { return a.class }

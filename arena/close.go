@@ -1,0 +1,48 @@
+package arena
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/cella-go/cella/internal/atomicx"
+)
+
+// Close releases the arena's memory. Every later call returns ErrClosed
+// (Capacity, Class and Stats still answer); a second Close returns ErrClosed.
+//
+// Close is safe while other goroutines are inside arena calls. It marks the
+// arena closed, waits until no call that missed the mark can still touch
+// the memory, waits for running View and Update callbacks to return, and only
+// then unmaps. So Close blocks while a callback runs, and a callback must not
+// call Close on its own arena. Pointers returned by Alloc must not be used
+// after Close.
+func (a *Arena[T]) Close() error {
+	if !a.gate.Close() {
+		return ErrClosed
+	}
+	// From here no new section starts, and the grace period has let every
+	// old one end: the counters are final, apart from retirements that the
+	// callbacks still running may cause when they release.
+	st := a.sum()
+	a.final.Store(&st)
+	a.waitHolders()
+	a.gate.Quiesce() // the releases that dropped the last holds have returned
+	st = a.sum()
+	a.final.Store(&st)
+	return errors.Join(a.region.Unmap(), a.counters.Unmap())
+}
+
+// waitHolders waits until no slot has a reader or writer hold. After the
+// gate closed, holds only ever go away, so one pass over the slots that were
+// ever used is enough.
+func (a *Arena[T]) waitHolders() {
+	var bo atomicx.Backoff
+	for sh := 0; sh < a.set.Len(); sh++ {
+		lo, hi := a.set.Touched(sh)
+		for idx := lo; idx < hi; idx++ {
+			for atomic.LoadUint64(a.state(idx))&holders != 0 {
+				bo.Wait()
+			}
+		}
+	}
+}

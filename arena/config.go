@@ -1,0 +1,77 @@
+package arena
+
+import (
+	"fmt"
+	"reflect"
+	"runtime"
+
+	"github.com/cella-go/cella/memclass"
+	"github.com/cella-go/cella/shard"
+)
+
+// Config describes an arena.
+type Config struct {
+	// Slots is the capacity in slots; required, 1 ≤ Slots ≤ MaxSlots.
+	// It is reserved address space, not committed memory.
+	Slots int
+	// Shards is the number of shards: 0 means one per P
+	// (runtime.GOMAXPROCS(0) at New); negative is invalid.
+	Shards int
+	// Class says where the memory lives; the zero value is memclass.Host().
+	Class memclass.Class
+}
+
+// MaxSlots is the largest capacity an arena supports.
+const MaxSlots = shard.MaxSlots
+
+// MaxShards is the largest shard count an arena supports.
+const MaxShards = shard.MaxShards
+
+func (c Config) validate() (shards int, err error) {
+	switch {
+	case c.Slots <= 0:
+		return 0, fmt.Errorf("%w: Slots = %d, must be > 0", ErrInvalidConfig, c.Slots)
+	case uint64(c.Slots) > MaxSlots:
+		return 0, fmt.Errorf("%w: Slots = %d, must be ≤ %d", ErrInvalidConfig, c.Slots, uint64(MaxSlots))
+	case c.Shards < 0:
+		return 0, fmt.Errorf("%w: Shards = %d, must be ≥ 0 (0 = one per P)", ErrInvalidConfig, c.Shards)
+	case c.Shards > MaxShards:
+		return 0, fmt.Errorf("%w: Shards = %d, must be ≤ %d", ErrInvalidConfig, c.Shards, MaxShards)
+	}
+	shards = c.Shards
+	if shards == 0 {
+		shards = min(runtime.GOMAXPROCS(0), MaxShards)
+	}
+	return shards, nil
+}
+
+// checkPointerFree reports (wrapped ErrPointerType) the first place in t that
+// holds a Go pointer, walking nested structs and arrays.
+func checkPointerFree(t reflect.Type) error {
+	if path, ok := pointerPath(t, t.String()); ok {
+		return fmt.Errorf("%w: %s holds a %s", ErrPointerType, path, "Go pointer")
+	}
+	return nil
+}
+
+// pointerPath returns the path to the first pointer-holding part of t.
+func pointerPath(t reflect.Type, path string) (string, bool) {
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return "", false
+	case reflect.Array:
+		return pointerPath(t.Elem(), path+"[]")
+	case reflect.Struct:
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if p, ok := pointerPath(f.Type, path+"."+f.Name); ok {
+				return p, true
+			}
+		}
+		return "", false
+	default: // Pointer, UnsafePointer, Slice, String, Map, Chan, Func, Interface
+		return fmt.Sprintf("%s (%s)", path, t.Kind()), true
+	}
+}

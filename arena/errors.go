@@ -1,0 +1,28 @@
+package arena
+
+import "errors"
+
+// Sentinel errors. Match them with errors.Is: configuration and token errors
+// come wrapped with context (which field, which token, which operation).
+// ErrFull and ErrClosed come bare from the hot paths, so that back-pressure
+// costs no allocation.
+var (
+	// ErrFull means no shard had a free slot, after stealing from all of them.
+	ErrFull = errors.New("arena: full (no free slot in any shard)")
+	// ErrStale means the token's slot was freed since the token was issued:
+	// a double free, a use after free, or a token whose slot was reused.
+	ErrStale = errors.New("arena: stale token (slot was freed)")
+	// ErrBadToken means the Nil token, an index outside the arena, or a
+	// generation no arena issues.
+	ErrBadToken = errors.New("arena: bad token")
+	// ErrClosed means the arena was closed.
+	ErrClosed = errors.New("arena: closed")
+	// ErrInvalidConfig means a Config field is out of range; the wrapping
+	// message names the field.
+	ErrInvalidConfig = errors.New("arena: invalid config")
+	// ErrPointerType means the payload type holds Go pointers, which the
+	// garbage collector could not see in off-heap memory.
+	ErrPointerType = errors.New("arena: payload type holds Go pointers")
+	// ErrNilFunc means View or Update was given a nil callback.
+	ErrNilFunc = errors.New("arena: nil callback")
+)

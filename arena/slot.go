@@ -1,0 +1,49 @@
+package arena
+
+// Slot layout. Every slot is one stride of the arena's mapping:
+//
+//	offset 0   state  uint64   lifecycle word (below)
+//	offset 8   link   uint32   freelist link (index+1 of the next free slot)
+//	offset 12  unused uint32
+//	offset 16  payload T       (aligned to T; stride rounds up to 8)
+//
+// The state word is the only synchronisation a slot has:
+//
+//	 63                 32   31      30      29                         0
+//	+---------------------+-------+--------+----------------------------+
+//	|     generation      | alloc | writer |          readers           |
+//	+---------------------+-------+--------+----------------------------+
+//
+// A slot that was never used has state 0. Alloc sets alloc and keeps the
+// generation (the arena's first generation for a never-used slot). A token
+// is valid while its generation equals the slot's and alloc is set.
+//
+// Free clears alloc and advances the generation in one CAS, so every copy of
+// the old token is stale from that instant. If readers or the writer bit are
+// set at that moment, the slot is not recycled yet: whoever drops the last
+// reader or the writer bit, and sees alloc clear, pushes it to a freelist.
+// Exactly one goroutine sees that transition, so a slot is recycled once.
+//
+// A slot whose generation would reach 2^32-1 on Free is retired instead: its
+// generation is set to 2^32-1, which no token carries, and it is never pushed
+// to a freelist again. So no token can ever match a slot a second time.
+const (
+	readerMask uint64 = 1<<30 - 1
+	writerBit  uint64 = 1 << 30
+	allocBit   uint64 = 1 << 31
+	genShift          = 32
+	holders           = readerMask | writerBit
+
+	// retiredGen is the generation of a retired slot; never issued.
+	retiredGen = 1<<32 - 1
+
+	headerSize = 16
+	linkOffset = 8
+)
+
+func genOf(state uint64) uint32 { return uint32(state >> genShift) }
+
+// valid reports whether state belongs to a live allocation of generation gen.
+func valid(state uint64, gen uint32) bool {
+	return state&allocBit != 0 && genOf(state) == gen
+}

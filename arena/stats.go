@@ -1,0 +1,138 @@
+package arena
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/shard"
+)
+
+// Stats is a snapshot of an arena's counters. It is exact when no operation
+// is in flight; while operations run, each field is a recent value.
+type Stats struct {
+	Allocs    uint64 // successful Alloc and Store calls
+	Frees     uint64 // successful Free calls
+	Steals    uint64 // allocations served by stealing from another shard
+	Failed    uint64 // Alloc and Store calls that returned ErrFull
+	Retired   uint64 // slots retired at generation wrap (no longer in Capacity)
+	Live      uint64 // Allocs - Frees: slots allocated now
+	Untouched uint64 // slots never used yet (no memory committed for them)
+	Shards    int    // number of shards
+}
+
+// pCounters are one P's counters. In the default build only goroutines pinned
+// to that P write them, so they are plain increments: no atomic, no shared
+// cache line. They live off-heap with the slots.
+type pCounters struct {
+	allocs, frees, steals, failed uint64
+	_                             [atomicx.CacheLine - 32]byte
+}
+
+// spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
+// raised after New) and of the purego build, with atomics.
+type spillCounters struct {
+	allocs, frees, steals, failed atomic.Uint64
+}
+
+func (a *Arena[T]) local(p int) *pCounters {
+	if shard.Pinned && p < a.nP {
+		return (*pCounters)(unsafe.Add(a.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+	}
+	return nil
+}
+
+func (a *Arena[T]) countAlloc(p int, stolen bool) {
+	if c := a.local(p); c != nil {
+		c.allocs++
+		if stolen {
+			c.steals++
+		}
+		return
+	}
+	a.spill.allocs.Add(1)
+	if stolen {
+		a.spill.steals.Add(1)
+	}
+}
+
+func (a *Arena[T]) countFree(p int) {
+	if c := a.local(p); c != nil {
+		c.frees++
+		return
+	}
+	a.spill.frees.Add(1)
+}
+
+func (a *Arena[T]) countFailed(p int) {
+	if c := a.local(p); c != nil {
+		c.failed++
+		return
+	}
+	a.spill.failed.Add(1)
+}
+
+// Stats sums the per-P counters. After Close it returns the final figures.
+func (a *Arena[T]) Stats() Stats {
+	if f := a.final.Load(); f != nil {
+		return *f
+	}
+	p, ok := a.gate.Enter()
+	if !ok {
+		return a.finalStats()
+	}
+	st := a.sum()
+	a.gate.Exit(p)
+	return st
+}
+
+// finalStats waits for Close to publish its snapshot (it does so right after
+// its first grace period).
+func (a *Arena[T]) finalStats() Stats {
+	var bo atomicx.Backoff
+	for {
+		if f := a.final.Load(); f != nil {
+			return *f
+		}
+		bo.Wait()
+	}
+}
+
+// sum adds up every counter. The caller keeps the counters mapped (a gate
+// section, or Close itself).
+func (a *Arena[T]) sum() Stats {
+	var st Stats
+	for p := 0; p < a.nP; p++ {
+		c := (*pCounters)(unsafe.Add(a.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+		st.Allocs += c.allocs
+		st.Frees += c.frees
+		st.Steals += c.steals
+		st.Failed += c.failed
+	}
+	st.Allocs += a.spill.allocs.Load()
+	st.Frees += a.spill.frees.Load()
+	st.Steals += a.spill.steals.Load()
+	st.Failed += a.spill.failed.Load()
+	st.Retired = a.retired.Load()
+	if st.Allocs > st.Frees {
+		st.Live = st.Allocs - st.Frees
+	}
+	st.Untouched = a.set.Untouched()
+	st.Shards = a.set.Len()
+	return st
+}
+
+// Available returns how many more slots could be allocated now: Capacity less
+// the live slots. It is exact when no operation is in flight (a slot freed
+// while a View holds it counts as available already). It is 0 after Close.
+func (a *Arena[T]) Available() int {
+	if a.gate.Closed() {
+		return 0
+	}
+	st := a.Stats()
+	capacity := uint64(a.slots) - st.Retired
+	if st.Live >= capacity {
+		return 0
+	}
+	return int(capacity - st.Live)
+}

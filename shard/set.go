@@ -1,0 +1,245 @@
+package shard
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cella-go/cella/internal/atomicx"
+)
+
+// MaxSlots is the largest number of slots a Set can index: a freelist link
+// stores index+1 in 32 bits, with 0 meaning "end of list".
+const MaxSlots = 1<<32 - 2
+
+// MaxShards bounds the shard count, to keep the shard table small.
+const MaxShards = 1 << 16
+
+// Source says where Pop found a slot.
+type Source uint8
+
+const (
+	FromList  Source = iota // the home shard's freelist
+	FromFresh               // the home shard's never-used frontier
+	FromSteal               // another shard's freelist or frontier
+)
+
+// StealBatch is how many slots a thief takes from one victim at a time: the
+// first is returned, the rest go onto the thief's own freelist so that the
+// next allocations on this P are local again.
+const StealBatch = 32
+
+// Set is a fixed array of shards over the slot indices [0, slots). Each shard
+// owns a contiguous range of indices and hands them out in two ways: recycled
+// indices from its tagged freelist, then never-used ones from its bump
+// frontier. Nothing is initialised per slot up front.
+//
+// The freelist links live in memory the caller provides (a uint32 at
+// links + i*stride for slot i), because that memory belongs with the slots:
+// off the Go heap and committed only when a slot is first used.
+type Set struct {
+	shards []shardState
+	links  unsafe.Pointer
+	stride uintptr
+	n      int
+}
+
+// shardState is one shard. head and frontier are written by the owner on
+// every Pop and Push and by thieves when they steal; the padding keeps each
+// shard's words on their own cache lines.
+type shardState struct {
+	// head is the top of the freelist: tag<<32 | (index+1), 0 = empty.
+	// The tag is bumped by every successful push and pop, so a CAS that
+	// read a head, lost the CPU while the list changed, and comes back to
+	// an equal index still fails (the ABA problem).
+	head atomic.Uint64
+	// frontier is the next never-used index; the shard is fresh-empty at end.
+	frontier atomic.Uint32
+	start    uint32 // first index of the shard's range
+	end      uint32 // one past the last index of the shard's range
+	_        [atomicx.CacheLine - 20]byte
+}
+
+// New splits slots indices over shards shards. links must point at memory
+// holding a uint32 every stride bytes for each slot; the Set reads and writes
+// only those words.
+func New(slots uint32, shards int, links unsafe.Pointer, stride uintptr) *Set {
+	if shards < 1 || shards > MaxShards || slots > MaxSlots {
+		panic("shard: bad New arguments") // arena validates first; unreachable for users
+	}
+	s := &Set{shards: make([]shardState, shards), links: links, stride: stride, n: shards}
+	per, extra := slots/uint32(shards), slots%uint32(shards)
+	var lo uint32
+	for i := range s.shards {
+		size := per
+		if uint32(i) < extra {
+			size++
+		}
+		st := &s.shards[i]
+		st.start, st.end = lo, lo+size
+		st.frontier.Store(lo)
+		lo += size
+	}
+	return s
+}
+
+// Len returns the number of shards.
+func (s *Set) Len() int { return s.n }
+
+// Of maps a P id to its home shard. P ids above the shard count (GOMAXPROCS
+// raised after New, or fewer shards configured than Ps) wrap around.
+func (s *Set) Of(p int) int {
+	if p < s.n {
+		return p
+	}
+	return p % s.n
+}
+
+// Range returns the index range [start, end) a shard owns.
+func (s *Set) Range(shard int) (start, end uint32) {
+	st := &s.shards[shard]
+	return st.start, st.end
+}
+
+// Touched returns the part of a shard's range that has ever been handed out:
+// [start, frontier). Slots above the frontier have never been used.
+func (s *Set) Touched(shard int) (start, frontier uint32) {
+	st := &s.shards[shard]
+	return st.start, st.frontier.Load()
+}
+
+// Untouched returns how many slots no shard has handed out yet.
+func (s *Set) Untouched() uint64 {
+	var n uint64
+	for i := range s.shards {
+		st := &s.shards[i]
+		n += uint64(st.end - st.frontier.Load())
+	}
+	return n
+}
+
+func (s *Set) link(idx uint32) *uint32 {
+	return (*uint32)(unsafe.Add(s.links, uintptr(idx)*s.stride))
+}
+
+// Pop takes a free slot for a caller whose home shard is home: from the home
+// freelist, else the home frontier, else by stealing a batch from the other
+// shards in turn. ok is false only when every shard is empty.
+func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
+	st := &s.shards[home]
+	if idx, ok = s.popList(st); ok {
+		return idx, FromList, true
+	}
+	if idx, _, ok = takeFresh(st, 1); ok {
+		return idx, FromFresh, true
+	}
+	if idx, ok = s.steal(home); ok {
+		return idx, FromSteal, true
+	}
+	return 0, 0, false
+}
+
+// Push returns a free slot to the home shard's freelist. The caller's shard,
+// not the slot's original shard, gets it: the slot's lines are hot in this
+// core's cache, and pushing to a remote shard would make every cross-P free
+// fight the owner's pops for the remote head.
+func (s *Set) Push(home int, idx uint32) {
+	s.pushChain(&s.shards[home], idx, idx)
+}
+
+// popList pops one index from st's freelist.
+func (s *Set) popList(st *shardState) (uint32, bool) {
+	for {
+		old := st.head.Load()
+		top := uint32(old)
+		if top == 0 {
+			return 0, false
+		}
+		// The link may be rewritten under us if top is popped and pushed
+		// again by another goroutine; the tag makes our CAS fail then.
+		next := atomic.LoadUint32(s.link(top - 1))
+		if st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(next)) {
+			return top - 1, true
+		}
+	}
+}
+
+// pushChain pushes the chain first → … → last (already linked through the
+// link words) onto st's freelist.
+func (s *Set) pushChain(st *shardState, first, last uint32) {
+	lastLink := s.link(last)
+	for {
+		old := st.head.Load()
+		// A plain store: nobody can read last's link until the CAS below
+		// publishes it, and the CAS orders it before the publication.
+		*lastLink = uint32(old)
+		if st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(first+1)) {
+			return
+		}
+	}
+}
+
+// takeFresh claims up to max never-used indices from st's frontier; they are
+// [idx, idx+n).
+func takeFresh(st *shardState, max uint32) (idx, n uint32, ok bool) {
+	for {
+		f := st.frontier.Load()
+		if f >= st.end {
+			return 0, 0, false
+		}
+		n = min(max, st.end-f)
+		if st.frontier.CompareAndSwap(f, f+n) {
+			return f, n, true
+		}
+	}
+}
+
+// steal visits the other shards after home, taking a batch from the first one
+// that has free slots (its freelist first, then its frontier). The first slot
+// taken is returned; the rest are pushed onto home's freelist.
+func (s *Set) steal(home int) (uint32, bool) {
+	me := &s.shards[home]
+	for i := 1; i < s.n; i++ {
+		v := home + i
+		if v >= s.n {
+			v -= s.n
+		}
+		victim := &s.shards[v]
+		if idx, ok := s.popList(victim); ok {
+			s.stealMore(me, victim)
+			return idx, true
+		}
+		if idx, n, ok := takeFresh(victim, StealBatch); ok {
+			if n > 1 {
+				for j := idx + 1; j < idx+n-1; j++ {
+					*s.link(j) = j + 2 // j → j+1, stored as index+1
+				}
+				s.pushChain(me, idx+1, idx+n-1)
+			}
+			return idx, true
+		}
+	}
+	return 0, false
+}
+
+// stealMore moves up to StealBatch-1 more indices from victim's freelist to
+// me's, popping them one at a time and pushing them as one chain.
+func (s *Set) stealMore(me, victim *shardState) {
+	var first, last uint32
+	got := 0
+	for got < StealBatch-1 {
+		idx, ok := s.popList(victim)
+		if !ok {
+			break
+		}
+		if got == 0 {
+			last = idx
+		} else {
+			*s.link(idx) = first + 1
+		}
+		first = idx
+		got++
+	}
+	if got > 0 {
+		s.pushChain(me, first, last)
+	}
+}
