@@ -23,12 +23,12 @@ func (a *Arena[T]) Close() error {
 	// From here no new section starts, and the grace period has let every
 	// old one end: the counters are final, apart from retirements that the
 	// callbacks still running may cause when they release.
-	st := a.sum()
-	a.final.Store(&st)
+	early := a.sum()
+	a.final.Store(&early)
 	a.waitHolders()
 	a.gate.Quiesce() // the releases that dropped the last holds have returned
-	st = a.sum()
-	a.final.Store(&st)
+	last := a.sum()
+	a.final.Store(&last)
 	return errors.Join(a.region.Unmap(), a.counters.Unmap())
 }
 

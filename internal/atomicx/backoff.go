@@ -13,6 +13,7 @@ import (
 // The zero value is ready to use. A Backoff must not be shared.
 type Backoff struct {
 	round uint32
+	spun  uint32 // keeps the spin loop from being optimised away
 }
 
 const (
@@ -20,9 +21,6 @@ const (
 	yieldRounds = 64 // rounds of Gosched before sleeping
 	maxSleep    = time.Millisecond
 )
-
-// sink keeps the spin loop from being optimised away.
-var sink uint32
 
 // Wait waits a little longer each time it is called.
 func (b *Backoff) Wait() {
@@ -35,7 +33,7 @@ func (b *Backoff) Wait() {
 		for i := uint32(0); i < n; i++ {
 			x += i
 		}
-		sink = x
+		b.spun += x
 	case r < spinRounds+yieldRounds:
 		runtime.Gosched()
 	default:

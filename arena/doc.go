@@ -1,0 +1,70 @@
+// Package arena is cella's allocator: a fixed-capacity store of T values in
+// off-heap memory, sharded per P, handed out as generation-checked tokens.
+//
+//	a, _ := arena.New[Order](arena.Config{Slots: 1 << 20})
+//	tok, _ := a.Store(Order{ID: 7})
+//	o, _ := a.Load(tok)
+//	a.Free(tok)
+//	_, err := a.Load(tok) // errors.Is(err, arena.ErrStale)
+//
+// # Memory layout
+//
+// New maps one anonymous region of Slots × stride bytes with memclass.Map.
+// Nothing is committed until a slot is used. Each slot is a 16-byte header
+// and the payload:
+//
+//	+--------------+-------------+----------+------------------------+
+//	| state uint64 | link uint32 | (unused) | payload T ...          |
+//	+--------------+-------------+----------+------------------------+
+//	0              8             12         16                  stride
+//
+// The payload type must hold no Go pointers (New checks it with reflect): the
+// garbage collector never scans this memory, which is the point — millions of
+// live values cost a GC cycle nothing.
+//
+// # Slot lifecycle
+//
+// The state word packs generation (32 bits), an allocated bit, a writer bit
+// and a 30-bit reader count (see slot.go). Tokens carry the index and the
+// generation they were issued with.
+//
+//	never used ──Alloc──▶ allocated(gen g) ──Free──▶ free(gen g+1) ──Alloc──▶ allocated(gen g+1) …
+//	                         │  View: readers+1 … readers-1
+//	                         │  Update: writer bit, waits for readers to leave
+//
+// Free clears the allocated bit and advances the generation in one CAS, so
+// every copy of the token is stale from that instant. If a View or Update
+// callback still holds the slot, the slot goes back to a freelist when the
+// last holder leaves, not before. A slot whose generation would wrap is
+// retired: it leaves Capacity and is never reused, so a token can never match
+// a slot twice. Recycled slots are zeroed by Alloc.
+//
+// Each arena starts its generations at a random base, so a token from another
+// arena fails the generation check with high probability; a token can't name
+// memory outside the arena, because its index is checked against Slots first.
+//
+// # Hot-path budget
+//
+// In the default build, Alloc is: pin to the P (no atomic), one load of the
+// closed flag, one CAS to pop the shard's freelist (or to advance its
+// frontier), one store of the state word, a plain increment of a per-P
+// counter, unpin. Free is: pin, one CAS on the state word, one CAS to push
+// onto the shard's freelist, a plain per-P increment, unpin. Load, View and
+// Update take and drop a hold with one CAS and one atomic add on the state
+// word. Nothing on these paths allocates; ErrFull and ErrClosed are returned
+// bare so that back-pressure does not allocate either.
+//
+// # Close
+//
+// Every call that touches the memory runs inside a shard.Gate section (a
+// pinned stretch of code). Close marks the gate closed, waits one grace
+// period (a brief stop-the-world, which cannot complete while a goroutine is
+// pinned), waits for View and Update callbacks still running to return, waits
+// one more grace period, and unmaps. No call can fault on unmapped memory.
+//
+// # Stats
+//
+// Counters are per P, in off-heap memory, and incremented without atomics by
+// the goroutine pinned to that P; Stats sums them. Available is Capacity less
+// (Allocs − Frees), so no hot counter is shared by all Ps.
+package arena

@@ -1,0 +1,42 @@
+// Package shard hands out slot indices from per-P shards. It knows nothing of
+// the memory behind the indices: the arena owns that and lends the shard set
+// one link word per slot.
+//
+// # Shards
+//
+// A Set splits the indices [0, slots) into contiguous ranges, one per shard.
+// Each shard hands out indices two ways:
+//
+//   - its freelist: a Treiber stack of recycled indices whose head packs a
+//     32-bit tag with index+1 in one 64-bit word. Every successful push or pop
+//     bumps the tag, so a CAS that read an old head fails even if the same
+//     index is back on top (the ABA problem). The tag can only fool a CAS if
+//     exactly 2^32 operations happen on one shard between the load and the
+//     CAS of one pop, while that goroutine is stalled.
+//   - its frontier: the next never-used index of its range. Indices above the
+//     frontier have never been touched, so New costs nothing per slot and a
+//     huge arena commits memory only as it is used.
+//
+// # Which shard
+//
+// A goroutine uses the shard of the P it runs on (Pin returns the P id, with
+// runtime.procPin as sync.Pool does; the purego build picks a random stripe).
+// P ids beyond the shard count wrap around, so raising GOMAXPROCS after New is
+// safe.
+//
+// Pop tries the home freelist, then the home frontier, then steals: it visits
+// the other shards in turn and takes a batch (StealBatch) from the first that
+// has anything, freelist first, then frontier. One slot is returned and the
+// rest go onto the home freelist, so the next allocations are local again.
+// Pop fails only after every shard was found empty, so "full" means full.
+//
+// Push puts a freed index on the freeing goroutine's home shard, not on the
+// shard the index came from. The slot's cache lines are hot on this core,
+// and a producer/consumer pair on two Ps then costs one steal per batch
+// instead of one contended CAS on the producer's head per free.
+//
+// # Gate
+//
+// A Gate makes it safe to unmap memory while other goroutines may still be
+// calling in; see its documentation.
+package shard
