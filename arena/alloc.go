@@ -59,9 +59,14 @@ func (a *Arena[T]) take(p int) (idx, gen uint32, recycled, ok bool) {
 	if s != 0 {
 		gen = genOf(s)
 	}
-	// The slot is ours alone: nobody can take a lock on a slot whose
-	// alloc bit is clear, so a store (not a CAS) publishes it.
-	atomic.StoreUint64(st, uint64(gen)<<genShift|allocBit)
+	// The slot is ours alone: no hold can be taken on a slot whose alloc
+	// bit is clear, and no token carries gen yet, so other goroutines can
+	// only read this word (or fail a CAS on it). A plain aligned store is
+	// atomic on every platform Go supports, and it avoids the full fence of
+	// atomic.Store (XCHG on amd64). The token reaches other goroutines only
+	// through a synchronising hand-off, which orders this store before
+	// their loads.
+	*st = uint64(gen)<<genShift | allocBit
 	a.countAlloc(p, src == shard.FromSteal)
 	return idx, gen, s != 0, true
 }

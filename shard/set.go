@@ -38,9 +38,17 @@ const StealBatch = 32
 // off the Go heap and committed only when a slot is first used.
 type Set struct {
 	shards []shardState
+	parts  []part
 	links  unsafe.Pointer
 	stride uintptr
 	n      int
+}
+
+// part is a group of shards whose ranges are contiguous and whose memory sits
+// on one NUMA node (node -1: no particular node).
+type part struct {
+	first, count int // shards [first, first+count)
+	node         int
 }
 
 // shardState is one shard. head and frontier are written by the owner on
@@ -56,31 +64,72 @@ type shardState struct {
 	frontier atomic.Uint32
 	start    uint32 // first index of the shard's range
 	end      uint32 // one past the last index of the shard's range
-	_        [atomicx.CacheLine - 20]byte
+	part     uint32 // index into Set.parts
+	_        [atomicx.CacheLine - 24]byte
 }
 
 // New splits slots indices over shards shards. links must point at memory
 // holding a uint32 every stride bytes for each slot; the Set reads and writes
 // only those words.
 func New(slots uint32, shards int, links unsafe.Pointer, stride uintptr) *Set {
-	if shards < 1 || shards > MaxShards || slots > MaxSlots {
-		panic("shard: bad New arguments") // arena validates first; unreachable for users
-	}
-	s := &Set{shards: make([]shardState, shards), links: links, stride: stride, n: shards}
-	per, extra := slots/uint32(shards), slots%uint32(shards)
-	var lo uint32
-	for i := range s.shards {
-		size := per
-		if uint32(i) < extra {
-			size++
+	return NewLayout([]Part{{Slots: slots, Shards: shards, Node: -1}}, links, stride)
+}
+
+// Part describes a run of consecutive slot indices served by its own group of
+// shards, typically one NUMA node's share of an arena.
+type Part struct {
+	Slots  uint32 // indices in this part (following the previous part's)
+	Shards int    // shards serving them, ≥ 1
+	Node   int    // the NUMA node the part's memory is on, or -1
+}
+
+// NewLayout builds a Set from parts laid out one after the other. A thief
+// steals from the shards of its own part first and crosses to other parts
+// only when its whole part is empty.
+func NewLayout(parts []Part, links unsafe.Pointer, stride uintptr) *Set {
+	total, slots := 0, uint64(0)
+	for _, p := range parts {
+		if p.Shards < 1 {
+			panic("shard: a part needs at least one shard") // callers validate; unreachable for users
 		}
-		st := &s.shards[i]
-		st.start, st.end = lo, lo+size
-		st.frontier.Store(lo)
-		lo += size
+		total += p.Shards
+		slots += uint64(p.Slots)
+	}
+	if len(parts) == 0 || total > MaxShards || slots > MaxSlots {
+		panic("shard: bad layout") // callers validate; unreachable for users
+	}
+	s := &Set{shards: make([]shardState, total), links: links, stride: stride, n: total}
+	var lo uint32
+	sh := 0
+	for pi, p := range parts {
+		s.parts = append(s.parts, part{first: sh, count: p.Shards, node: p.Node})
+		per, extra := p.Slots/uint32(p.Shards), p.Slots%uint32(p.Shards)
+		for i := 0; i < p.Shards; i++ {
+			size := per
+			if uint32(i) < extra {
+				size++
+			}
+			st := &s.shards[sh]
+			st.start, st.end, st.part = lo, lo+size, uint32(pi)
+			st.frontier.Store(lo)
+			lo += size
+			sh++
+		}
 	}
 	return s
 }
+
+// Parts returns how many parts the Set has.
+func (s *Set) Parts() int { return len(s.parts) }
+
+// PartShards returns the shards [first, first+count) of part i and its node.
+func (s *Set) PartShards(i int) (first, count, node int) {
+	p := s.parts[i]
+	return p.first, p.count, p.node
+}
+
+// PartOf returns the part shard belongs to.
+func (s *Set) PartOf(shard int) int { return int(s.shards[shard].part) }
 
 // Len returns the number of shards.
 func (s *Set) Len() int { return s.n }
@@ -193,30 +242,48 @@ func takeFresh(st *shardState, max uint32) (idx, n uint32, ok bool) {
 	}
 }
 
-// steal visits the other shards after home, taking a batch from the first one
-// that has free slots (its freelist first, then its frontier). The first slot
-// taken is returned; the rest are pushed onto home's freelist.
+// steal looks for a victim with free slots: first the other shards of home's
+// part, in turn after home, then every shard of the other parts. From the
+// first victim that has anything it takes a batch (its freelist first, then
+// its frontier); the first slot is returned, the rest go onto home's freelist.
 func (s *Set) steal(home int) (uint32, bool) {
 	me := &s.shards[home]
-	for i := 1; i < s.n; i++ {
+	pi := int(me.part)
+	p := s.parts[pi]
+	for i := 1; i < p.count; i++ {
 		v := home + i
-		if v >= s.n {
-			v -= s.n
+		if v >= p.first+p.count {
+			v -= p.count
 		}
-		victim := &s.shards[v]
-		if idx, ok := s.popList(victim); ok {
-			s.stealMore(me, victim)
+		if idx, ok := s.stealFrom(me, &s.shards[v]); ok {
 			return idx, true
 		}
-		if idx, n, ok := takeFresh(victim, StealBatch); ok {
-			if n > 1 {
-				for j := idx + 1; j < idx+n-1; j++ {
-					*s.link(j) = j + 2 // j → j+1, stored as index+1
-				}
-				s.pushChain(me, idx+1, idx+n-1)
+	}
+	for j := 1; j < len(s.parts); j++ {
+		q := s.parts[(pi+j)%len(s.parts)]
+		for v := q.first; v < q.first+q.count; v++ {
+			if idx, ok := s.stealFrom(me, &s.shards[v]); ok {
+				return idx, true
 			}
-			return idx, true
 		}
+	}
+	return 0, false
+}
+
+// stealFrom takes a batch from victim for me, or reports that it is empty.
+func (s *Set) stealFrom(me, victim *shardState) (uint32, bool) {
+	if idx, ok := s.popList(victim); ok {
+		s.stealMore(me, victim)
+		return idx, true
+	}
+	if idx, n, ok := takeFresh(victim, StealBatch); ok {
+		if n > 1 {
+			for j := idx + 1; j < idx+n-1; j++ {
+				*s.link(j) = j + 2 // j → j+1, stored as index+1
+			}
+			s.pushChain(me, idx+1, idx+n-1)
+		}
+		return idx, true
 	}
 	return 0, false
 }

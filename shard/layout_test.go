@@ -1,0 +1,79 @@
+package shard_test
+
+import (
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cella-go/cella/shard"
+)
+
+func newLayout(t *testing.T, parts []shard.Part) *shard.Set {
+	t.Helper()
+	var slots int
+	for _, p := range parts {
+		slots += int(p.Slots)
+	}
+	mem, err := unix.Mmap(-1, 0, max(slots*4, 4), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	return shard.NewLayout(parts, unsafe.Pointer(&mem[0]), 4)
+}
+
+func TestLayoutRangesFollowParts(t *testing.T) {
+	s := newLayout(t, []shard.Part{{Slots: 10, Shards: 2, Node: 0}, {Slots: 7, Shards: 3, Node: 1}})
+	if s.Len() != 5 || s.Parts() != 2 {
+		t.Fatalf("Len=%d Parts=%d", s.Len(), s.Parts())
+	}
+	want := [][2]uint32{{0, 5}, {5, 10}, {10, 13}, {13, 15}, {15, 17}}
+	for i, w := range want {
+		lo, hi := s.Range(i)
+		if lo != w[0] || hi != w[1] {
+			t.Fatalf("shard %d range [%d,%d), want %v", i, lo, hi, w)
+		}
+		wantPart := 0
+		if i >= 2 {
+			wantPart = 1
+		}
+		if s.PartOf(i) != wantPart {
+			t.Fatalf("shard %d in part %d", i, s.PartOf(i))
+		}
+	}
+	first, count, node := s.PartShards(1)
+	if first != 2 || count != 3 || node != 1 {
+		t.Fatalf("PartShards(1) = %d,%d,%d", first, count, node)
+	}
+}
+
+// A thief drains every shard of its own part before it crosses to another
+// part, and crosses only then.
+func TestLayoutStealsWithinPartFirst(t *testing.T) {
+	s := newLayout(t, []shard.Part{{Slots: 8, Shards: 2, Node: 0}, {Slots: 8, Shards: 2, Node: 1}})
+	partOf := func(idx uint32) int {
+		if idx < 8 {
+			return 0
+		}
+		return 1
+	}
+	for i := 0; i < 8; i++ { // home shard 0: its own 4, then shard 1's 4
+		idx, _, ok := s.Pop(0)
+		if !ok || partOf(idx) != 0 {
+			t.Fatalf("pop %d: idx %d ok %v, want part 0 while part 0 has slots", i, idx, ok)
+		}
+	}
+	for i := 0; i < 8; i++ { // now part 0 is empty: cross to part 1
+		idx, src, ok := s.Pop(0)
+		if !ok || partOf(idx) != 1 {
+			t.Fatalf("pop %d: idx %d ok %v, want part 1", i, idx, ok)
+		}
+		if i == 0 && src != shard.FromSteal {
+			t.Fatalf("crossing parts must be a steal, got %v", src)
+		}
+	}
+	if _, _, ok := s.Pop(0); ok {
+		t.Fatal("all 16 taken, Pop must fail")
+	}
+}
