@@ -1,0 +1,62 @@
+// Package message is cella's message runtime: messages stored off-heap in an
+// arena, token-only edges with caps and admission policies, two priority
+// lanes, deadlines, zero-copy fan-out, and a small graph runner.
+//
+// # Pieces
+//
+//   - Header and Message: fixed-size, pointer-free metadata (trace, sequence,
+//     creation time, deadline, QoS, flags, size) stored in the slot next to
+//     the payload. Now is the clock of Created and Deadline.
+//   - Store: messages in an arena.Arena, addressed by generation-checked
+//     tokens and reference counted. ByteStore is a Store of variable-length
+//     byte messages in fixed-capacity slots ([64]byte ... [65536]byte),
+//     with Header.Size as the used length.
+//   - Edge: a bounded MPMC queue of tokens with item and byte caps, a
+//     watermark, an Admission mode, two QoS lanes and deadline expiry. It
+//     reads headers (through HeaderStore), never payloads.
+//   - Graph: sources, stages and sinks with N workers each, wired by edges,
+//     with fan-out, graceful Stop and error propagation.
+//
+// # Ownership
+//
+// Every token a Store hands out carries references, and every reference has
+// exactly one owner at a time:
+//
+//   - Put returns one reference, owned by the caller.
+//   - A successful Send/TrySend moves one reference into the edge. A send
+//     that returns any error leaves it with the caller.
+//   - Recv/TryRecv move one reference from the edge to the receiver.
+//   - What an edge evicts (DropOldest, DeadlineQoS) or expires, it frees.
+//   - Fan-out: to put one token on k edges, Retain it k-1 times, then send
+//     it on each edge; each refused send returns that share to the caller.
+//     The slot is recycled when the last reference is freed.
+//   - Close lets receivers drain an edge; tokens nobody drains stay owned by
+//     the edge until Drain frees them. A Graph closes and drains its edges
+//     when Run returns.
+//   - Free drops one reference; one Free too many returns an error matching
+//     arena.ErrStale and changes nothing.
+//
+// Following these rules, Store.Available returns to Store.Capacity once
+// every holder is done, whatever mix of sends, receives, evictions,
+// expiries, fan-outs and closes happened.
+//
+// # Invariants of an Edge
+//
+//   - Len never exceeds MaxItems and Bytes never exceeds MaxBytes (when set).
+//   - A LatencyCritical message is received before any other queued
+//     message; within each lane, order is admission order.
+//   - A message past its deadline is never delivered, unless it carries
+//     DegradeAllowed, in which case it is delivered and counted as late.
+//   - Admitted = Delivered + Evicted + Expired + Drained + Len, at any quiet
+//     moment.
+//   - Sending and receiving when no one has to wait take one mutex and
+//     allocate nothing; waiting goroutines park on pooled waiters, in FIFO
+//     order, and honour their context.
+//
+// # Errors
+//
+// Edges return ErrEdgeFull, ErrRejected, ErrExpired, ErrEdgeClosed and
+// ErrBadPolicy; stores return the arena's sentinels (arena.ErrFull,
+// arena.ErrStale, arena.ErrBadToken, arena.ErrClosed, ...). All are matched
+// with errors.Is. Bad input never panics and never loses a slot.
+package message

@@ -1,0 +1,344 @@
+package message
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/token"
+)
+
+// HeaderStore is what an edge needs from the store its tokens come from:
+// reading a header for admission, and freeing the references it evicts,
+// expires or drains. *Store[P] implements it for every P.
+//
+// An edge calls these methods, Free included, while it holds its own lock:
+// implementations must be quick and must not call back into the edge.
+type HeaderStore interface {
+	Header(token.Token) (Header, error)
+	Free(token.Token) error
+}
+
+// Lanes, indexed by QoS-1. Recv always serves the LatencyCritical lane
+// first; BestEffort and Background form one FIFO lane, kept in two rings so
+// that DeadlineQoS finds its lowest-QoS victims in O(1) and merged again on
+// receive by admission order.
+const (
+	laneBackground = iota
+	laneBestEffort
+	laneCritical
+	numLanes
+)
+
+// Edge is a bounded, multi-producer multi-consumer queue of tokens between
+// stages. It never touches payloads: admission reads the header once, on
+// send, and caches what it needs.
+//
+// # Ownership
+//
+// A successful Send or TrySend moves one reference into the edge; a refused
+// one (any error) leaves it with the caller. Recv and TryRecv move the
+// reference out to the receiver. Whatever the edge evicts (DropOldest,
+// DeadlineQoS) or expires, it frees through its HeaderStore and counts in
+// Stats. Close stops new sends and lets receivers drain what is queued; the
+// tokens still queued when nobody drains them stay owned by the edge until
+// Drain frees them (Drain works on an open edge too). A Graph drains all of
+// its edges when it stops.
+//
+// # Deadlines
+//
+// A message whose header has a Deadline that has passed is never delivered:
+// a send of an already expired message is refused with ErrExpired (the
+// caller keeps it), and a message that expires while queued is freed and
+// counted in Stats.Expired when a receiver reaches it, or earlier when a
+// sender needs its room. The DegradeAllowed flag opts out: such a message is
+// delivered even when late (counted in Stats.Late, so the receiver can
+// check Header.Expired itself), though it can still be evicted like any
+// other message.
+//
+// # Order
+//
+// LatencyCritical messages are always received before any other queued
+// message. Within the LatencyCritical lane, and within the lane shared by
+// BestEffort and Background, order is FIFO by admission.
+//
+// The fast paths (a send that fits, a receive from a non-empty edge) take
+// one mutex and allocate nothing.
+type Edge struct {
+	// Read-only after NewEdge, read by senders outside the lock: kept off
+	// the cache lines the lock holder writes.
+	hs  HeaderStore
+	pol Policy
+	_   atomicx.Pad
+
+	mu        sync.Mutex
+	lanes     [numLanes]ring
+	laneBytes [numLanes]int64
+	n         int
+	bytes     int64
+	seq       uint64
+	// minDeadline is a lower bound of the deadlines of queued messages that
+	// can expire (have a deadline and lack DegradeAllowed); MaxInt64 when
+	// there are none. It lets a full edge skip looking for expired messages.
+	minDeadline int64
+	closed      bool
+	recvq       waitList
+	sendq       waitList
+	st          EdgeStats
+	_           atomicx.Pad
+	invalid     atomic.Uint64
+}
+
+// NewEdge returns an open edge for tokens of hs with policy p, or an error
+// wrapping ErrBadPolicy.
+func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
+	if hs == nil {
+		return nil, fmt.Errorf("%w: nil HeaderStore", ErrBadPolicy)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64}
+	for i := range e.lanes {
+		e.lanes[i].limit = p.MaxItems
+	}
+	return e, nil
+}
+
+// Policy returns the edge's policy.
+func (e *Edge) Policy() Policy { return e.pol }
+
+// Send moves t into the edge. Under Block it waits until t fits, until ctx
+// is done (returning ctx.Err()), or until the edge is closed; under the
+// other admission modes it never waits. On any error the caller keeps t.
+func (e *Edge) Send(ctx context.Context, t token.Token) error {
+	return e.send(ctx, t, true)
+}
+
+// TrySend is Send without waiting: where Send would wait it returns an
+// error matching ErrEdgeFull.
+func (e *Edge) TrySend(t token.Token) error {
+	return e.send(nil, t, false)
+}
+
+func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
+	h, err := e.check(t)
+	if err != nil {
+		e.invalid.Add(1)
+		return err
+	}
+	q := queued{tok: t, deadline: h.Deadline, size: h.Size, flags: h.Flags}
+	lane := int(h.QoS.effective()) - 1
+	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
+		e.mu.Lock()
+		e.st.Rejected++
+		e.mu.Unlock()
+		return errExpiredOnSend
+	}
+
+	e.mu.Lock()
+	var w *waiter
+	for {
+		if e.closed {
+			err = errSendClosed
+			break
+		}
+		// A new sender queues behind senders that are already waiting
+		// (FIFO), so a stream of small messages cannot starve a large one.
+		if w != nil || e.sendq.head == nil {
+			var ok bool
+			ok, err = e.admitLocked(&q, lane)
+			if ok || err != nil {
+				break
+			}
+		}
+		// Block mode, no room.
+		if !wait {
+			err = errFullTrySend
+			break
+		}
+		if w == nil {
+			w = getWaiter()
+			w.need = int64(q.size)
+			e.sendq.pushBack(w)
+			e.st.Waited++
+		} else {
+			// Woken but beaten to the room: keep our place at the front.
+			e.sendq.pushFront(w)
+		}
+		e.mu.Unlock()
+		select {
+		case <-w.ch:
+			e.mu.Lock()
+		case <-ctx.Done():
+			e.mu.Lock()
+			e.abandonLocked(&e.sendq, w)
+			// Our wake-up may have been meant for room another sender can use.
+			e.wakeSendersLocked()
+			e.st.Rejected++
+			e.mu.Unlock()
+			putWaiter(w)
+			return ctx.Err()
+		}
+	}
+	if err != nil {
+		e.st.Rejected++
+	} else if !e.sendq.empty() {
+		// Room may remain for the next waiting sender (wakes chain).
+		e.wakeSendersLocked()
+	}
+	e.mu.Unlock()
+	if w != nil {
+		putWaiter(w)
+	}
+	return err
+}
+
+// check validates t and reads its header, outside the edge's lock.
+func (e *Edge) check(t token.Token) (Header, error) {
+	if t.IsNil() {
+		return Header{}, errNilToken
+	}
+	h, err := e.hs.Header(t)
+	if err != nil {
+		return Header{}, fmt.Errorf("message: send %v: %w", t, err)
+	}
+	if !h.QoS.Valid() {
+		return Header{}, errBadQoS
+	}
+	if e.pol.MaxBytes > 0 && int64(h.Size) > e.pol.MaxBytes {
+		return Header{}, errOverMaxBytes
+	}
+	return h, nil
+}
+
+// abandonLocked takes w out of l after its context ended. If a waker had
+// already unlinked and signalled w, the signal is consumed so that w can be
+// recycled.
+func (e *Edge) abandonLocked(l *waitList, w *waiter) {
+	if w.linked {
+		l.remove(w)
+		return
+	}
+	<-w.ch
+}
+
+// enqueueLocked appends q to its lane and wakes one receiver.
+func (e *Edge) enqueueLocked(q *queued, lane int) {
+	e.seq++
+	q.seq = e.seq
+	e.lanes[lane].push(*q)
+	e.n++
+	e.bytes += int64(q.size)
+	e.laneBytes[lane] += int64(q.size)
+	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && q.deadline < e.minDeadline {
+		e.minDeadline = q.deadline
+	}
+	e.st.Admitted++
+	if e.n > e.st.HighWater {
+		e.st.HighWater = e.n
+	}
+	if e.recvq.head != nil {
+		e.recvq.wake(e.recvq.head)
+	}
+}
+
+// removeLocked pops the oldest entry of lane and updates the accounting. It
+// does not wake senders; callers do that once per operation.
+func (e *Edge) removeLocked(lane int) queued {
+	q := e.lanes[lane].pop()
+	e.n--
+	e.bytes -= int64(q.size)
+	e.laneBytes[lane] -= int64(q.size)
+	return q
+}
+
+// freeLocked hands a reference the edge owns back to the store.
+func (e *Edge) freeLocked(t token.Token) {
+	if e.hs.Free(t) != nil {
+		e.st.FreeErrors++
+	}
+}
+
+// wakeSendersLocked wakes waiting senders in FIFO order for as long as their
+// messages fit in the room that is free now. A woken sender that finds the
+// room taken re-queues at the front, so the head of the queue is never
+// starved by smaller messages behind it.
+func (e *Edge) wakeSendersLocked() {
+	n, b := e.n, e.bytes
+	for w := e.sendq.head; w != nil; w = e.sendq.head {
+		if !e.pol.fits(n, b, w.need) {
+			return
+		}
+		n++
+		b += w.need
+		e.sendq.wake(w)
+	}
+}
+
+// Close stops the edge accepting sends and wakes every waiting sender and
+// receiver. Receivers drain what is queued, then get ErrEdgeClosed. Queued
+// tokens that nobody receives stay owned by the edge: call Drain to free
+// them. A second Close returns an error matching ErrEdgeClosed.
+func (e *Edge) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errCloseTwice
+	}
+	e.closed = true
+	e.sendq.wakeAll()
+	e.recvq.wakeAll()
+	return nil
+}
+
+// Closed reports whether Close has been called.
+func (e *Edge) Closed() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closed
+}
+
+// Drain frees every queued token through the HeaderStore and returns how
+// many it freed. It works on open and closed edges; Close followed by Drain
+// releases everything an abandoned edge still holds.
+func (e *Edge) Drain() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	freed := 0
+	for lane := range e.lanes {
+		for e.lanes[lane].len() > 0 {
+			q := e.removeLocked(lane)
+			e.freeLocked(q.tok)
+			freed++
+		}
+	}
+	e.st.Drained += uint64(freed)
+	e.minDeadline = math.MaxInt64
+	e.wakeSendersLocked()
+	return freed
+}
+
+// Len returns the number of queued tokens.
+func (e *Edge) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+// Bytes returns the sum of the Size fields of the queued tokens' headers.
+func (e *Edge) Bytes() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.bytes
+}
+
+// Watermark returns the edge's current fill level against its caps.
+func (e *Edge) Watermark() Watermark {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.pol.level(e.n, e.bytes)
+}

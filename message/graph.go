@@ -1,0 +1,297 @@
+package message
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cella-go/cella/token"
+)
+
+// RefStore is what a Graph needs from a store: headers and frees for its
+// edges, and Retain for fan-out. *Store[P] and *ByteStore[B] implement it.
+type RefStore interface {
+	HeaderStore
+	Retain(token.Token) error
+}
+
+// SourceFunc produces messages: it Puts them in the store and hands them to
+// out.Emit until it is done (return nil) or ctx is done (the graph is
+// stopping: return promptly). Returning an error aborts the graph.
+type SourceFunc func(ctx context.Context, out *Emitter) error
+
+// StageFunc handles one token from the stage's input edge. It owns t: it
+// must pass it on with out.Emit (the same token, possibly after an
+// in-place Store.Update) or drop it with out.Free, and may Emit new tokens
+// too. Returning an error aborts the graph.
+type StageFunc func(ctx context.Context, t token.Token, out *Emitter) error
+
+// SinkFunc consumes one token. It borrows t: the graph frees it when the
+// function returns (call Retain to keep it longer). Returning an error
+// aborts the graph.
+type SinkFunc func(ctx context.Context, t token.Token) error
+
+// Graph wires sources, stages and sinks together with edges and runs each
+// with its own number of worker goroutines. An edge is consumed by exactly
+// one node and fed by one or more; a node with several output edges fans
+// out: every emitted token goes to every output edge, zero-copy (one Retain
+// per extra edge).
+//
+// Stopping is graceful: Stop ends the sources; each edge is closed once
+// every worker feeding it has returned, and each stage drains its input
+// edge before returning, so everything in flight reaches the sinks. A
+// failing node, or the cancellation of Run's context, aborts instead: all
+// workers stop at once and whatever is still queued is freed. Either way,
+// when Run returns no token is left in the graph's edges.
+//
+// Build the graph, then call Run once.
+type Graph struct {
+	rs    RefStore
+	nodes []*node
+	err   error
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	ran      atomic.Bool
+}
+
+type node struct {
+	name    string
+	workers int
+	in      *Edge
+	outs    []*Edge
+	source  SourceFunc
+	stage   StageFunc
+	sink    SinkFunc
+}
+
+// NewGraph returns an empty graph whose tokens live in rs.
+func NewGraph(rs RefStore) *Graph {
+	return &Graph{rs: rs, stop: make(chan struct{})}
+}
+
+// Source adds a node that runs fn on workers goroutines and emits to out.
+func (g *Graph) Source(name string, workers int, fn SourceFunc, out ...*Edge) {
+	g.add(&node{name: name, workers: workers, source: fn, outs: out}, fn == nil)
+}
+
+// Stage adds a node that runs fn for every token received from in, on
+// workers goroutines, and emits to out.
+func (g *Graph) Stage(name string, workers int, in *Edge, fn StageFunc, out ...*Edge) {
+	g.add(&node{name: name, workers: workers, in: in, stage: fn, outs: out}, fn == nil)
+}
+
+// Sink adds a node that runs fn for every token received from in, on
+// workers goroutines.
+func (g *Graph) Sink(name string, workers int, in *Edge, fn SinkFunc) {
+	g.add(&node{name: name, workers: workers, in: in, sink: fn}, fn == nil)
+}
+
+func (g *Graph) add(n *node, nilFn bool) {
+	switch {
+	case g.err != nil:
+	case nilFn:
+		g.err = fmt.Errorf("%w: node %q has a nil function", ErrBadGraph, n.name)
+	case n.workers < 1:
+		g.err = fmt.Errorf("%w: node %q needs at least one worker (got %d)", ErrBadGraph, n.name, n.workers)
+	case n.source == nil && n.in == nil:
+		g.err = fmt.Errorf("%w: node %q has no input edge", ErrBadGraph, n.name)
+	}
+	for _, e := range n.outs {
+		if e == nil && g.err == nil {
+			g.err = fmt.Errorf("%w: node %q has a nil output edge", ErrBadGraph, n.name)
+		}
+	}
+	g.nodes = append(g.nodes, n)
+}
+
+// Stop asks a running graph to stop gracefully: sources see their context
+// done, and everything already emitted drains through to the sinks. It may
+// be called at any time, more than once, from any goroutine.
+func (g *Graph) Stop() { g.stopOnce.Do(func() { close(g.stop) }) }
+
+// edgeState tracks how many workers still feed an edge.
+type edgeState struct {
+	writers   atomic.Int64
+	consumers int
+}
+
+// Run starts every node and blocks until the graph has stopped: after a
+// graceful Stop (or when every source has returned nil), it returns nil
+// once everything is drained; after a node fails it returns that node's
+// error; when ctx is cancelled it returns ctx's error. Edges are closed and
+// drained on return.
+func (g *Graph) Run(ctx context.Context) error {
+	if g.err != nil {
+		return g.err
+	}
+	if !g.ran.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: Run called twice", ErrBadGraph)
+	}
+	edges, err := g.wire()
+	if err != nil {
+		return err
+	}
+	runCtx, abort := context.WithCancelCause(ctx)
+	defer abort(nil)
+	srcCtx, stopSources := context.WithCancel(runCtx)
+	defer stopSources()
+	go func() {
+		select {
+		case <-g.stop:
+			stopSources()
+		case <-srcCtx.Done():
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for _, n := range g.nodes {
+		for w := 0; w < n.workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer g.retire(n, edges)
+				if err := g.work(n, runCtx, srcCtx); err != nil && runCtx.Err() == nil {
+					abort(fmt.Errorf("message: node %q: %w", n.name, err))
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for e := range edges {
+		e.Close()
+		e.Drain()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return context.Cause(runCtx) // nil unless a node failed
+}
+
+// wire checks that every edge has exactly one consumer and at least one
+// producer, and counts the workers feeding each edge.
+func (g *Graph) wire() (map[*Edge]*edgeState, error) {
+	edges := map[*Edge]*edgeState{}
+	state := func(e *Edge) *edgeState {
+		s := edges[e]
+		if s == nil {
+			s = &edgeState{}
+			edges[e] = s
+		}
+		return s
+	}
+	for _, n := range g.nodes {
+		if n.in != nil {
+			state(n.in).consumers++
+		}
+		for _, e := range n.outs {
+			state(e).writers.Add(int64(n.workers))
+		}
+	}
+	for _, n := range g.nodes {
+		if n.in != nil {
+			s := edges[n.in]
+			if s.consumers > 1 {
+				return nil, fmt.Errorf("%w: the input edge of %q is consumed by %d nodes", ErrBadGraph, n.name, s.consumers)
+			}
+			if s.writers.Load() == 0 {
+				return nil, fmt.Errorf("%w: nothing feeds the input edge of %q", ErrBadGraph, n.name)
+			}
+		}
+		for _, e := range n.outs {
+			if edges[e].consumers == 0 {
+				return nil, fmt.Errorf("%w: an output edge of %q has no consumer", ErrBadGraph, n.name)
+			}
+		}
+	}
+	return edges, nil
+}
+
+// retire closes each output edge of n once its last feeding worker is done.
+func (g *Graph) retire(n *node, edges map[*Edge]*edgeState) {
+	for _, e := range n.outs {
+		if edges[e].writers.Add(-1) == 0 {
+			e.Close()
+		}
+	}
+}
+
+// work runs one worker of n until its input is drained, its source is done,
+// or the graph aborts.
+func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
+	out := &Emitter{rs: g.rs, edges: n.outs, ctx: runCtx}
+	if n.source != nil {
+		out.ctx = srcCtx
+		err := n.source(srcCtx, out)
+		if err != nil && srcCtx.Err() != nil && errors.Is(err, srcCtx.Err()) {
+			return nil // stopped
+		}
+		return err
+	}
+	for {
+		t, err := n.in.Recv(runCtx)
+		if err != nil {
+			if errors.Is(err, ErrEdgeClosed) || runCtx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if n.stage != nil {
+			err = n.stage(runCtx, t, out)
+		} else {
+			err = n.sink(runCtx, t)
+			if ferr := g.rs.Free(t); err == nil && ferr != nil {
+				err = ferr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// Emitter sends tokens to a node's output edges.
+type Emitter struct {
+	rs    RefStore
+	edges []*Edge
+	ctx   context.Context
+}
+
+// Emit hands t to every output edge of the node and always takes the
+// caller's reference: with several edges it adds one reference per extra
+// edge, and whatever an edge refuses by policy (full, expired, shed) is
+// freed and counted in that edge's Stats, not reported. Emit returns an
+// error only when the graph is stopping (a done context or a closed edge),
+// or when t is bad; then t has been freed too. A source's Emit honours the
+// source context, so a Block edge cannot hold up Stop.
+func (o *Emitter) Emit(t token.Token) error {
+	if len(o.edges) == 0 {
+		return o.rs.Free(t)
+	}
+	for i := 1; i < len(o.edges); i++ {
+		if err := o.rs.Retain(t); err != nil {
+			for ; i > 0; i-- {
+				o.rs.Free(t)
+			}
+			return err
+		}
+	}
+	var first error
+	for _, e := range o.edges {
+		if err := e.Send(o.ctx, t); err != nil {
+			o.rs.Free(t)
+			if first == nil && !errors.Is(err, ErrRejected) {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// Free drops a reference the node holds (a stage dropping its input).
+func (o *Emitter) Free(t token.Token) error { return o.rs.Free(t) }
+
+// Context returns the context the node's emits honour.
+func (o *Emitter) Context() context.Context { return o.ctx }

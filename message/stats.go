@@ -1,0 +1,32 @@
+package message
+
+// EdgeStats is a snapshot of an edge's counters and fill level. The
+// counters are exact: each is updated under the edge's lock.
+type EdgeStats struct {
+	Admitted   uint64 // sends that moved a reference in
+	Rejected   uint64 // sends refused by policy, a closed edge or a done context
+	Invalid    uint64 // sends refused for a bad token (nil, stale, foreign) or header
+	Evicted    uint64 // queued messages freed to make room (DropOldest, DeadlineQoS)
+	Expired    uint64 // queued messages freed because their deadline passed
+	Delivered  uint64 // receives that moved a reference out
+	Late       uint64 // deliveries past their deadline (DegradeAllowed)
+	Drained    uint64 // queued messages freed by Drain
+	FreeErrors uint64 // HeaderStore.Free failures on tokens the edge owned
+	Waited     uint64 // sends that had to wait for room (Block)
+
+	Len       int       // queued tokens now
+	Bytes     int64     // queued header bytes now
+	HighWater int       // the most tokens ever queued at once
+	Watermark Watermark // fill level now
+}
+
+// Stats returns a snapshot of the edge's counters.
+func (e *Edge) Stats() EdgeStats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.st
+	s.Invalid = e.invalid.Load()
+	s.Len, s.Bytes = e.n, e.bytes
+	s.Watermark = e.pol.level(e.n, e.bytes)
+	return s
+}

@@ -1,0 +1,77 @@
+package message
+
+import "sync"
+
+// waiter is one goroutine parked in Send or Recv. Waiters form intrusive
+// FIFO lists under the edge's mutex; a waker unlinks a waiter and then
+// signals its channel, which has room for exactly that one signal. Waiters
+// are recycled through a sync.Pool, so parking costs no allocation in the
+// steady state.
+type waiter struct {
+	ch         chan struct{}
+	next, prev *waiter
+	linked     bool
+	need       int64 // senders: the bytes they need
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
+
+func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
+
+// putWaiter recycles w; w must be unlinked and its channel empty.
+func putWaiter(w *waiter) {
+	w.need = 0
+	waiterPool.Put(w)
+}
+
+type waitList struct{ head, tail *waiter }
+
+func (l *waitList) empty() bool { return l.head == nil }
+
+func (l *waitList) pushBack(w *waiter) {
+	w.prev, w.next, w.linked = l.tail, nil, true
+	if l.tail != nil {
+		l.tail.next = w
+	} else {
+		l.head = w
+	}
+	l.tail = w
+}
+
+func (l *waitList) pushFront(w *waiter) {
+	w.prev, w.next, w.linked = nil, l.head, true
+	if l.head != nil {
+		l.head.prev = w
+	} else {
+		l.tail = w
+	}
+	l.head = w
+}
+
+func (l *waitList) remove(w *waiter) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		l.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		l.tail = w.prev
+	}
+	w.prev, w.next, w.linked = nil, nil, false
+}
+
+// wake unlinks w and signals it. The signal never blocks: a linked waiter's
+// channel is always empty.
+func (l *waitList) wake(w *waiter) {
+	l.remove(w)
+	w.ch <- struct{}{}
+}
+
+// wakeAll signals every waiter.
+func (l *waitList) wakeAll() {
+	for l.head != nil {
+		l.wake(l.head)
+	}
+}
