@@ -6,16 +6,6 @@ import (
 	"unsafe"
 )
 
-func TestHostIsZeroValue(t *testing.T) {
-	var zero Class
-	if zero != Host() {
-		t.Fatal("zero Class must equal Host()")
-	}
-	if Host().String() != "host" {
-		t.Fatalf("String = %q", Host().String())
-	}
-}
-
 func TestMapTouchUnmap(t *testing.T) {
 	r, err := Map(Host(), 3*PageSize+1)
 	if err != nil {
