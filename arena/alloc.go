@@ -3,6 +3,7 @@ package arena
 import (
 	"sync/atomic"
 
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
@@ -11,53 +12,80 @@ import (
 // zeroed. The pointer is valid until the token is freed or the arena closed;
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
-	p, ok := a.gate.Enter()
-	if !ok {
-		return token.Nil, nil, ErrClosed
-	}
-	idx, gen, recycled, ok := a.take(p)
-	if !ok {
+	var bo atomicx.Backoff
+	for {
+		p, ok := a.gate.Enter()
+		if !ok {
+			return token.Nil, nil, ErrClosed
+		}
+		idx, gen, res := a.take(p)
+		switch res {
+		case took, tookRecycled:
+			v := a.payload(idx)
+			if res == tookRecycled {
+				var zero T
+				*v = zero
+			}
+			a.gate.Exit(p)
+			return token.New(idx, gen), v, nil
+		case full:
+			a.gate.Exit(p)
+			return token.Nil, nil, ErrFull
+		}
 		a.gate.Exit(p)
-		return token.Nil, nil, ErrFull
+		bo.Wait() // slots were moving between shards: look again, unpinned
 	}
-	v := a.payload(idx)
-	if recycled {
-		var zero T
-		*v = zero
-	}
-	a.gate.Exit(p)
-	return token.New(idx, gen), v, nil
 }
 
 // Store takes a free slot, copies v into it and returns its token.
 func (a *Arena[T]) Store(v T) (token.Token, error) {
-	p, ok := a.gate.Enter()
-	if !ok {
-		return token.Nil, ErrClosed
-	}
-	idx, gen, _, ok := a.take(p)
-	if !ok {
+	var bo atomicx.Backoff
+	for {
+		p, ok := a.gate.Enter()
+		if !ok {
+			return token.Nil, ErrClosed
+		}
+		idx, gen, res := a.take(p)
+		switch res {
+		case took, tookRecycled:
+			*a.payload(idx) = v
+			a.gate.Exit(p)
+			return token.New(idx, gen), nil
+		case full:
+			a.gate.Exit(p)
+			return token.Nil, ErrFull
+		}
 		a.gate.Exit(p)
-		return token.Nil, ErrFull
+		bo.Wait()
 	}
-	*a.payload(idx) = v
-	a.gate.Exit(p)
-	return token.New(idx, gen), nil
 }
 
-// take pops a free slot for P p and marks it allocated. recycled says the slot
-// was used before, so its payload holds old bytes. Runs inside a gate section.
-func (a *Arena[T]) take(p int) (idx, gen uint32, recycled, ok bool) {
+// takeResult says how take went.
+type takeResult uint8
+
+const (
+	took         takeResult = iota // a never-used slot: its payload is zero
+	tookRecycled                   // a used slot: its payload holds old bytes
+	full                           // every shard is empty
+	retry                          // slots were moving between shards: retry unpinned
+)
+
+// take pops a free slot for P p and marks it allocated. Runs inside a gate
+// section.
+func (a *Arena[T]) take(p int) (idx, gen uint32, res takeResult) {
 	idx, src, ok := a.set.Pop(a.set.Of(p))
 	if !ok {
+		if src == shard.Busy {
+			return 0, 0, retry
+		}
 		a.countFailed(p)
-		return 0, 0, false, false
+		return 0, 0, full
 	}
 	st := a.state(idx)
 	s := atomic.LoadUint64(st)
-	gen = a.firstGen
+	gen, res = a.firstGen, took
 	if s != 0 {
-		gen = genOf(s)
+		gen, res = genOf(s), tookRecycled
 	}
 	// The slot is ours alone: no hold can be taken on a slot whose alloc
 	// bit is clear, and no token carries gen yet, so other goroutines can
@@ -68,7 +96,7 @@ func (a *Arena[T]) take(p int) (idx, gen uint32, recycled, ok bool) {
 	// their loads.
 	*st = uint64(gen)<<genShift | allocBit
 	a.countAlloc(p, src == shard.FromSteal)
-	return idx, gen, s != 0, true
+	return idx, gen, res
 }
 
 // Free releases t's slot. From this moment every use of t returns ErrStale.

@@ -28,6 +28,7 @@ type Region struct {
 	pageSize  uintptr  // backing page size: PageSize, or the hugetlb page size
 	provider  Provider // non-nil for provider classes
 	fallbacks []Fallback
+	parts     []NodePart // MapNodes regions: each node's share
 }
 
 // PageSize is the base page size of the machine.

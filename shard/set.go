@@ -21,6 +21,11 @@ const (
 	FromList  Source = iota // the home shard's freelist
 	FromFresh               // the home shard's never-used frontier
 	FromSteal               // another shard's freelist or frontier
+	// Busy is reported with ok == false when the scan found nothing but
+	// slots were moving between shards meanwhile: a thief held a batch, or
+	// finished moving one. The caller should unpin, back off and retry; only
+	// a Pop that reports ok == false without Busy means every shard is empty.
+	Busy
 )
 
 // StealBatch is how many slots a thief takes from one victim at a time: the
@@ -42,7 +47,18 @@ type Set struct {
 	links  unsafe.Pointer
 	stride uintptr
 	n      int
+
+	_ atomicx.Pad
+	// steals counts steals in progress (low 32 bits) and steals completed
+	// (high 32 bits, wrapping). A thief adds 1 before it takes anything
+	// and stealDone-1 after its batch is on its own freelist (or just -1 if
+	// it found nothing), so slots in a thief's hands, or moved behind a
+	// scanner's back, are never taken for "empty". Only steals touch it.
+	steals atomic.Uint64
+	_      atomicx.Pad
 }
+
+const stealDone = 1 << 32
 
 // part is a group of shards whose ranges are contiguous and whose memory sits
 // on one NUMA node (node -1: no particular node).
@@ -172,7 +188,8 @@ func (s *Set) link(idx uint32) *uint32 {
 
 // Pop takes a free slot for a caller whose home shard is home: from the home
 // freelist, else the home frontier, else by stealing a batch from the other
-// shards in turn. ok is false only when every shard is empty.
+// shards. ok is false when every shard was empty; src is then Busy if slots
+// were moving between shards during the scan, and the caller should retry.
 func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
 	st := &s.shards[home]
 	if idx, ok = s.popList(st); ok {
@@ -181,8 +198,17 @@ func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
 	if idx, _, ok = takeFresh(st, 1); ok {
 		return idx, FromFresh, true
 	}
+	// Slow path. Note the steal word first, then look everywhere again
+	// (home included: a batch may have landed there since).
+	before := s.steals.Load()
+	if idx, ok = s.popList(st); ok {
+		return idx, FromList, true
+	}
 	if idx, ok = s.steal(home); ok {
 		return idx, FromSteal, true
+	}
+	if after := s.steals.Load(); after != before || uint32(after) != 0 {
+		return 0, Busy, false
 	}
 	return 0, 0, false
 }
@@ -271,9 +297,16 @@ func (s *Set) steal(home int) (uint32, bool) {
 }
 
 // stealFrom takes a batch from victim for me, or reports that it is empty.
+// The victim is looked at before the steal is announced, so scanning empty
+// shards costs no write to the shared steal word.
 func (s *Set) stealFrom(me, victim *shardState) (uint32, bool) {
+	if uint32(victim.head.Load()) == 0 && victim.frontier.Load() >= victim.end {
+		return 0, false
+	}
+	s.steals.Add(1)
 	if idx, ok := s.popList(victim); ok {
 		s.stealMore(me, victim)
+		s.steals.Add(stealDone - 1)
 		return idx, true
 	}
 	if idx, n, ok := takeFresh(victim, StealBatch); ok {
@@ -283,8 +316,10 @@ func (s *Set) stealFrom(me, victim *shardState) (uint32, bool) {
 			}
 			s.pushChain(me, idx+1, idx+n-1)
 		}
+		s.steals.Add(stealDone - 1)
 		return idx, true
 	}
+	s.steals.Add(^uint64(0)) // the victim emptied meanwhile: nothing moved
 	return 0, false
 }
 

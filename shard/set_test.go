@@ -1,0 +1,444 @@
+package shard_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cella-go/cella/shard"
+)
+
+// The link words live in memory from unix.Mmap, as in the arena: off the Go
+// heap, so the race detector does not track them. The Set reads a link word
+// that another goroutine may be rewriting (a pop that loses its CAS); that
+// race is intended and harmless, and the tagged head makes the pop retry.
+//
+// Each slot gets a record of linkStride bytes. The link word sits at
+// linkOffset inside it; every other byte holds guardByte, so a test can check
+// that the Set writes nothing but the link words.
+const (
+	linkStride = 16
+	linkOffset = 4
+	guardByte  = 0xA5
+)
+
+type testSet struct {
+	*shard.Set
+	mem   []byte
+	slots uint32
+}
+
+func newTestSet(t testing.TB, slots uint32, shards int) *testSet {
+	t.Helper()
+	size := max(int(slots)*linkStride, 1)
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatalf("mmap %d bytes: %v", size, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Munmap(mem); err != nil {
+			t.Errorf("munmap: %v", err)
+		}
+	})
+	for i := range mem {
+		mem[i] = guardByte
+	}
+	s := shard.New(slots, shards, unsafe.Pointer(&mem[linkOffset%len(mem)]), linkStride)
+	return &testSet{Set: s, mem: mem, slots: slots}
+}
+
+// checkGuards fails if the Set wrote any byte outside the link words.
+func (s *testSet) checkGuards(t testing.TB) {
+	t.Helper()
+	for i, b := range s.mem {
+		if off := i % linkStride; off >= linkOffset && off < linkOffset+4 && uint32(i/linkStride) < s.slots {
+			continue
+		}
+		if b != guardByte {
+			t.Fatalf("byte %d (slot %d, offset %d) outside the link words was overwritten: %#x",
+				i, i/linkStride, i%linkStride, b)
+		}
+	}
+}
+
+// drain pops until the Set reports empty, from the given home, and checks
+// that every index is in range and handed out once.
+func (s *testSet) drain(t testing.TB, home int) []uint32 {
+	t.Helper()
+	seen := make(map[uint32]bool, s.slots)
+	var out []uint32
+	for {
+		idx, src, ok := s.Pop(home)
+		if !ok {
+			break
+		}
+		if idx >= s.slots {
+			t.Fatalf("Pop(%d) = %d (%v), out of range [0, %d)", home, idx, src, s.slots)
+		}
+		if seen[idx] {
+			t.Fatalf("Pop(%d) handed out index %d twice", home, idx)
+		}
+		seen[idx] = true
+		out = append(out, idx)
+		if uint64(len(out)) > uint64(s.slots) {
+			t.Fatalf("Pop(%d) handed out more than %d indices", home, s.slots)
+		}
+	}
+	return out
+}
+
+func TestSetRangesPartition(t *testing.T) {
+	for _, slots := range []uint32{1, 2, 3, 7, 64, 100, 1001} {
+		for _, shards := range []int{1, 2, 3, 8, 64, 2000} {
+			s := newTestSet(t, slots, shards)
+			if s.Len() != shards {
+				t.Fatalf("Len() = %d, want %d", s.Len(), shards)
+			}
+			var next uint32
+			minSize, maxSize := ^uint32(0), uint32(0)
+			for sh := 0; sh < shards; sh++ {
+				lo, hi := s.Range(sh)
+				if lo != next || hi < lo {
+					t.Fatalf("slots=%d shards=%d: shard %d range [%d,%d), want start %d", slots, shards, sh, lo, hi, next)
+				}
+				tlo, thi := s.Touched(sh)
+				if tlo != lo || thi != lo {
+					t.Fatalf("fresh shard %d: Touched = [%d,%d), want [%d,%d)", sh, tlo, thi, lo, lo)
+				}
+				minSize, maxSize = min(minSize, hi-lo), max(maxSize, hi-lo)
+				next = hi
+			}
+			if next != slots {
+				t.Fatalf("slots=%d shards=%d: ranges cover [0,%d)", slots, shards, next)
+			}
+			if maxSize-minSize > 1 {
+				t.Fatalf("slots=%d shards=%d: unbalanced shards (sizes %d..%d)", slots, shards, minSize, maxSize)
+			}
+			if got := s.Untouched(); got != uint64(slots) {
+				t.Fatalf("Untouched() = %d on a new set, want %d", got, slots)
+			}
+		}
+	}
+}
+
+// One caller, any home, any shard count: exactly slots indices, each once,
+// and then empty. After pushing all of them back (to mixed homes), the same
+// again: recycling loses nothing.
+func TestSetExactCapacity(t *testing.T) {
+	for _, slots := range []uint32{1, 2, 3, 5, 31, 32, 33, 64, 100, 1000} {
+		for _, shards := range []int{1, 2, 3, 4, 8, 16, 64, 1000} {
+			t.Run(fmt.Sprintf("slots=%d/shards=%d", slots, shards), func(t *testing.T) {
+				s := newTestSet(t, slots, shards)
+				for _, home := range []int{0, shards - 1, shards / 2} {
+					got := s.drain(t, home)
+					if len(got) != int(slots) {
+						t.Fatalf("home %d: drained %d indices, want exactly %d", home, len(got), slots)
+					}
+					if u := s.Untouched(); u != 0 {
+						t.Fatalf("Untouched() = %d after handing out every slot", u)
+					}
+					for sh := 0; sh < shards; sh += max(1, shards/16) {
+						if _, _, ok := s.Pop(sh); ok {
+							t.Fatalf("Pop(%d) succeeded on an empty set", sh)
+						}
+					}
+					for i, idx := range got {
+						s.Push((i*7+home)%shards, idx)
+					}
+				}
+				s.checkGuards(t)
+			})
+		}
+	}
+}
+
+func TestSetPopOrderSingleShard(t *testing.T) {
+	s := newTestSet(t, 8, 1)
+	for want := uint32(0); want < 3; want++ {
+		idx, src, ok := s.Pop(0)
+		if !ok || idx != want || src != shard.FromFresh {
+			t.Fatalf("Pop = (%d, %v, %v), want (%d, FromFresh, true)", idx, src, ok, want)
+		}
+	}
+	s.Push(0, 1)
+	s.Push(0, 0)
+	// LIFO from the freelist before the frontier.
+	for _, want := range []uint32{0, 1} {
+		idx, src, ok := s.Pop(0)
+		if !ok || idx != want || src != shard.FromList {
+			t.Fatalf("Pop = (%d, %v, %v), want (%d, FromList, true)", idx, src, ok, want)
+		}
+	}
+	idx, src, ok := s.Pop(0)
+	if !ok || idx != 3 || src != shard.FromFresh {
+		t.Fatalf("Pop after the list emptied = (%d, %v, %v), want (3, FromFresh, true)", idx, src, ok)
+	}
+	if _, thi := s.Touched(0); thi != 4 {
+		t.Fatalf("Touched frontier = %d, want 4", thi)
+	}
+	if u := s.Untouched(); u != 4 {
+		t.Fatalf("Untouched() = %d, want 4", u)
+	}
+	s.checkGuards(t)
+}
+
+// Each shard serves its own range fresh, then steals.
+func TestSetPopOrderOwnRangeThenSteal(t *testing.T) {
+	const per = 10
+	s := newTestSet(t, 3*per, 3)
+	for home := 0; home < 3; home++ {
+		lo, hi := s.Range(home)
+		if hi-lo != per {
+			t.Fatalf("shard %d has %d slots, want %d", home, hi-lo, per)
+		}
+	}
+	lo, hi := s.Range(1)
+	for want := lo; want < hi; want++ {
+		idx, src, ok := s.Pop(1)
+		if !ok || idx != want || src != shard.FromFresh {
+			t.Fatalf("Pop(1) = (%d, %v, %v), want (%d, FromFresh, true)", idx, src, ok, want)
+		}
+	}
+	// Home 1 is dry: the next Pop steals from the shard after it (2).
+	idx, src, ok := s.Pop(1)
+	lo2, hi2 := s.Range(2)
+	if !ok || src != shard.FromSteal || idx < lo2 || idx >= hi2 {
+		t.Fatalf("Pop(1) on a dry home = (%d, %v, %v), want FromSteal from shard 2 [%d,%d)", idx, src, ok, lo2, hi2)
+	}
+}
+
+// A steal from a victim's frontier takes a whole batch: one is returned, the
+// rest land on the thief's freelist, so the next Pops on the thief's home are
+// FromList and come from the victim's range, in order.
+func TestSetStealBatchFromFrontier(t *testing.T) {
+	const per = 3 * shard.StealBatch
+	s := newTestSet(t, 2*per, 2)
+	for i := 0; i < per; i++ {
+		if _, src, ok := s.Pop(1); !ok || src != shard.FromFresh {
+			t.Fatalf("Pop %d on home 1 = (%v, %v), want FromFresh", i, src, ok)
+		}
+	}
+	vlo, _ := s.Range(0)
+	for batch := 0; batch < 3; batch++ {
+		base := vlo + uint32(batch*shard.StealBatch)
+		idx, src, ok := s.Pop(1)
+		if !ok || src != shard.FromSteal || idx != base {
+			t.Fatalf("batch %d: Pop(1) = (%d, %v, %v), want (%d, FromSteal, true)", batch, idx, src, ok, base)
+		}
+		if _, f := s.Touched(0); f != base+shard.StealBatch {
+			t.Fatalf("batch %d: victim frontier = %d, want %d (one batch taken)", batch, f, base+shard.StealBatch)
+		}
+		for j := 1; j < shard.StealBatch; j++ {
+			idx, src, ok := s.Pop(1)
+			if !ok || src != shard.FromList || idx != base+uint32(j) {
+				t.Fatalf("batch %d, pop %d: Pop(1) = (%d, %v, %v), want (%d, FromList, true)",
+					batch, j, idx, src, ok, base+uint32(j))
+			}
+		}
+	}
+	if _, _, ok := s.Pop(1); ok {
+		t.Fatal("Pop succeeded after every slot was handed out")
+	}
+	if _, _, ok := s.Pop(0); ok {
+		t.Fatal("Pop(0) succeeded after every slot was handed out")
+	}
+	s.checkGuards(t)
+}
+
+// A steal from a victim's freelist also takes a batch, and only free slots.
+func TestSetStealBatchFromList(t *testing.T) {
+	const per = 64
+	const pushed = 40 // more than one batch, less than two
+	s := newTestSet(t, 2*per, 2)
+	victim := s.drain(t, 0)[:per] // home 0 drains its own range first
+	for _, idx := range victim {
+		if lo, hi := s.Range(0); idx < lo || idx >= hi {
+			t.Fatalf("home 0 popped %d outside its range before stealing", idx)
+		}
+	}
+	// Every slot is out now (home 0 stole shard 1's range too). Free 40 of
+	// shard 0's slots onto shard 0's list; home 1 is dry and must steal them.
+	free := make(map[uint32]bool)
+	for _, idx := range victim[:pushed] {
+		s.Push(0, idx)
+		free[idx] = true
+	}
+	got := map[uint32]bool{}
+	pop := func(wantSrc shard.Source) uint32 {
+		t.Helper()
+		idx, src, ok := s.Pop(1)
+		if !ok || src != wantSrc {
+			t.Fatalf("Pop(1) = (%d, %v, %v), want source %v", idx, src, ok, wantSrc)
+		}
+		if !free[idx] || got[idx] {
+			t.Fatalf("Pop(1) = %d: not a free slot, or handed out twice", idx)
+		}
+		got[idx] = true
+		return idx
+	}
+	pop(shard.FromSteal)
+	for j := 1; j < shard.StealBatch; j++ {
+		pop(shard.FromList)
+	}
+	pop(shard.FromSteal)
+	for j := 1; j < pushed-shard.StealBatch; j++ {
+		pop(shard.FromList)
+	}
+	if len(got) != pushed {
+		t.Fatalf("got %d slots back, want %d", len(got), pushed)
+	}
+	if idx, src, ok := s.Pop(1); ok {
+		t.Fatalf("Pop(1) = (%d, %v) after every free slot was taken", idx, src)
+	}
+	s.checkGuards(t)
+}
+
+// More shards than slots: the empty shards steal; a 1-slot set works.
+func TestSetMoreShardsThanSlots(t *testing.T) {
+	s := newTestSet(t, 1, 8)
+	for home := 0; home < 8; home++ {
+		idx, _, ok := s.Pop(home)
+		if !ok || idx != 0 {
+			t.Fatalf("Pop(%d) = (%d, %v), want (0, true)", home, idx, ok)
+		}
+		for h := 0; h < 8; h++ {
+			if _, _, ok := s.Pop(h); ok {
+				t.Fatalf("Pop(%d) succeeded while the only slot is out", h)
+			}
+		}
+		s.Push((home+3)%8, 0)
+	}
+	s.checkGuards(t)
+}
+
+func TestSetOfWraps(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 8} {
+		s := newTestSet(t, 16, n)
+		for p := 0; p < 10*n+7; p++ {
+			h := s.Of(p)
+			if h < 0 || h >= n || h != p%n {
+				t.Fatalf("shards=%d: Of(%d) = %d, want %d", n, p, h, p%n)
+			}
+			idx, _, ok := s.Pop(h)
+			if !ok {
+				t.Fatalf("Pop(Of(%d)) failed", p)
+			}
+			s.Push(s.Of(p+1), idx)
+		}
+		if got := s.drain(t, s.Of(1<<20)); len(got) != 16 {
+			t.Fatalf("shards=%d: %d slots after wrapped homes, want 16", n, len(got))
+		}
+	}
+}
+
+// Concurrent Pop/Push from many goroutines on random homes (including P ids
+// at or above Len). An owner table (on the Go heap, checked with atomics)
+// catches an index handed out twice; the final drain catches a lost one.
+//
+// In the roomy case every goroutine holds at most hold slots, and the set has
+// more than goroutines*hold + (goroutines-1)*(StealBatch-1) slots: even with
+// every other goroutine in the middle of a steal (a batch popped from the
+// victim, not yet pushed on the thief's list), some shard holds a free slot
+// at every instant. A Pop that reports empty then is wrong: its scan missed
+// slots that moved between shards while it looked.
+func TestSetConcurrentStress(t *testing.T) {
+	ops := 20000
+	if testing.Short() {
+		ops = 4000
+	}
+	cases := []struct {
+		slots      uint32
+		shards     int
+		goroutines int
+		hold       int
+		roomy      bool
+	}{
+		{1, 1, 4, 1, false},
+		{1, 4, 4, 1, false},
+		{5, 3, 8, 2, false},
+		{64, 8, 8, 16, false},
+		{64, 1, 8, 4, true},
+		{65, 2, 8, 8, false},
+		{300, 2, 8, 8, true},
+		{400, 3, 8, 8, true},
+		{1000, 8, 8, 64, true},
+		{1000, 2, 4, 16, true},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("slots=%d/shards=%d/g=%d/hold=%d", c.slots, c.shards, c.goroutines, c.hold), func(t *testing.T) {
+			s := newTestSet(t, c.slots, c.shards)
+			owner := make([]atomic.Int32, c.slots)
+			var failed, spurious atomic.Int64
+			var errOnce sync.Once
+			var firstErr string
+			report := func(format string, args ...any) {
+				errOnce.Do(func() { firstErr = fmt.Sprintf(format, args...) })
+			}
+			var wg sync.WaitGroup
+			for g := 0; g < c.goroutines; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					rng := rand.New(rand.NewPCG(uint64(g), 42))
+					held := make([]uint32, 0, c.hold)
+					me := int32(g + 1)
+					for i := 0; i < ops; i++ {
+						home := s.Of(rng.IntN(4 * c.shards))
+						if len(held) < c.hold && (len(held) == 0 || rng.IntN(2) == 0) {
+							idx, _, ok := s.Pop(home)
+							if !ok {
+								failed.Add(1)
+								if c.roomy {
+									spurious.Add(1)
+								}
+								continue
+							}
+							if idx >= c.slots {
+								report("Pop = %d, out of range", idx)
+								return
+							}
+							if prev := owner[idx].Swap(me); prev != 0 {
+								report("index %d handed to goroutine %d while goroutine %d held it", idx, g, prev-1)
+								return
+							}
+							held = append(held, idx)
+							continue
+						}
+						j := rng.IntN(len(held))
+						idx := held[j]
+						held[j] = held[len(held)-1]
+						held = held[:len(held)-1]
+						if prev := owner[idx].Swap(0); prev != me {
+							report("goroutine %d returns %d but the owner table says %d", g, idx, prev-1)
+							return
+						}
+						s.Push(home, idx)
+					}
+					for _, idx := range held {
+						owner[idx].Store(0)
+						s.Push(s.Of(g), idx)
+					}
+				}(g)
+			}
+			wg.Wait()
+			if firstErr != "" {
+				t.Fatal(firstErr)
+			}
+			if n := spurious.Load(); n > 0 {
+				t.Errorf("Pop reported empty %d times although at least %d of %d slots were on some shard at every instant",
+					n, int(c.slots)-c.goroutines*c.hold-(c.goroutines-1)*(shard.StealBatch-1), c.slots)
+			}
+			got := s.drain(t, 0)
+			if len(got) != int(c.slots) {
+				t.Fatalf("after the stress %d slots can be popped, want %d (lost %d); %d empty Pops during the run",
+					len(got), c.slots, int(c.slots)-len(got), failed.Load())
+			}
+			s.checkGuards(t)
+		})
+	}
+}
