@@ -73,7 +73,7 @@ const (
 // take pops a free slot for P p and marks it allocated. Runs inside a gate
 // section.
 func (a *Arena[T]) take(p int) (idx, gen uint32, res takeResult) {
-	idx, src, ok := a.set.Pop(a.set.Of(p))
+	idx, src, ok := a.set.Pop(a.home(p))
 	if !ok {
 		if src == shard.Busy {
 			return 0, 0, retry
@@ -139,5 +139,5 @@ func (a *Arena[T]) recycle(p int, idx uint32, state uint64) {
 		a.retired.Add(1)
 		return
 	}
-	a.set.Push(a.set.Of(p), idx)
+	a.set.Push(a.freeShard(p, idx), idx)
 }

@@ -29,6 +29,7 @@ type Arena[T any] struct {
 	nP       int
 
 	class    memclass.Class
+	nodes    *nodeLayout      // per-node arenas only
 	region   *memclass.Region // the slots
 	counters *memclass.Region // the per-P counters
 
@@ -66,7 +67,17 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		return nil, fmt.Errorf("%w: Slots = %d of %d-byte %s needs more address space than the machine has",
 			ErrInvalidConfig, cfg.Slots, stride, typ)
 	}
-	region, err := memclass.Map(cfg.Class, uintptr(total))
+	var (
+		region *memclass.Region
+		layout *nodeLayout
+	)
+	if cfg.Class.IsPerNode() {
+		if layout, err = planNodes(cfg, shards, stride); err == nil {
+			region, err = memclass.MapNodes(cfg.Class, layout.nodes, layout.sizes)
+		}
+	} else {
+		region, err = memclass.Map(cfg.Class, uintptr(total))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
 	}
@@ -83,7 +94,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	}
 	a := &Arena[T]{
 		gate:     shard.NewGate(),
-		set:      shard.New(uint32(cfg.Slots), shards, unsafe.Add(region.Base(), linkOffset), stride),
+		set:      newSet(cfg, shards, layout, unsafe.Add(region.Base(), linkOffset), stride),
 		base:     region.Base(),
 		stride:   stride,
 		slots:    uint32(cfg.Slots),
@@ -91,10 +102,18 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		perP:     counters.Base(),
 		nP:       nP,
 		class:    cfg.Class,
+		nodes:    layout,
 		region:   region,
 		counters: counters,
 	}
 	return a, nil
+}
+
+func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, stride uintptr) *shard.Set {
+	if layout != nil {
+		return shard.NewLayout(layout.parts, links, stride)
+	}
+	return shard.New(uint32(cfg.Slots), shards, links, stride)
 }
 
 // state returns slot idx's state word.

@@ -26,7 +26,8 @@ type Stats struct {
 // cache line. They live off-heap with the slots.
 type pCounters struct {
 	allocs, frees, steals, failed uint64
-	_                             [atomicx.CacheLine - 32]byte
+	home                          uint32 // per-node arenas: home shard + 1, 0 = look it up
+	_                             [atomicx.CacheLine - 36]byte
 }
 
 // spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
@@ -47,6 +48,7 @@ func (a *Arena[T]) countAlloc(p int, stolen bool) {
 		c.allocs++
 		if stolen {
 			c.steals++
+			c.home = 0 // our node ran dry, or we moved: look again
 		}
 		return
 	}
