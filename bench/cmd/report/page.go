@@ -1,0 +1,356 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type pageInput struct {
+	machine, cpu, goVersion string
+	procs                   int
+	when                    time.Time
+	took                    time.Duration
+	opts                    options
+	sums                    []*summary
+	benchstat               []benchstatOut
+	svgs                    []string
+}
+
+// families in page order, with what each measures.
+var families = []struct{ name, what string }{
+	{"Pair", "Alloc+Free (Get+Put) back to back on one goroutine."},
+	{"PairParallel", "The same pair from every goroutine of RunParallel; goroutines above GOMAXPROCS are 4x oversubscribed. " +
+		"ns/op is wall time over all operations of all goroutines: it falls as an implementation scales, stays flat or rises when it does not."},
+	{"StoreLoadFree", "Copy a value in, copy it out, free (cella: Store, Load, Free)."},
+	{"View", "Shared read of a live object (cella: View; rwmutex: RLock; plain: unsynchronised read, the floor)."},
+	{"Update", "Exclusive write of a live object (cella: Update; rwmutex: Lock; plain: unsynchronised write, the floor)."},
+	{"CrossP", "One goroutine allocates, another frees (handles passed in batches of 64): the remote-free path. Per object."},
+	{"Burst", "Take 4096 objects (the whole capacity), then give them all back. Per object; cella reports steals/op."},
+	{"Hop", "One message from a producer to a consumer goroutine over a buffered Go channel. Per message."},
+}
+
+// baselines: the implementation each family's ratios are taken against.
+var baselines = []string{"syncpool", "rwmutex"}
+
+func renderPage(in pageInput) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("# cella benchmarks: %s\n\n", in.machine)
+	p("- Machine: %s, %d logical CPUs, GOMAXPROCS=%d\n", in.cpu, numCPU(), in.procs)
+	p("- Go: %s\n", in.goVersion)
+	p("- Produced %s by `go run ./bench/cmd/report%s` in %s\n", in.when.Format("2006-01-02 15:04 UTC"), flagsOf(in.opts), in.took.Round(time.Second))
+	p("- Every figure is the median of %d runs (-benchtime %s for the comparison suite). Ratios are against sync.Pool "+
+		"(rwmutex for View and Update) measured in the same run: below 1.00 is faster.\n", in.opts.count, in.opts.benchtime)
+	p("- Rerun on your machine: `go run ./bench/cmd/report` from the repository root; see bench/doc.go.\n\n")
+
+	byFam := map[string][]*summary{}
+	for _, s := range in.sums {
+		byFam[s.family()] = append(byFam[s.family()], s)
+	}
+
+	renderTargets(&b, in, byFam)
+
+	for _, svg := range in.svgs {
+		p("![ns/op against goroutines](%s)\n\n", svg)
+	}
+
+	for _, f := range families {
+		rows := byFam[f.name]
+		if len(rows) == 0 {
+			continue
+		}
+		p("## %s\n\n%s\n\n", f.name, f.what)
+		renderFamily(&b, rows)
+	}
+
+	renderGC(&b, byFam)
+
+	for _, s := range in.benchstat {
+		p("## benchstat: %s\n\n```\n%s```\n\n", s.title, s.text)
+	}
+	return b.String()
+}
+
+func flagsOf(o options) string {
+	var f []string
+	if o.count != 5 {
+		f = append(f, "-count "+strconv.Itoa(o.count))
+	}
+	if o.benchtime != "100ms" {
+		f = append(f, "-benchtime "+o.benchtime)
+	}
+	if o.big {
+		f = append(f, "-big")
+	}
+	if o.skipGC {
+		f = append(f, "-skip-gc")
+	}
+	if o.skipSuite {
+		f = append(f, "-skip-suite")
+	}
+	if o.bench != suiteBench {
+		f = append(f, "-bench '"+o.bench+"'")
+	}
+	if len(f) == 0 {
+		return ""
+	}
+	return " " + strings.Join(f, " ")
+}
+
+// find returns the summary with exactly this name (without -procs suffix).
+func find(rows []*summary, name string) *summary {
+	for _, s := range rows {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func ns(s *summary) float64 {
+	if s == nil {
+		return math.NaN()
+	}
+	return s.median["ns/op"]
+}
+
+func renderTargets(b *strings.Builder, in pageInput, byFam map[string][]*summary) {
+	type row struct{ target, measured, verdict string }
+	var rows []row
+	ratio := func(target string, num, den float64, ok func(float64) bool, format string) {
+		if math.IsNaN(num) || math.IsNaN(den) || den == 0 {
+			return
+		}
+		r := num / den
+		v := "no"
+		if ok(r) {
+			v = "yes"
+		}
+		rows = append(rows, row{target, fmt.Sprintf(format, r), v})
+	}
+	pair := byFam["Pair"]
+	ratio("single-goroutine pair (64 B) at or below 1.0x sync.Pool",
+		ns(find(pair, "BenchmarkPair/impl=cella/payload=64")), ns(find(pair, "BenchmarkPair/impl=syncpool/payload=64")),
+		func(r float64) bool { return r <= 1 }, "%.2fx sync.Pool")
+	par := byFam["PairParallel"]
+	g := "/payload=64/goroutines=" + strconv.Itoa(in.procs)
+	ratio("RunParallel pair (64 B, one goroutine per P) at or below 1.0x sync.Pool",
+		ns(find(par, "BenchmarkPairParallel/impl=cella"+g)), ns(find(par, "BenchmarkPairParallel/impl=syncpool"+g)),
+		func(r float64) bool { return r <= 1 }, "%.2fx sync.Pool")
+	ratio("RunParallel pair (64 B) at least 3x faster than the shared tagged stack",
+		ns(find(par, "BenchmarkPairParallel/impl=treiber"+g)), ns(find(par, "BenchmarkPairParallel/impl=cella"+g)),
+		func(r float64) bool { return r >= 3 }, "treiber ns/op is %.2fx cella's")
+	g4 := "/payload=64/goroutines=" + strconv.Itoa(4*in.procs)
+	ratio("oversubscribed pair (64 B, 4 goroutines per P) vs sync.Pool",
+		ns(find(par, "BenchmarkPairParallel/impl=cella"+g4)), ns(find(par, "BenchmarkPairParallel/impl=syncpool"+g4)),
+		func(r float64) bool { return r <= 1 }, "%.2fx sync.Pool")
+
+	// 0 allocs/op on every cella hot path.
+	worst, where, seen := 0.0, "", false
+	for _, f := range families {
+		for _, s := range byFam[f.name] {
+			if s.param("impl") != "cella" {
+				continue
+			}
+			seen = true
+			if a := s.median["allocs/op"]; a > worst {
+				worst, where = a, s.name
+			}
+		}
+	}
+	if seen {
+		v, m := "yes", "0 allocs/op everywhere"
+		if worst > 0 {
+			v, m = "no", fmt.Sprintf("%g allocs/op in %s", worst, where)
+		}
+		rows = append(rows, row{"0 allocs/op on every cella hot path", m, v})
+	}
+
+	gc := byFam["GC"]
+	empty, c4, h4 := ns(find(gc, "BenchmarkGC/impl=empty/live=0")), ns(find(gc, "BenchmarkGC/impl=cella/live=4M")), ns(find(gc, "BenchmarkGC/impl=heap/live=4M"))
+	ratio("forced GC with 4M live cella messages at most 1.5x an empty-heap GC", c4, empty,
+		func(r float64) bool { return r <= 1.5 }, "%.2fx empty heap")
+	ratio("forced GC with 4M cella messages at least 30x cheaper than 4M heap objects", h4, c4,
+		func(r float64) bool { return r >= 30 }, "heap-object GC is %.1fx the cella one")
+
+	if nc := find(byFam["NewClose"], "BenchmarkNewClose/payload=64/slots=2^27"); nc != nil {
+		t, rss := nc.median["new-ns/op"], nc.median["rss-KiB"]
+		v := "no"
+		if t < 5e6 && rss < 4096 {
+			v = "yes"
+		}
+		rows = append(rows, row{"New of 2^27 x 64-byte slots under 5 ms and 4 MiB RSS",
+			fmt.Sprintf("%s, +%.0f KiB RSS", fmtNs(t), rss), v})
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(b, "| %s | %s | %s |\n", r.target, r.measured, r.verdict)
+	}
+	b.WriteString("\n")
+}
+
+// renderFamily writes one table: a row per workload variant, a column per
+// implementation, each cell the median ns/op and its ratio to the baseline.
+func renderFamily(b *strings.Builder, rows []*summary) {
+	var keys, impls []string
+	cell := map[string]map[string]*summary{}
+	for _, s := range rows {
+		k, im := s.rowKey(), s.param("impl")
+		if cell[k] == nil {
+			cell[k] = map[string]*summary{}
+			keys = append(keys, k)
+		}
+		if !contains(impls, im) {
+			impls = append(impls, im)
+		}
+		cell[k][im] = s
+	}
+	base := ""
+	for _, c := range baselines {
+		if contains(impls, c) {
+			base = c
+			break
+		}
+	}
+	fmt.Fprintf(b, "| workload | %s |\n|---|%s\n", strings.Join(impls, " | "), strings.Repeat("---|", len(impls)))
+	for _, k := range keys {
+		label := strings.Join(strings.Split(k, "/")[1:], " ")
+		fmt.Fprintf(b, "| %s |", label)
+		for _, im := range impls {
+			s := cell[k][im]
+			if s == nil {
+				b.WriteString(" - |")
+				continue
+			}
+			v := s.median["ns/op"]
+			fmt.Fprintf(b, " %s", fmtVal(v))
+			if bs := cell[k][base]; bs != nil && base != "" && bs.median["ns/op"] > 0 {
+				fmt.Fprintf(b, " (%.2fx)", v/bs.median["ns/op"])
+			}
+			if a := s.median["allocs/op"]; a > 0 {
+				fmt.Fprintf(b, " %g alloc", a)
+			}
+			if st, ok := s.median["steals/op"]; ok {
+				fmt.Fprintf(b, " %.3g steals/op", st)
+			}
+			b.WriteString(" |")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+}
+
+func renderGC(b *strings.Builder, byFam map[string][]*summary) {
+	if gc := byFam["GC"]; len(gc) > 0 {
+		b.WriteString("## GC headline: a forced GC cycle with N live 64-byte messages\n\n" +
+			"One op is one complete `runtime.GC()`. Pause is the stop-the-world time per cycle " +
+			"(debug.ReadGCStats), heap is the live heap objects, RSS is VmRSS once the set is built. " +
+			"Each case ran in a process of its own.\n\n" +
+			"| case | GC cycle | STW pause | heap | RSS | vs empty heap | vs heap objects |\n|---|---|---|---|---|---|---|\n")
+		empty := ns(find(gc, "BenchmarkGC/impl=empty/live=0"))
+		for _, s := range gc {
+			vsHeap := "-"
+			if s.param("impl") == "cella" {
+				h := ns(find(gc, "BenchmarkGC/impl=heap/live="+s.param("live")))
+				if h > 0 {
+					vsHeap = fmt.Sprintf("%.1fx cheaper", h/s.median["ns/op"])
+				}
+			}
+			fmt.Fprintf(b, "| %s %s | %s | %s | %.1f MiB | %.0f MiB | %.2fx | %s |\n",
+				s.param("impl"), s.param("live"), fmtVal(s.median["ns/op"]), fmtVal(s.median["pause-ns/op"]),
+				s.median["heap-MiB"], s.median["rss-MiB"], s.median["ns/op"]/empty, vsHeap)
+		}
+		b.WriteString("\n")
+	}
+	if ch := byFam["GCChurn"]; len(ch) > 0 {
+		b.WriteString("## GC under steady churn\n\n" +
+			"With N live messages, each op frees one and stores a new one (heap: a new object replaces the old " +
+			"pointer). GC CPU is the runtime's GC CPU time over wall time x GOMAXPROCS during the run.\n\n" +
+			"| case | ns/op | GC CPU | GC cycles per 1M ops | RSS | allocs/op |\n|---|---|---|---|---|---|\n")
+		for _, s := range ch {
+			fmt.Fprintf(b, "| %s %s | %s | %.2f%% | %.2f | %.0f MiB | %g |\n", s.param("impl"), s.param("live"),
+				fmtVal(s.median["ns/op"]), s.median["gc-cpu-%"], s.median["gcs/Mop"], s.median["rss-MiB"], s.median["allocs/op"])
+		}
+		b.WriteString("\n")
+	}
+	if nc := byFam["NewClose"]; len(nc) > 0 {
+		b.WriteString("## Lazy capacity: New and Close of a huge arena\n\n" +
+			"| slots (64 B each) | reserved | New | Close | RSS growth after New |\n|---|---|---|---|---|\n")
+		for _, s := range nc {
+			slots := s.param("slots")
+			res := "-"
+			if k, err := strconv.Atoi(strings.TrimPrefix(slots, "2^")); err == nil {
+				res = fmt.Sprintf("%d GiB", (uint64(64)<<k)>>30)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f KiB |\n", slots, res,
+				fmtVal(s.median["new-ns/op"]), fmtVal(s.median["close-ns/op"]), s.median["rss-KiB"])
+		}
+		b.WriteString("\n")
+	}
+}
+
+// fmtVal prints a duration in ns with a readable unit.
+func fmtVal(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f ms", v/1e6)
+	case v >= 1e4:
+		return fmt.Sprintf("%.1f µs", v/1e3)
+	case v >= 100:
+		return fmt.Sprintf("%.0f ns", v)
+	default:
+		return fmt.Sprintf("%.3g ns", v)
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// payloadsOf lists the payload sizes present in a family, in order.
+func payloadsOf(sums []*summary, family string) []string {
+	var out []string
+	for _, s := range sums {
+		if s.family() == family && !contains(out, s.param("payload")) {
+			out = append(out, s.param("payload"))
+		}
+	}
+	return out
+}
+
+// parallelSeries gathers, per implementation, median ns/op by goroutines.
+func parallelSeries(sums []*summary, family, payload string) []series {
+	var out []series
+	idx := map[string]int{}
+	for _, s := range sums {
+		if s.family() != family || s.param("payload") != payload {
+			continue
+		}
+		g, err := strconv.Atoi(s.param("goroutines"))
+		if err != nil {
+			continue
+		}
+		im := s.param("impl")
+		i, ok := idx[im]
+		if !ok {
+			i = len(out)
+			idx[im] = i
+			out = append(out, series{impl: im, points: map[int]float64{}})
+		}
+		out[i].points[g] = s.median["ns/op"]
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].impl == "cella" && out[j].impl != "cella" })
+	return out
+}

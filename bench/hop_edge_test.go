@@ -1,0 +1,75 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"unsafe"
+
+	"github.com/cella-go/cella/arena"
+	"github.com/cella-go/cella/message"
+)
+
+// benchHopEdge is BenchmarkHop's cella-edge case: the message goes into a
+// message.Store (Put), its token crosses a message.Edge (Send/Recv, Block
+// admission, the same capacity as the Go channel of the other cases), and
+// the consumer reads it with View and Frees it.
+func benchHopEdge[T any](b *testing.B) {
+	b.Run("impl=cella-edge/"+sizeName[T](), func(b *testing.B) {
+		st, err := message.NewStore[T](arena.Config{Slots: pairCapacity})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		e, err := message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var z T
+		size := uint32(unsafe.Sizeof(z))
+		ctx := context.Background()
+		settle()
+		b.ReportAllocs()
+		b.ResetTimer()
+		done := make(chan error, 1)
+		go func() {
+			var acc uint64
+			read := func(m *message.Message[T]) { acc += first(&m.Payload) }
+			for {
+				t, err := e.Recv(ctx)
+				if errors.Is(err, message.ErrEdgeClosed) {
+					sinkAdd(acc)
+					done <- nil
+					return
+				}
+				if err == nil {
+					err = st.View(t, read)
+				}
+				if err == nil {
+					err = st.Free(t)
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+		for i := 0; i < b.N; i++ {
+			var v T
+			stamp(&v, uint64(i))
+			t, err := st.Put(message.Header{Seq: uint64(i), Size: size}, v)
+			if err == nil {
+				err = e.Send(ctx, t)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := e.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,49 @@
+package bench
+
+import (
+	"strconv"
+	"unsafe"
+)
+
+// The payload types of the suite. They are plain byte arrays so that every
+// implementation (the off-heap arena included) can hold them, and so that
+// their size is exactly the one in the benchmark name.
+type (
+	// P16 is a 16-byte payload.
+	P16 [16]byte
+	// P64 is a 64-byte payload, the size of a small message.
+	P64 [64]byte
+	// P1K is a 1 KiB payload.
+	P1K [1 << 10]byte
+	// P16K is a 16 KiB payload.
+	P16K [16 << 10]byte
+)
+
+// Msg64 is the 64-byte message of the GC headline: a small header and a
+// body, no Go pointers.
+type Msg64 struct {
+	Trace, Seq uint64
+	Created    int64
+	Size       uint32
+	Flags      uint32
+	Body       [32]byte
+}
+
+// stamp writes v into the first and the last word of *p. Every benchmark
+// writes its payload through stamp, so the compiler cannot drop the write and
+// the payload's cache lines are really touched (first and last line for the
+// big payloads). All payload types are at least 16 bytes long.
+func stamp[T any](p *T, v uint64) {
+	n := unsafe.Sizeof(*p)
+	*(*uint64)(unsafe.Pointer(p)) = v
+	*(*uint64)(unsafe.Add(unsafe.Pointer(p), n-8)) = v
+}
+
+// first reads back the word written by stamp.
+func first[T any](p *T) uint64 { return *(*uint64)(unsafe.Pointer(p)) }
+
+// sizeName is the payload part of a benchmark name ("payload=64").
+func sizeName[T any]() string {
+	var z T
+	return "payload=" + strconv.Itoa(int(unsafe.Sizeof(z)))
+}
