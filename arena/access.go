@@ -87,53 +87,53 @@ func canRead(s uint64) bool {
 //
 // A writer first sets the writer bit, which stops new readers, then waits
 // for the readers already inside to leave. Waiting happens unpinned.
-func (a *Arena[T]) lock(t token.Token, op string, write bool) (uint32, error) {
-	idx, gen, ok := a.check(t)
+func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
+	idx, gen, ok := c.check(t)
 	if !ok {
-		return 0, badToken(op, t, a)
+		return 0, badToken(op, t, c)
 	}
-	st := a.state(idx)
+	st := c.state(idx)
 	var bo atomicx.Backoff
 	for {
-		p, ok := a.gate.Enter()
+		p, ok := c.gate.Enter()
 		if !ok {
 			return 0, ErrClosed
 		}
 		s := atomic.LoadUint64(st)
 		if !valid(s, gen) {
-			a.gate.Exit(p)
+			c.gate.Exit(p)
 			return 0, staleToken(op, t)
 		}
 		switch {
 		case !write && canRead(s):
 			if atomic.CompareAndSwapUint64(st, s, s+1) {
-				a.gate.Exit(p)
+				c.gate.Exit(p)
 				return idx, nil
 			}
-			a.gate.Exit(p)
+			c.gate.Exit(p)
 			continue
 		case write && s&writerBit == 0:
 			if atomic.CompareAndSwapUint64(st, s, s|writerBit) {
-				a.gate.Exit(p)
-				return idx, a.drainReaders(idx, gen, t, op)
+				c.gate.Exit(p)
+				return idx, c.drainReaders(idx, gen, t, op)
 			}
-			a.gate.Exit(p)
+			c.gate.Exit(p)
 			continue
 		}
-		a.gate.Exit(p)
+		c.gate.Exit(p)
 		bo.Wait()
 	}
 }
 
 // drainReaders waits, holding the writer bit, until no reader is inside. If
 // the slot is freed meanwhile it gives the writer bit back and reports stale.
-func (a *Arena[T]) drainReaders(idx, gen uint32, t token.Token, op string) error {
-	st := a.state(idx)
+func (c *core) drainReaders(idx, gen uint32, t token.Token, op string) error {
+	st := c.state(idx)
 	var bo atomicx.Backoff
 	for {
 		s := atomic.LoadUint64(st)
 		if genOf(s) != gen || s&allocBit == 0 {
-			a.unlock(idx, writerBit)
+			c.unlock(idx, writerBit)
 			return staleToken(op, t)
 		}
 		if s&readerMask == 0 {
@@ -146,16 +146,16 @@ func (a *Arena[T]) drainReaders(idx, gen uint32, t token.Token, op string) error
 // unlock drops a hold (1 for a reader, writerBit for the writer). Whoever
 // drops the last hold on a freed slot recycles it. It runs even while Close
 // is waiting, because Close waits for exactly these holds.
-func (a *Arena[T]) unlock(idx uint32, hold uint64) {
-	p := a.gate.EnterAny()
-	a.drop(p, idx, hold)
-	a.gate.Exit(p)
+func (c *core) unlock(idx uint32, hold uint64) {
+	p := c.gate.EnterAny()
+	c.drop(p, idx, hold)
+	c.gate.Exit(p)
 }
 
 // drop subtracts hold from idx's state inside a gate section.
-func (a *Arena[T]) drop(p int, idx uint32, hold uint64) {
-	ns := atomic.AddUint64(a.state(idx), -hold)
+func (c *core) drop(p int, idx uint32, hold uint64) {
+	ns := atomic.AddUint64(c.state(idx), -hold)
 	if ns&(allocBit|holders) == 0 {
-		a.recycle(p, idx, ns)
+		c.recycle(p, idx, ns)
 	}
 }

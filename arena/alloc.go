@@ -72,18 +72,18 @@ const (
 
 // take pops a free slot for P p and marks it allocated. Runs inside a gate
 // section.
-func (a *Arena[T]) take(p int) (idx, gen uint32, res takeResult) {
-	idx, src, ok := a.set.Pop(a.home(p))
+func (c *core) take(p int) (idx, gen uint32, res takeResult) {
+	idx, src, ok := c.set.Pop(c.home(p))
 	if !ok {
 		if src == shard.Busy {
 			return 0, 0, retry
 		}
-		a.countFailed(p)
+		c.countFailed(p)
 		return 0, 0, full
 	}
-	st := a.state(idx)
+	st := c.state(idx)
 	s := atomic.LoadUint64(st)
-	gen, res = a.firstGen, took
+	gen, res = c.firstGen, took
 	if s != 0 {
 		gen, res = genOf(s), tookRecycled
 	}
@@ -95,27 +95,27 @@ func (a *Arena[T]) take(p int) (idx, gen uint32, res takeResult) {
 	// through a synchronising hand-off, which orders this store before
 	// their loads.
 	*st = uint64(gen)<<genShift | allocBit
-	a.countAlloc(p, src == shard.FromSteal)
+	c.countAlloc(p, src == shard.FromSteal)
 	return idx, gen, res
 }
 
 // Free releases t's slot. From this moment every use of t returns ErrStale.
 // If View or Update callbacks are running on the slot, Free returns at once
 // and the slot is recycled when the last of them returns.
-func (a *Arena[T]) Free(t token.Token) error {
-	idx, gen, ok := a.check(t)
+func (c *core) Free(t token.Token) error {
+	idx, gen, ok := c.check(t)
 	if !ok {
-		return badToken("Free", t, a)
+		return badToken("Free", t, c)
 	}
-	p, ok := a.gate.Enter()
+	p, ok := c.gate.Enter()
 	if !ok {
 		return ErrClosed
 	}
-	st := a.state(idx)
+	st := c.state(idx)
 	for {
 		s := atomic.LoadUint64(st)
 		if !valid(s, gen) {
-			a.gate.Exit(p)
+			c.gate.Exit(p)
 			return staleToken("Free", t)
 		}
 		// Clear alloc, advance the generation (to retiredGen at the wrap),
@@ -123,10 +123,10 @@ func (a *Arena[T]) Free(t token.Token) error {
 		ns := (uint64(gen)+1)<<genShift | s&holders
 		if atomic.CompareAndSwapUint64(st, s, ns) {
 			if ns&holders == 0 {
-				a.recycle(p, idx, ns)
+				c.recycle(p, idx, ns)
 			}
-			a.countFree(p)
-			a.gate.Exit(p)
+			c.countFree(p)
+			c.gate.Exit(p)
 			return nil
 		}
 	}
@@ -134,10 +134,10 @@ func (a *Arena[T]) Free(t token.Token) error {
 
 // recycle puts a freed slot with no holders back on P p's shard, or retires
 // it if its generation is used up. Runs inside a gate section.
-func (a *Arena[T]) recycle(p int, idx uint32, state uint64) {
+func (c *core) recycle(p int, idx uint32, state uint64) {
 	if genOf(state) == retiredGen {
-		a.retired.Add(1)
+		c.retired.Add(1)
 		return
 	}
-	a.set.Push(a.freeShard(p, idx), idx)
+	c.set.Push(c.freeShard(p, idx), idx)
 }

@@ -17,7 +17,20 @@ import (
 
 // Arena is a fixed-capacity store of T values in off-heap memory, handed out
 // as generation-checked tokens. All methods are safe for concurrent use.
+//
+// The methods that do not depend on T (Free, Capacity, Available, Class,
+// Stats, Close, Nodes, Residency) belong to the embedded engine and are
+// promoted to Arena.
 type Arena[T any] struct {
+	core
+}
+
+// core is everything about an arena that does not depend on T: slots as
+// indices and bytes, the shards, the state words, the counters. Keeping it
+// out of the generic type lets the compiler inline its hot paths (calls made
+// inside a generic instantiation's body are not inlined); Arena[T] adds the
+// typed copies on top.
+type core struct {
 	// Read on every call; written only by New and Close.
 	gate     *shard.Gate
 	set      *shard.Set
@@ -92,7 +105,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		// arena fail its generation check with high probability.
 		firstGen = 1 + rand.Uint32N(1<<30)
 	}
-	a := &Arena[T]{
+	a := &Arena[T]{core: core{
 		gate:     shard.NewGate(),
 		set:      newSet(cfg, shards, layout, unsafe.Add(region.Base(), linkOffset), stride),
 		base:     region.Base(),
@@ -105,7 +118,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		nodes:    layout,
 		region:   region,
 		counters: counters,
-	}
+	}}
 	return a, nil
 }
 
@@ -117,20 +130,25 @@ func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, st
 }
 
 // state returns slot idx's state word.
-func (a *Arena[T]) state(idx uint32) *uint64 {
-	return (*uint64)(unsafe.Add(a.base, uintptr(idx)*a.stride))
+func (c *core) state(idx uint32) *uint64 {
+	return (*uint64)(unsafe.Add(c.base, uintptr(idx)*c.stride))
 }
 
 // payload returns slot idx's value.
 func (a *Arena[T]) payload(idx uint32) *T {
-	return (*T)(unsafe.Add(a.base, uintptr(idx)*a.stride+headerSize))
+	return (*T)(a.slot(idx))
+}
+
+// slot returns the first byte of slot idx's payload.
+func (c *core) slot(idx uint32) unsafe.Pointer {
+	return unsafe.Add(c.base, uintptr(idx)*c.stride+headerSize)
 }
 
 // check splits t and reports whether it could have been issued by an arena
 // of this size. It touches no memory.
-func (a *Arena[T]) check(t token.Token) (idx, gen uint32, ok bool) {
+func (c *core) check(t token.Token) (idx, gen uint32, ok bool) {
 	idx, gen = t.Index(), t.Generation()
-	return idx, gen, gen != 0 && gen != retiredGen && idx < a.slots
+	return idx, gen, gen != 0 && gen != retiredGen && idx < c.slots
 }
 
 func badToken(op string, t token.Token, a interface{ Capacity() int }) error {
@@ -147,9 +165,9 @@ func staleToken(op string, t token.Token) error {
 
 // Capacity returns how many slots the arena can hold at once: the configured
 // slots less any retired at generation wrap.
-func (a *Arena[T]) Capacity() int {
-	return int(uint64(a.slots) - a.retired.Load())
+func (c *core) Capacity() int {
+	return int(uint64(c.slots) - c.retired.Load())
 }
 
 // Class returns the memory class the arena was made with.
-func (a *Arena[T]) Class() memclass.Class { return a.class }
+func (c *core) Class() memclass.Class { return c.class }

@@ -16,31 +16,31 @@ import (
 // then unmaps. So Close blocks while a callback runs, and a callback must not
 // call Close on its own arena. Pointers returned by Alloc must not be used
 // after Close.
-func (a *Arena[T]) Close() error {
-	if !a.gate.Close() {
+func (c *core) Close() error {
+	if !c.gate.Close() {
 		return ErrClosed
 	}
 	// From here no new section starts, and the grace period has let every
 	// old one end: the counters are final, apart from retirements that the
 	// callbacks still running may cause when they release.
-	early := a.sum()
-	a.final.Store(&early)
-	a.waitHolders()
-	a.gate.Quiesce() // the releases that dropped the last holds have returned
-	last := a.sum()
-	a.final.Store(&last)
-	return errors.Join(a.region.Unmap(), a.counters.Unmap())
+	early := c.sum()
+	c.final.Store(&early)
+	c.waitHolders()
+	c.gate.Quiesce() // the releases that dropped the last holds have returned
+	last := c.sum()
+	c.final.Store(&last)
+	return errors.Join(c.region.Unmap(), c.counters.Unmap())
 }
 
 // waitHolders waits until no slot has a reader or writer hold. After the
 // gate closed, holds only ever go away, so one pass over the slots that were
 // ever used is enough.
-func (a *Arena[T]) waitHolders() {
+func (c *core) waitHolders() {
 	var bo atomicx.Backoff
-	for sh := 0; sh < a.set.Len(); sh++ {
-		lo, hi := a.set.Touched(sh)
+	for sh := 0; sh < c.set.Len(); sh++ {
+		lo, hi := c.set.Touched(sh)
 		for idx := lo; idx < hi; idx++ {
-			for atomic.LoadUint64(a.state(idx))&holders != 0 {
+			for atomic.LoadUint64(c.state(idx))&holders != 0 {
 				bo.Wait()
 			}
 		}

@@ -89,53 +89,53 @@ func (l *nodeLayout) partOf(idx uint32) int {
 }
 
 // nodeHome picks P p's home shard on the node its thread runs on now.
-func (a *Arena[T]) nodeHome(p int) int {
+func (c *core) nodeHome(p int) int {
 	_, node := memclass.CurrentCPU()
-	part, ok := a.nodes.partOfNode[node]
+	part, ok := c.nodes.partOfNode[node]
 	if !ok {
-		part = p % a.set.Parts()
+		part = p % c.set.Parts()
 	}
-	first, count, _ := a.set.PartShards(part)
+	first, count, _ := c.set.PartShards(part)
 	return first + p%count
 }
 
 // home returns the shard P p allocates from.
-func (a *Arena[T]) home(p int) int {
-	if a.nodes == nil {
-		return a.set.Of(p)
+func (c *core) home(p int) int {
+	if c.nodes == nil {
+		return c.set.Of(p)
 	}
-	c := a.local(p)
-	if c == nil { // a P beyond the per-P table, or the purego build
-		return a.set.Of(p)
+	pc := c.local(p)
+	if pc == nil { // a P beyond the per-P table, or the purego build
+		return c.set.Of(p)
 	}
-	if c.home == 0 || c.allocs%refreshEvery == 0 {
-		c.home = uint32(a.nodeHome(p)) + 1
+	if pc.home == 0 || pc.allocs%refreshEvery == 0 {
+		pc.home = uint32(c.nodeHome(p)) + 1
 	}
-	return int(c.home - 1)
+	return int(pc.home - 1)
 }
 
 // freeShard returns the shard a slot freed on P p goes back to: the freeing
 // P's home, or for a per-node arena a shard of the slot's own node.
-func (a *Arena[T]) freeShard(p int, idx uint32) int {
-	if a.nodes == nil {
-		return a.set.Of(p)
+func (c *core) freeShard(p int, idx uint32) int {
+	if c.nodes == nil {
+		return c.set.Of(p)
 	}
-	first, count, _ := a.set.PartShards(a.nodes.partOf(idx))
+	first, count, _ := c.set.PartShards(c.nodes.partOf(idx))
 	return first + p%count
 }
 
 // Nodes returns the NUMA node of each part of a per-node arena with the
 // number of slots in it, in slot-index order; nil for other classes.
-func (a *Arena[T]) Nodes() []NodeSlots {
-	if a.nodes == nil {
+func (c *core) Nodes() []NodeSlots {
+	if c.nodes == nil {
 		return nil
 	}
-	out := make([]NodeSlots, len(a.nodes.nodes))
+	out := make([]NodeSlots, len(c.nodes.nodes))
 	var lo uint32
-	for i, node := range a.nodes.nodes {
-		first, count, _ := a.set.PartShards(i)
-		out[i] = NodeSlots{Node: node, First: lo, End: a.nodes.partEnd[i], Shards: count, FirstShard: first}
-		lo = a.nodes.partEnd[i]
+	for i, node := range c.nodes.nodes {
+		first, count, _ := c.set.PartShards(i)
+		out[i] = NodeSlots{Node: node, First: lo, End: c.nodes.partEnd[i], Shards: count, FirstShard: first}
+		lo = c.nodes.partEnd[i]
 	}
 	return out
 }
@@ -150,13 +150,13 @@ type NodeSlots struct {
 
 // Residency reports where the arena's pages really are: resident pages per
 // NUMA node, read from the kernel (move_pages, or /proc/self/numa_maps).
-func (a *Arena[T]) Residency() (memclass.Residency, error) {
-	p, ok := a.gate.Enter()
+func (c *core) Residency() (memclass.Residency, error) {
+	p, ok := c.gate.Enter()
 	if !ok {
 		return memclass.Residency{}, ErrClosed
 	}
-	a.gate.Exit(p) // the call below makes syscalls: not while pinned
+	c.gate.Exit(p) // the call below makes syscalls: not while pinned
 	// Close could unmap between here and the query; move_pages and
 	// numa_maps report unmapped pages as errors, never a fault.
-	return a.region.Residency()
+	return c.region.Residency()
 }

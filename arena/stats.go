@@ -36,64 +36,64 @@ type spillCounters struct {
 	allocs, frees, steals, failed atomic.Uint64
 }
 
-func (a *Arena[T]) local(p int) *pCounters {
-	if shard.Pinned && p < a.nP {
-		return (*pCounters)(unsafe.Add(a.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+func (c *core) local(p int) *pCounters {
+	if shard.Pinned && p < c.nP {
+		return (*pCounters)(unsafe.Add(c.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
 	}
 	return nil
 }
 
-func (a *Arena[T]) countAlloc(p int, stolen bool) {
-	if c := a.local(p); c != nil {
-		c.allocs++
+func (c *core) countAlloc(p int, stolen bool) {
+	if pc := c.local(p); pc != nil {
+		pc.allocs++
 		if stolen {
-			c.steals++
-			c.home = 0 // our node ran dry, or we moved: look again
+			pc.steals++
+			pc.home = 0 // our node ran dry, or we moved: look again
 		}
 		return
 	}
-	a.spill.allocs.Add(1)
+	c.spill.allocs.Add(1)
 	if stolen {
-		a.spill.steals.Add(1)
+		c.spill.steals.Add(1)
 	}
 }
 
-func (a *Arena[T]) countFree(p int) {
-	if c := a.local(p); c != nil {
-		c.frees++
+func (c *core) countFree(p int) {
+	if pc := c.local(p); pc != nil {
+		pc.frees++
 		return
 	}
-	a.spill.frees.Add(1)
+	c.spill.frees.Add(1)
 }
 
-func (a *Arena[T]) countFailed(p int) {
-	if c := a.local(p); c != nil {
-		c.failed++
+func (c *core) countFailed(p int) {
+	if pc := c.local(p); pc != nil {
+		pc.failed++
 		return
 	}
-	a.spill.failed.Add(1)
+	c.spill.failed.Add(1)
 }
 
 // Stats sums the per-P counters. After Close it returns the final figures.
-func (a *Arena[T]) Stats() Stats {
-	if f := a.final.Load(); f != nil {
+func (c *core) Stats() Stats {
+	if f := c.final.Load(); f != nil {
 		return *f
 	}
-	p, ok := a.gate.Enter()
+	p, ok := c.gate.Enter()
 	if !ok {
-		return a.finalStats()
+		return c.finalStats()
 	}
-	st := a.sum()
-	a.gate.Exit(p)
+	st := c.sum()
+	c.gate.Exit(p)
 	return st
 }
 
 // finalStats waits for Close to publish its snapshot (it does so right after
 // its first grace period).
-func (a *Arena[T]) finalStats() Stats {
+func (c *core) finalStats() Stats {
 	var bo atomicx.Backoff
 	for {
-		if f := a.final.Load(); f != nil {
+		if f := c.final.Load(); f != nil {
 			return *f
 		}
 		bo.Wait()
@@ -102,37 +102,37 @@ func (a *Arena[T]) finalStats() Stats {
 
 // sum adds up every counter. The caller keeps the counters mapped (a gate
 // section, or Close itself).
-func (a *Arena[T]) sum() Stats {
+func (c *core) sum() Stats {
 	var st Stats
-	for p := 0; p < a.nP; p++ {
-		c := (*pCounters)(unsafe.Add(a.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
-		st.Allocs += c.allocs
-		st.Frees += c.frees
-		st.Steals += c.steals
-		st.Failed += c.failed
+	for p := 0; p < c.nP; p++ {
+		pc := (*pCounters)(unsafe.Add(c.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+		st.Allocs += pc.allocs
+		st.Frees += pc.frees
+		st.Steals += pc.steals
+		st.Failed += pc.failed
 	}
-	st.Allocs += a.spill.allocs.Load()
-	st.Frees += a.spill.frees.Load()
-	st.Steals += a.spill.steals.Load()
-	st.Failed += a.spill.failed.Load()
-	st.Retired = a.retired.Load()
+	st.Allocs += c.spill.allocs.Load()
+	st.Frees += c.spill.frees.Load()
+	st.Steals += c.spill.steals.Load()
+	st.Failed += c.spill.failed.Load()
+	st.Retired = c.retired.Load()
 	if st.Allocs > st.Frees {
 		st.Live = st.Allocs - st.Frees
 	}
-	st.Untouched = a.set.Untouched()
-	st.Shards = a.set.Len()
+	st.Untouched = c.set.Untouched()
+	st.Shards = c.set.Len()
 	return st
 }
 
 // Available returns how many more slots could be allocated now: Capacity less
 // the live slots. It is exact when no operation is in flight (a slot freed
 // while a View holds it counts as available already). It is 0 after Close.
-func (a *Arena[T]) Available() int {
-	if a.gate.Closed() {
+func (c *core) Available() int {
+	if c.gate.Closed() {
 		return 0
 	}
-	st := a.Stats()
-	capacity := uint64(a.slots) - st.Retired
+	st := c.Stats()
+	capacity := uint64(c.slots) - st.Retired
 	if st.Live >= capacity {
 		return 0
 	}
