@@ -49,22 +49,17 @@
 //
 // # Per-node arenas
 //
-// PerNode() is a class for an arena that keeps one part per NUMA node. Map
-// refuses it; the arena does this instead:
-//
-//	nodes, err := memclass.OnlineNodes()            // e.g. [0 1]
-//	for _, n := range nodes {
-//		r, err := memclass.MapNode(cfg.Class, n, bytesForNode) // MPOL_BIND to n, c's modifiers
-//		// r.Node() == n; on error, Unmap the regions already made
-//	}
-//	topo, _ := memclass.SystemTopology()            // CPUs of each node, distances
-//	_, node := memclass.CurrentCPU()                // on a slow path (refill, steal)
-//
-// A P allocates from the shards of the node CurrentCPU reports; stealing tries
-// shards of the same node first and other nodes (nearest by
-// Topology.Distance) only when its node is dry. CurrentCPU reads RDTSCP's
-// TSC_AUX (node<<12 | cpu, ~22 ns) or calls getcpu (~180 ns): cache its answer
-// per shard refill, never call it per allocation.
+// PerNode() is the class of an arena that keeps one part per NUMA node. Map
+// refuses it, because one policy cannot cover every node. MapNodes maps one
+// contiguous region made of one part per node, each bound to its node with
+// MPOL_BIND and read back separately; each part but the last must be a
+// multiple of Class.Granule (a page, or a huge page), so an arena sizes each
+// node's share of slots to end on one. (MapNode maps one node's part as a
+// region of its own.) The arena package builds per-node shards on top: a P
+// allocates from a shard of the node CurrentCPU reports, and steals from its
+// own node's shards before it crosses to another node. CurrentCPU reads
+// RDTSCP's TSC_AUX (node<<12 | cpu, ~22 ns) or calls getcpu (~180 ns): call it
+// on slow paths (a refill, a steal), never per allocation.
 //
 // # Providers
 //
