@@ -104,6 +104,12 @@ func (c *core) home(p int) int {
 	if c.nodes == nil {
 		return c.set.Of(p)
 	}
+	return c.nodeHomeCached(p)
+}
+
+// nodeHomeCached is home for a per-node arena: the P's cached choice,
+// refreshed now and then.
+func (c *core) nodeHomeCached(p int) int {
 	pc := c.local(p)
 	if pc == nil { // a P beyond the per-P table, or the purego build
 		return c.set.Of(p)

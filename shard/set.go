@@ -191,15 +191,20 @@ func (s *Set) link(idx uint32) *uint32 {
 // shards. ok is false when every shard was empty; src is then Busy if slots
 // were moving between shards during the scan, and the caller should retry.
 func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
-	st := &s.shards[home]
-	if idx, ok = s.popList(st); ok {
+	if idx, ok = s.popList(&s.shards[home]); ok {
 		return idx, FromList, true
 	}
+	return s.popSlow(home)
+}
+
+// popSlow is Pop after the home freelist was found empty.
+func (s *Set) popSlow(home int) (idx uint32, src Source, ok bool) {
+	st := &s.shards[home]
 	if idx, _, ok = takeFresh(st, 1); ok {
 		return idx, FromFresh, true
 	}
-	// Slow path. Note the steal word first, then look everywhere again
-	// (home included: a batch may have landed there since).
+	// Note the steal word first, then look everywhere again (home
+	// included: a batch may have landed there since).
 	before := s.steals.Load()
 	if idx, ok = s.popList(st); ok {
 		return idx, FromList, true
