@@ -1,7 +1,6 @@
 package arena
 
 import (
-	"fmt"
 	"sync/atomic"
 
 	"github.com/cella-go/cella/internal/atomicx"
@@ -14,7 +13,7 @@ func (a *Arena[T]) Load(t token.Token) (T, error) {
 	var zero T
 	idx, gen, ok := a.check(t)
 	if !ok {
-		return zero, badToken("Load", t, a)
+		return zero, a.badToken("Load", t)
 	}
 	st := a.state(idx)
 	var bo atomicx.Backoff
@@ -48,7 +47,7 @@ func (a *Arena[T]) Load(t token.Token) (T, error) {
 // A panic in fn propagates after the slot is released.
 func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 	if fn == nil {
-		return fmt.Errorf("%w: View of %v", ErrNilFunc, t)
+		return a.nilFunc("View", t)
 	}
 	idx, err := a.lock(t, "View", false)
 	if err != nil {
@@ -64,7 +63,7 @@ func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 // A panic in fn propagates after the slot is released.
 func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 	if fn == nil {
-		return fmt.Errorf("%w: Update of %v", ErrNilFunc, t)
+		return a.nilFunc("Update", t)
 	}
 	idx, err := a.lock(t, "Update", true)
 	if err != nil {
@@ -90,7 +89,7 @@ func canRead(s uint64) bool {
 func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
 	idx, gen, ok := c.check(t)
 	if !ok {
-		return 0, badToken(op, t, c)
+		return 0, c.badToken(op, t)
 	}
 	st := c.state(idx)
 	var bo atomicx.Backoff

@@ -13,12 +13,12 @@ import (
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	var bo atomicx.Backoff
-	for {
+	for round := 0; ; round++ {
 		p, ok := a.gate.Enter()
 		if !ok {
 			return token.Nil, nil, ErrClosed
 		}
-		idx, gen, res := a.take(p)
+		idx, gen, res := a.take(p, round)
 		switch res {
 		case took, tookRecycled:
 			v := a.payload(idx)
@@ -40,12 +40,12 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 // Store takes a free slot, copies v into it and returns its token.
 func (a *Arena[T]) Store(v T) (token.Token, error) {
 	var bo atomicx.Backoff
-	for {
+	for round := 0; ; round++ {
 		p, ok := a.gate.Enter()
 		if !ok {
 			return token.Nil, ErrClosed
 		}
-		idx, gen, res := a.take(p)
+		idx, gen, res := a.take(p, round)
 		switch res {
 		case took, tookRecycled:
 			*a.payload(idx) = v
@@ -70,12 +70,20 @@ const (
 	retry                          // slots were moving between shards: retry unpinned
 )
 
-// take pops a free slot for P p and marks it allocated. Runs inside a gate
-// section.
-func (c *core) take(p int) (idx, gen uint32, res takeResult) {
+// maxBusyRounds bounds how often Alloc looks again because slots were moving
+// between shards when it found them all empty. A steal takes well under a
+// microsecond, so one look again nearly always settles it; the bound only
+// keeps a goroutine from retrying forever while other goroutines keep
+// stealing from a nearly full arena (the backoff reaches 1 ms sleeps well
+// before it).
+const maxBusyRounds = 100
+
+// take pops a free slot for P p and marks it allocated. round counts the
+// caller's earlier tries that found slots moving. Runs inside a gate section.
+func (c *core) take(p, round int) (idx, gen uint32, res takeResult) {
 	idx, src, ok := c.set.Pop(c.home(p))
 	if !ok {
-		if src == shard.Busy {
+		if src == shard.Busy && round < maxBusyRounds {
 			return 0, 0, retry
 		}
 		c.countFailed(p)
@@ -105,7 +113,7 @@ func (c *core) take(p int) (idx, gen uint32, res takeResult) {
 func (c *core) Free(t token.Token) error {
 	idx, gen, ok := c.check(t)
 	if !ok {
-		return badToken("Free", t, c)
+		return c.badToken("Free", t)
 	}
 	p, ok := c.gate.Enter()
 	if !ok {

@@ -151,12 +151,23 @@ func (c *core) check(t token.Token) (idx, gen uint32, ok bool) {
 	return idx, gen, gen != 0 && gen != retiredGen && idx < c.slots
 }
 
-func badToken(op string, t token.Token, a interface{ Capacity() int }) error {
+func (c *core) badToken(op string, t token.Token) error {
+	if c.gate.Closed() { // after Close, every call says closed
+		return ErrClosed
+	}
 	if t.IsNil() {
 		return fmt.Errorf("%w: %s of the Nil token", ErrBadToken, op)
 	}
 	return fmt.Errorf("%w: %s of %v (index must be < %d slots, generation 1..%d)",
-		ErrBadToken, op, t, a.Capacity(), uint32(retiredGen-1))
+		ErrBadToken, op, t, c.slots, uint32(retiredGen-1))
+}
+
+// nilFunc is the error for a nil View or Update callback.
+func (c *core) nilFunc(op string, t token.Token) error {
+	if c.gate.Closed() {
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: %s of %v", ErrNilFunc, op, t)
 }
 
 func staleToken(op string, t token.Token) error {

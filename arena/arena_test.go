@@ -261,6 +261,12 @@ func TestCloseBeforeUse(t *testing.T) {
 	require.ErrorIs(t, a.View(tok, func(*msg) {}), arena.ErrClosed)
 	require.ErrorIs(t, a.Update(tok, func(*msg) {}), arena.ErrClosed)
 	require.ErrorIs(t, a.Free(tok), arena.ErrClosed)
+	// Closed wins over every other complaint.
+	_, err = a.Load(token.Nil)
+	require.ErrorIs(t, err, arena.ErrClosed)
+	require.ErrorIs(t, a.Free(token.New(1<<31, 1)), arena.ErrClosed)
+	require.ErrorIs(t, a.View(tok, nil), arena.ErrClosed)
+	require.ErrorIs(t, a.Update(token.Nil, func(*msg) {}), arena.ErrClosed)
 	require.Equal(t, 8, a.Capacity())
 	require.Equal(t, 0, a.Available())
 	require.Equal(t, memclass.Host(), a.Class())

@@ -87,7 +87,6 @@ type mapping struct {
 	eff    Class // the class being applied
 	strict bool
 	thp    bool // MADV_HUGEPAGE still to apply
-	mapped uintptr
 }
 
 // fail unmaps what was mapped and returns err.

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every fuzz target in the module for a bounded time each.
+#
+#   .ci/fuzz.sh            # 20s per target
+#   FUZZTIME=30s .ci/fuzz.sh
+#
+# -fuzzminimizetime is kept short: the targets are concurrent, so coverage is
+# a little noisy, and with the default (60s) the workers can spend the whole
+# budget minimising "new" inputs instead of fuzzing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME=${FUZZTIME:-20s}
+MINTIME=${FUZZMINIMIZETIME:-2s}
+status=0
+found=0
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	targets=$(grep -ho '^func Fuzz[A-Za-z0-9_]*(' "$dir"/*_test.go 2>/dev/null | sed 's/^func //; s/($//' | sort -u || true)
+	for t in $targets; do
+		found=$((found + 1))
+		echo "== fuzz $pkg $t ($FUZZTIME)"
+		if ! go test -run '^$' -fuzz "^${t}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$MINTIME" "$pkg"; then
+			echo "FAIL: fuzz $pkg $t (a failing input was written to $dir/testdata/fuzz/$t/)"
+			status=1
+		fi
+	done
+done
+echo "fuzz: $found targets, status $status"
+exit $status
