@@ -121,7 +121,7 @@ func (e *Edge) Send(ctx context.Context, t token.Token) error {
 // TrySend is Send without waiting: where Send would wait it returns an
 // error matching ErrEdgeFull.
 func (e *Edge) TrySend(t token.Token) error {
-	return e.send(nil, t, false)
+	return e.send(context.Background(), t, false)
 }
 
 func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
