@@ -126,18 +126,26 @@ func mapClass(asked, eff Class, node int, size uintptr) (*Region, error) {
 		strict: eff.IsStrict(),
 		thp:    eff.THP(),
 	}
-	steps := [...]struct {
-		name string
-		run  bool
-		do   func() error
-	}{
+	return m.run([]step{
 		{"mmap", true, func() error { return m.mmap(size) }},
 		{"mbind", hasPolicy, func() error { return m.mbind(want) }},
 		{"madvise", true, func() error { return m.adviseTHP() }},
 		{"populate", eff.IsPrefault(), m.populate},
 		{"mlock", eff.IsLocked(), m.lock},
 		{"readback", hasPolicy, func() error { return m.readback(want) }},
-	}
+	})
+}
+
+// step is one stage of applying a class; run false skips it.
+type step struct {
+	name string
+	run  bool
+	do   func() error
+}
+
+// run applies the steps in order; on the first failure it unmaps what was
+// mapped and returns the error.
+func (m *mapping) run(steps []step) (*Region, error) {
 	for _, s := range steps {
 		if !s.run {
 			continue

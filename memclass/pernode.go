@@ -79,31 +79,14 @@ func MapNodes(c Class, nodes []int, sizes []uintptr) (*Region, error) {
 		strict: eff.IsStrict(),
 		thp:    eff.THP(),
 	}
-	steps := [...]struct {
-		name string
-		run  bool
-		do   func() error
-	}{
+	return m.run([]step{
 		{"mmap", true, func() error { return m.mmap(total) }},
 		{"mbind", true, m.mbindParts},
 		{"madvise", true, m.adviseTHP},
 		{"populate", eff.IsPrefault(), m.populate},
 		{"mlock", eff.IsLocked(), m.lock},
 		{"readback", true, m.readbackParts},
-	}
-	for _, s := range steps {
-		if !s.run {
-			continue
-		}
-		err := s.do()
-		if err == nil && testHookStep != nil {
-			err = testHookStep(s.name, m.r.base, m.r.size)
-		}
-		if err != nil {
-			return m.fail(err)
-		}
-	}
-	return m.r, nil
+	})
 }
 
 func (m *mapping) mbindParts() error {
