@@ -71,6 +71,7 @@ type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.
 	hs  HeaderStore
+	adm admitter // hs's fast path, when it has one (every *Store does)
 	pol Policy
 	_   atomicx.Pad
 
@@ -87,9 +88,12 @@ type Edge struct {
 	closed      bool
 	recvq       waitList
 	sendq       waitList
-	st          EdgeStats
-	_           atomicx.Pad
-	invalid     atomic.Uint64
+	// wakeRecv is a receiver unlinked by enqueueLocked, to be signalled by
+	// the sender once it has released the lock (see send).
+	wakeRecv *waiter
+	st       EdgeStats
+	_        atomicx.Pad
+	invalid  atomic.Uint64
 }
 
 // NewEdge returns an open edge for tokens of hs with policy p, or an error
@@ -102,6 +106,7 @@ func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
 		return nil, err
 	}
 	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64}
+	e.adm, _ = hs.(admitter)
 	for i := range e.lanes {
 		e.lanes[i].limit = p.MaxItems
 	}
@@ -125,13 +130,12 @@ func (e *Edge) TrySend(t token.Token) error {
 }
 
 func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
-	h, err := e.check(t)
+	var q queued
+	lane, err := e.check(t, &q)
 	if err != nil {
 		e.invalid.Add(1)
 		return err
 	}
-	q := queued{tok: t, deadline: h.Deadline, size: h.Size, flags: h.Flags}
-	lane := int(h.QoS.effective()) - 1
 	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
 		e.mu.Lock()
 		e.st.Rejected++
@@ -170,10 +174,9 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			e.sendq.pushFront(w)
 		}
 		e.mu.Unlock()
-		select {
-		case <-w.ch:
+		if w.wait(ctx.Done()) {
 			e.mu.Lock()
-		case <-ctx.Done():
+		} else {
 			e.mu.Lock()
 			e.abandonLocked(&e.sendq, w)
 			// Our wake-up may have been meant for room another sender can use.
@@ -190,29 +193,52 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		// Room may remain for the next waiting sender (wakes chain).
 		e.wakeSendersLocked()
 	}
+	wr := e.wakeRecv
+	e.wakeRecv = nil
 	e.mu.Unlock()
+	if wr != nil {
+		wr.ch <- struct{}{}
+	}
 	if w != nil {
 		putWaiter(w)
 	}
 	return err
 }
 
-// check validates t and reads its header, outside the edge's lock.
-func (e *Edge) check(t token.Token) (Header, error) {
+// check validates t and reads what admission needs from its header,
+// outside the edge's lock, into q; it returns q's lane. q is filled field by
+// field: returning it as a struct costs a store-forwarding stall per send.
+func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	if t.IsNil() {
-		return Header{}, errNilToken
+		return 0, errNilToken
 	}
-	h, err := e.hs.Header(t)
-	if err != nil {
-		return Header{}, fmt.Errorf("message: send %v: %w", t, err)
+	var qos QoS
+	if e.adm != nil {
+		deadline, info, err := e.adm.admitInfo(t)
+		if err != nil {
+			return 0, fmt.Errorf("message: send %v: %w", t, err)
+		}
+		q.deadline, q.size = deadline, uint32(info>>32)
+		if info&infoDegrade != 0 {
+			q.flags = DegradeAllowed
+		}
+		qos = QoS(info)
+	} else {
+		h, err := e.hs.Header(t)
+		if err != nil {
+			return 0, fmt.Errorf("message: send %v: %w", t, err)
+		}
+		q.deadline, q.size, q.flags = h.Deadline, h.Size, h.Flags&DegradeAllowed
+		qos = h.QoS
 	}
-	if !h.QoS.Valid() {
-		return Header{}, errBadQoS
+	q.tok = t
+	if !qos.Valid() {
+		return 0, errBadQoS
 	}
-	if e.pol.MaxBytes > 0 && int64(h.Size) > e.pol.MaxBytes {
-		return Header{}, errOverMaxBytes
+	if e.pol.MaxBytes > 0 && int64(q.size) > e.pol.MaxBytes {
+		return 0, errOverMaxBytes
 	}
-	return h, nil
+	return int(qos.effective()) - 1, nil
 }
 
 // abandonLocked takes w out of l after its context ended. If a waker had
@@ -229,8 +255,8 @@ func (e *Edge) abandonLocked(l *waitList, w *waiter) {
 // enqueueLocked appends q to its lane and wakes one receiver.
 func (e *Edge) enqueueLocked(q *queued, lane int) {
 	e.seq++
-	q.seq = e.seq
-	e.lanes[lane].push(*q)
+	d := e.lanes[lane].push()
+	d.tok, d.seq, d.deadline, d.size, d.flags = q.tok, e.seq, q.deadline, q.size, q.flags
 	e.n++
 	e.bytes += int64(q.size)
 	e.laneBytes[lane] += int64(q.size)
@@ -241,14 +267,17 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 	if e.n > e.st.HighWater {
 		e.st.HighWater = e.n
 	}
-	if e.recvq.head != nil {
-		e.recvq.wake(e.recvq.head)
+	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
+		// Unlink now, signal after unlocking: the receiver does not wake
+		// up only to block on the lock the sender still holds.
+		e.recvq.remove(w)
+		e.wakeRecv = w
 	}
 }
 
 // removeLocked pops the oldest entry of lane and updates the accounting. It
 // does not wake senders; callers do that once per operation.
-func (e *Edge) removeLocked(lane int) queued {
+func (e *Edge) removeLocked(lane int) *queued {
 	q := e.lanes[lane].pop()
 	e.n--
 	e.bytes -= int64(q.size)

@@ -51,10 +51,9 @@ func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
 			e.recvq.pushFront(w)
 		}
 		e.mu.Unlock()
-		select {
-		case <-w.ch:
+		if w.wait(ctx.Done()) {
 			e.mu.Lock()
-		case <-ctx.Done():
+		} else {
 			e.mu.Lock()
 			if !w.linked && e.n > 0 && !e.recvq.empty() {
 				// We consumed a wake-up meant for a queued token: pass it on.

@@ -30,17 +30,22 @@ func (r *ring) len() int { return r.n }
 // front returns the oldest entry; the ring must not be empty.
 func (r *ring) front() *queued { return &r.buf[r.head] }
 
-func (r *ring) push(q queued) {
+// push appends an entry and returns it for the caller to fill in. Entries
+// are filled field by field, not copied as a struct: a struct copy compiles
+// to 16-byte moves that stall on the 8-byte stores just made to the source.
+func (r *ring) push() *queued {
 	if r.n == len(r.buf) {
 		r.grow()
 	}
-	r.buf[(r.head+r.n)&(len(r.buf)-1)] = q
+	q := &r.buf[(r.head+r.n)&(len(r.buf)-1)]
 	r.n++
+	return q
 }
 
-func (r *ring) pop() queued {
-	q := r.buf[r.head]
-	r.buf[r.head] = queued{}
+// pop removes the oldest entry and returns it; the pointer is valid until
+// the next push. Entries hold no Go pointers, so the slot is not cleared.
+func (r *ring) pop() *queued {
+	q := &r.buf[r.head]
 	r.head = (r.head + 1) & (len(r.buf) - 1)
 	r.n--
 	return q

@@ -312,3 +312,36 @@ func TestByteStore(t *testing.T) {
 		t.Fatalf("leak: %d of %d", s.Available(), s.Capacity())
 	}
 }
+
+func TestPutFuncPanicFreesSlot(t *testing.T) {
+	s := newStore[payload](t, 2)
+	for i := 0; i < 5; i++ { // more rounds than slots: a leak would show as ErrFull
+		func() {
+			defer func() {
+				if r := recover(); r != "boom" {
+					t.Fatalf("recovered %v, want the fill panic", r)
+				}
+			}()
+			s.PutFunc(Header{}, func(m *Message[payload]) error {
+				m.Payload.A = 1
+				panic("boom")
+			})
+			t.Fatal("PutFunc returned after fill panicked")
+		}()
+		if s.Available() != s.Capacity() {
+			t.Fatalf("round %d: Available = %d, Capacity = %d", i, s.Available(), s.Capacity())
+		}
+	}
+	tok, err := s.PutFunc(Header{Seq: 9}, func(m *Message[payload]) error {
+		if m.Payload.A != 0 {
+			t.Error("slot not zeroed after a panicked fill")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+}

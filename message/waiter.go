@@ -75,3 +75,19 @@ func (l *waitList) wakeAll() {
 		l.wake(l.head)
 	}
 }
+
+// wait parks until w is signalled (true) or done is closed (false). A nil
+// done (context.Background and friends) parks on the signal alone, which
+// is cheaper than a select.
+func (w *waiter) wait(done <-chan struct{}) bool {
+	if done == nil {
+		<-w.ch
+		return true
+	}
+	select {
+	case <-w.ch:
+		return true
+	case <-done:
+		return false
+	}
+}
