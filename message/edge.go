@@ -120,6 +120,9 @@ func (e *Edge) Policy() Policy { return e.pol }
 // is done (returning ctx.Err()), or until the edge is closed; under the
 // other admission modes it never waits. On any error the caller keeps t.
 func (e *Edge) Send(ctx context.Context, t token.Token) error {
+	if ctx == nil { // a nil context waits without a deadline, never panics
+		ctx = context.Background()
+	}
 	return e.send(ctx, t, true)
 }
 

@@ -354,3 +354,22 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(100 * time.Microsecond)
 	}
 }
+
+// A nil context is bad input: it must not panic, it waits like Background.
+func TestNilContext(t *testing.T) {
+	hs := newFakeStore()
+	e, err := NewEdge(hs, Policy{MaxItems: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := hs.put(Header{QoS: BestEffort, Size: 1})
+	//lint:ignore SA1012 the test is that nil does not panic
+	if err := e.Send(nil, tok); err != nil {
+		t.Fatal(err)
+	}
+	//lint:ignore SA1012 the test is that nil does not panic
+	got, err := e.Recv(nil)
+	if err != nil || got != tok {
+		t.Fatalf("Recv(nil) = %v, %v", got, err)
+	}
+}

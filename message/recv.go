@@ -13,6 +13,9 @@ import (
 // closed and empty (returning ErrEdgeClosed). Expired messages met on the
 // way are freed, never returned.
 func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
+	if ctx == nil { // a nil context waits without a deadline, never panics
+		ctx = context.Background()
+	}
 	e.mu.Lock()
 	var w *waiter
 	spins := 0
