@@ -8,7 +8,7 @@ import "math"
 func (e *Edge) admitLocked(q *queued, lane int) (bool, error) {
 	p := &e.pol
 	size := int64(q.size)
-	if p.Admission == DeadlineQoS && lane == laneBackground && e.pol.level(e.n, e.bytes) >= SoftReached {
+	if p.Admission == DeadlineQoS && lane == laneBackground && p.softReached(e.n, e.bytes) {
 		return false, errShedBackground
 	}
 	if p.fits(e.n, e.bytes, size) {

@@ -22,9 +22,10 @@ const (
 	// DeadlineQoS first frees expired messages, then evicts the lowest-QoS
 	// messages, oldest first, but never one of higher QoS than the message
 	// being sent; if that cannot make room the send is refused with
-	// ErrEdgeFull. At or above a soft cap it also refuses Background
-	// messages outright, keeping the space up to the hard cap for BestEffort
-	// and LatencyCritical traffic.
+	// ErrEdgeFull. At or above a soft cap that is set it also refuses
+	// Background messages outright, keeping the space up to the hard cap for
+	// BestEffort and LatencyCritical traffic; with no soft cap, Background
+	// competes at the hard cap like any other QoS.
 	DeadlineQoS
 )
 
@@ -114,6 +115,12 @@ func (p *Policy) level(n int, b int64) Watermark {
 		return SoftReached
 	}
 	return BelowSoft
+}
+
+// softReached reports whether n items holding b bytes are at or above a soft
+// cap that is set. Unlike level, a hard cap alone does not count.
+func (p *Policy) softReached(n int, b int64) bool {
+	return (p.SoftItems > 0 && n >= p.SoftItems) || (p.SoftBytes > 0 && b >= p.SoftBytes)
 }
 
 // fits reports whether one more message of size bytes fits under the hard

@@ -1,5 +1,6 @@
-// Command soak runs many goroutines doing random work on a small arena for a
-// long time and checks the arena's guarantees all the while:
+// Command soak runs many goroutines doing random work on a small arena and on
+// a few message edges for a long time and checks the guarantees all the
+// while. For the arena:
 //
 //   - no slot is handed out twice: every allocation claims its slot index in
 //     an owner table with a CAS, and gives it back before Free;
@@ -10,6 +11,14 @@
 //     number and a checksum over a filler pattern, checked on every Load,
 //     View and Update;
 //   - a freed token is stale through every method.
+//
+// For the message runtime (see edges.go): a message.Store and three edges
+// (Block, DropOldest, DeadlineQoS) that the same goroutines Put, Send,
+// fan out (Retain), Recv and Free through, with deadlines; an owner table
+// catches a reference lost or duplicated and a payload that is not intact,
+// and at the stop points every edge is drained and the store must agree
+// exactly with what the workers hold (whole again when they free it all).
+// Edges are closed under load now and then and replaced.
 //
 // Usage:
 //
@@ -80,11 +89,14 @@ type worker struct {
 	dead []token.Token // recently freed tokens, to check staleness
 
 	ops, allocs, frees, full, stale uint64
+
+	msg msgWorker
 }
 
 type soak struct {
 	a     *arena.Arena[payload]
 	owner []atomic.Uint32 // per slot index: owner id + 1, 0 = free
+	m     *msgs           // the message store and edges
 
 	// The stop barrier: workers hold stop.RLock while they work one step;
 	// the coordinator takes stop.Lock to see every worker parked between
@@ -120,6 +132,10 @@ func (s *soak) failed() bool {
 func (s *soak) step(w *worker, maxHeld int) {
 	a := s.a
 	w.ops++
+	if w.rng.IntN(100) < s.m.pct {
+		s.msgStep(w, maxHeld)
+		return
+	}
 	switch op := w.rng.IntN(100); {
 	case op < 30 && len(w.held) < maxHeld: // allocate
 		var (
@@ -279,6 +295,7 @@ func (s *soak) quiescent(workers []*worker, drain bool) {
 		}
 		s.drains.Add(1)
 	}
+	s.msgQuiescent(workers, drain)
 	s.checks.Add(1)
 }
 
@@ -292,6 +309,8 @@ func main() {
 		every    = flag.Duration("check", 200*time.Millisecond, "interval between quiescent checks")
 		flipProc = flag.Bool("procs", true, "change GOMAXPROCS now and then")
 		seed     = flag.Uint64("seed", uint64(time.Now().UnixNano()), "random seed")
+		mslots   = flag.Int("msgslots", 256, "message store capacity")
+		msgPct   = flag.Int("msgpct", 40, "percentage of steps that work on messages and edges (0 = arena only)")
 	)
 	flag.Parse()
 
@@ -300,17 +319,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(2)
 	}
-	s := &soak{a: a, owner: make([]atomic.Uint32, *slots)}
+	m, err := newMsgs(*mslots, *msgPct)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		os.Exit(2)
+	}
+	s := &soak{a: a, owner: make([]atomic.Uint32, *slots), m: m}
 	workers := make([]*worker, *nG)
 	for i := range workers {
 		workers[i] = &worker{id: uint32(i), rng: rand.New(rand.NewPCG(*seed, uint64(i)))}
 	}
-
-	// Hook: the message runtime's edges (message.NewEdge over a Store) are
-	// to be soaked here as well once that package lands: give each worker a
-	// few edges to Send/Recv the tokens it holds through, and extend
-	// quiescent() to check that every token is either held or queued on
-	// exactly one edge, and that Edge.Len()/Bytes() agree.
 
 	start := time.Now()
 	orig := runtime.GOMAXPROCS(0)
@@ -351,6 +369,11 @@ loop:
 			if *flipProc && n%3 == 0 {
 				runtime.GOMAXPROCS(max(1, procs[n%len(procs)]))
 			}
+			if n%7 == 3 {
+				// Close an edge under load; the next stop point drains and
+				// replaces it.
+				s.closeOne((n / 7) % len(s.m.edges))
+			}
 			if s.failed() {
 				break loop
 			}
@@ -360,6 +383,7 @@ loop:
 	wg.Wait()
 	runtime.GOMAXPROCS(orig)
 	s.quiescent(workers, true)
+	s.msgFinish()
 
 	st := a.Stats()
 	var ops, stale uint64
@@ -378,6 +402,7 @@ loop:
 	fmt.Printf("soak: %v, %d goroutines, %d slots, %d shards\n", elapsed.Round(time.Millisecond), *nG, *slots, st.Shards)
 	fmt.Printf("  ops %d (%.0f/s), allocs %d, frees %d, ErrFull %d, steals %d, stale checks %d\n",
 		ops, float64(ops)/elapsed.Seconds(), st.Allocs, st.Frees, st.Failed, st.Steals, stale)
+	fmt.Println(s.m.summary(workers))
 	fmt.Printf("  quiescent checks %d (%d with everything freed), seed %d\n", s.checks.Load(), s.drains.Load(), *seed)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -388,5 +413,5 @@ loop:
 		}
 		os.Exit(1)
 	}
-	fmt.Println("PASS: no slot handed out twice, no slot lost, every payload intact")
+	fmt.Println("PASS: no slot handed out twice, no slot or message reference lost or duplicated, every payload intact")
 }

@@ -1,0 +1,67 @@
+package message
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestDeadlineQoSBackgroundWithoutSoftCap: on a DeadlineQoS edge with a
+// hard cap and no soft cap, a Background message arriving at the hard cap
+// competes like any other: it takes the room of an expired message, or
+// evicts an older Background message. Only a soft cap that is set sheds
+// Background outright. (Found by FuzzEdgeModel: the edge used to shed
+// Background at any hard cap.)
+func TestDeadlineQoSBackgroundWithoutSoftCap(t *testing.T) {
+	t.Run("expired message frees room", func(t *testing.T) {
+		fs := newFakeStore()
+		e, err := NewEdge(fs, Policy{MaxItems: 2, Admission: DeadlineQoS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := fs.put(Header{QoS: Background, Deadline: Now() + int64(time.Millisecond)})
+		keep := fs.put(Header{QoS: BestEffort})
+		if err := e.TrySend(old); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.TrySend(keep); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Millisecond) // old expires
+		in := fs.put(Header{QoS: Background})
+		if err := e.TrySend(in); err != nil {
+			t.Errorf("Background send with an expired message queued and no soft cap = %v; "+
+				"docs: expired messages are freed first, and no soft cap is set", err)
+		}
+		if st := e.Stats(); st.Expired != 1 {
+			t.Errorf("Expired = %d, want 1", st.Expired)
+		}
+		e.Close()
+		e.Drain()
+	})
+	t.Run("background evicts older background", func(t *testing.T) {
+		fs := newFakeStore()
+		e, err := NewEdge(fs, Policy{MaxItems: 2, Admission: DeadlineQoS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := fs.put(Header{QoS: Background}), fs.put(Header{QoS: Background})
+		if err := e.TrySend(a); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.TrySend(b); err != nil {
+			t.Fatal(err)
+		}
+		in := fs.put(Header{QoS: Background})
+		err = e.TrySend(in)
+		if err != nil {
+			t.Errorf("Background send at the hard cap, older Background queued, no soft cap = %v "+
+				"(ErrEdgeFull: %v); docs: evict the oldest message of equal or lower QoS", err, errors.Is(err, ErrEdgeFull))
+		}
+		if st := e.Stats(); st.Evicted != 1 {
+			t.Errorf("Evicted = %d, want 1", st.Evicted)
+		}
+		e.Close()
+		e.Drain()
+	})
+}
