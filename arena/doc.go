@@ -47,12 +47,27 @@
 //
 // In the default build, Alloc is: pin to the P (no atomic), one load of the
 // closed flag, one CAS to pop the shard's freelist (or to advance its
-// frontier), one store of the state word, a plain increment of a per-P
-// counter, unpin. Free is: pin, one CAS on the state word, one CAS to push
-// onto the shard's freelist, a plain per-P increment, unpin. Load, View and
-// Update take and drop a hold with one CAS and one atomic add on the state
-// word. Nothing on these paths allocates; ErrFull and ErrClosed are returned
-// bare so that back-pressure does not allocate either.
+// frontier), a plain store of the state word, zeroing a recycled payload, a
+// plain increment of a per-P counter, unpin. Free is: pin, one CAS on the
+// state word, one CAS to push onto a shard's freelist, a plain per-P
+// increment, unpin. So an Alloc+Free pair costs three locked read-modify-writes
+// and two pin sections; sync.Pool's Get+Put costs two pin sections and no
+// atomic, which is why a pair is a little under 2× sync.Pool on one core
+// (bench/results). Load, View and Update take and drop a hold with one CAS
+// and one atomic add on the state word. Nothing on these paths allocates;
+// ErrFull and ErrClosed are returned bare so that back-pressure does not
+// allocate either.
+//
+// A dry shard steals (a batch of 32) under a shared steal word that counts
+// steals in progress and completed; an Alloc that found every shard empty
+// while slots were in a thief's hands looks again instead of reporting
+// ErrFull. That word is written only by steals, never on the fast path.
+//
+// # NUMA
+//
+// With memclass.PerNode, the slots are split into one part per node (one
+// region, each part bound to its node) with shards of its own; see Nodes,
+// Residency and pernode.go.
 //
 // # Close
 //
