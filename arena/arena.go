@@ -124,7 +124,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 
 func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, stride uintptr) *shard.Set {
 	if layout != nil {
-		return shard.NewLayout(layout.parts, links, stride)
+		return layout.newSet(links, stride)
 	}
 	return shard.New(uint32(cfg.Slots), shards, links, stride)
 }

@@ -2,6 +2,7 @@ package arena
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/cella-go/cella/memclass"
 	"github.com/cella-go/cella/shard"
@@ -16,7 +17,7 @@ import (
 // P, after every steal and every 1024 allocations, never per call. A Free
 // returns the slot to a shard of the slot's own part, so memory stays on its
 // node. Stealing takes from the same node's shards first and crosses nodes
-// only when the whole node is empty.
+// only when the whole node is empty, visiting the nearest nodes first.
 
 // nodeLayout is how a per-node arena splits its slots.
 type nodeLayout struct {
@@ -25,6 +26,7 @@ type nodeLayout struct {
 	parts      []shard.Part
 	sizes      []uintptr
 	partOfNode map[int]int
+	topo       *memclass.Topology
 }
 
 // refreshEvery is how many allocations a P makes between looks at which node
@@ -44,7 +46,7 @@ func planNodes(cfg Config, shards int, stride uintptr) (*nodeLayout, error) {
 	share := (uint64(cfg.Slots) + uint64(n) - 1) / uint64(n)
 	share = (share + uint64(per) - 1) / uint64(per) * uint64(per)
 
-	l := &nodeLayout{partOfNode: map[int]int{}}
+	l := &nodeLayout{partOfNode: map[int]int{}, topo: topo}
 	left := uint64(cfg.Slots)
 	for i, node := range topo.Nodes {
 		if left == 0 {
@@ -76,6 +78,16 @@ func gcd(a, b uintptr) uintptr {
 		a, b = b, a%b
 	}
 	return a
+}
+
+// newSet builds the per-node shard set: thieves whose node is dry visit the
+// other nodes nearest first (by the sysfs distance table).
+func (l *nodeLayout) newSet(links unsafe.Pointer, stride uintptr) *shard.Set {
+	s := shard.NewLayout(l.parts, links, stride)
+	s.OrderParts(func(i, a, b int) bool {
+		return l.topo.Distance(l.nodes[i], l.nodes[a]) < l.topo.Distance(l.nodes[i], l.nodes[b])
+	})
+	return s
 }
 
 // partOf returns the part slot idx belongs to (parts are few).

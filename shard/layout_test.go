@@ -77,3 +77,27 @@ func TestLayoutStealsWithinPartFirst(t *testing.T) {
 		t.Fatal("all 16 taken, Pop must fail")
 	}
 }
+
+// Once its own part is dry, a thief visits the other parts in the order
+// OrderParts gave (nearest node first), not in index order.
+func TestLayoutCrossPartOrder(t *testing.T) {
+	parts := []shard.Part{{Slots: 2, Shards: 1, Node: 0}, {Slots: 2, Shards: 1, Node: 1}, {Slots: 2, Shards: 1, Node: 2}}
+	s := newLayout(t, parts)
+	dist := [3][3]int{{10, 30, 20}, {30, 10, 20}, {20, 20, 10}}
+	s.OrderParts(func(i, a, b int) bool { return dist[i][a] < dist[i][b] })
+	partOf := func(idx uint32) uint32 { return idx / 2 }
+	var got []uint32
+	for i := 0; i < 6; i++ {
+		idx, _, ok := s.Pop(0)
+		if !ok {
+			t.Fatalf("pop %d failed", i)
+		}
+		got = append(got, partOf(idx))
+	}
+	want := []uint32{0, 0, 2, 2, 1, 1} // node 2 (distance 20) before node 1 (30)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("parts visited %v, want %v", got, want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"sort"
 	"sync/atomic"
 	"unsafe"
 
@@ -65,6 +66,7 @@ const stealDone = 1 << 32
 type part struct {
 	first, count int // shards [first, first+count)
 	node         int
+	near         []int // the other parts, in the order thieves visit them
 }
 
 // shardState is one shard. head and frontier are written by the owner on
@@ -132,7 +134,23 @@ func NewLayout(parts []Part, links unsafe.Pointer, stride uintptr) *Set {
 			sh++
 		}
 	}
+	for pi := range s.parts {
+		for j := 1; j < len(s.parts); j++ {
+			s.parts[pi].near = append(s.parts[pi].near, (pi+j)%len(s.parts))
+		}
+	}
 	return s
+}
+
+// OrderParts sets the order in which thieves of each part visit the other
+// parts once their own part is empty: for example nearest NUMA node first.
+// less(i, a, b) reports whether, seen from part i, part a comes before b.
+// Call it right after NewLayout, before the Set is used.
+func (s *Set) OrderParts(less func(i, a, b int) bool) {
+	for i := range s.parts {
+		near := s.parts[i].near
+		sort.SliceStable(near, func(x, y int) bool { return less(i, near[x], near[y]) })
+	}
 }
 
 // Parts returns how many parts the Set has.
@@ -290,8 +308,8 @@ func (s *Set) steal(home int) (uint32, bool) {
 			return idx, true
 		}
 	}
-	for j := 1; j < len(s.parts); j++ {
-		q := s.parts[(pi+j)%len(s.parts)]
+	for _, qi := range p.near {
+		q := s.parts[qi]
 		for v := q.first; v < q.first+q.count; v++ {
 			if idx, ok := s.stealFrom(me, &s.shards[v]); ok {
 				return idx, true
