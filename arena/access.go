@@ -9,28 +9,34 @@ import (
 
 // Load returns a copy of t's value. It never returns a value torn by a
 // concurrent Update.
-func (a *Arena[T]) Load(t token.Token) (T, error) {
-	var zero T
+//
+// The value is copied once, from the slot straight into the named result;
+// the error returns leave the result zero.
+func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 	idx, gen, ok := a.check(t)
 	if !ok {
-		return zero, a.badToken("Load", t)
+		return v, a.badToken("Load", t)
 	}
 	st := a.state(idx)
 	var bo atomicx.Backoff
 	for {
-		p, ok := a.gate.Enter()
-		if !ok {
-			return zero, ErrClosed
+		p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+		if a.gate.Closed() {
+			a.gate.Exit(p)
+			return v, ErrClosed
 		}
 		s := atomic.LoadUint64(st)
 		if !valid(s, gen) {
 			a.gate.Exit(p)
-			return zero, staleToken("Load", t)
+			return v, staleToken("Load", t)
 		}
 		if canRead(s) {
 			if atomic.CompareAndSwapUint64(st, s, s+1) {
-				v := *a.payload(idx)
-				a.drop(p, idx, 1)
+				v = *a.payload(idx)
+				// a.drop(p, idx, 1), spelled out: drop does not inline.
+				if ns := atomic.AddUint64(st, ^uint64(0)); ns&(allocBit|holders) == 0 {
+					a.recycle(p, idx, ns)
+				}
 				a.gate.Exit(p)
 				return v, nil
 			}
@@ -94,8 +100,9 @@ func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
 	st := c.state(idx)
 	var bo atomicx.Backoff
 	for {
-		p, ok := c.gate.Enter()
-		if !ok {
+		p := c.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+		if c.gate.Closed() {
+			c.gate.Exit(p)
 			return 0, ErrClosed
 		}
 		s := atomic.LoadUint64(st)

@@ -14,9 +14,19 @@ import (
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	var bo atomicx.Backoff
 	for round := 0; ; round++ {
-		p, ok := a.gate.Enter()
-		if !ok {
+		// Gate.Enter spelled out: it does not inline (two calls).
+		p := a.gate.EnterAny()
+		if a.gate.Closed() {
+			a.gate.Exit(p)
 			return token.Nil, nil, ErrClosed
+		}
+		if w := a.takeCached(p); w != 0 {
+			idx, gen := cacheSlot(w)
+			v := a.payload(idx)
+			var zero T
+			*v = zero // a cached slot is always a recycled one
+			a.gate.Exit(p)
+			return token.New(idx, gen), v, nil
 		}
 		idx, gen, res := a.take(p, round)
 		switch res {
@@ -41,9 +51,16 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 func (a *Arena[T]) Store(v T) (token.Token, error) {
 	var bo atomicx.Backoff
 	for round := 0; ; round++ {
-		p, ok := a.gate.Enter()
-		if !ok {
+		p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+		if a.gate.Closed() {
+			a.gate.Exit(p)
 			return token.Nil, ErrClosed
+		}
+		if w := a.takeCached(p); w != 0 {
+			idx, gen := cacheSlot(w)
+			*a.payload(idx) = v
+			a.gate.Exit(p)
+			return token.New(idx, gen), nil
 		}
 		idx, gen, res := a.take(p, round)
 		switch res {
@@ -81,8 +98,18 @@ const maxBusyRounds = 100
 // take pops a free slot for P p and marks it allocated. round counts the
 // caller's earlier tries that found slots moving. Runs inside a gate section.
 func (c *core) take(p, round int) (idx, gen uint32, res takeResult) {
+	if w := c.takeCached(p); w != 0 {
+		idx, gen = cacheSlot(w)
+		return idx, gen, tookRecycled
+	}
 	idx, src, ok := c.set.Pop(c.home(p))
 	if !ok {
+		// Every shard was empty: the caches are the last place a free
+		// slot can be (see cache.go).
+		if idx, gen, ok := c.cacheSteal(); ok {
+			c.countAlloc(p, true)
+			return idx, gen, tookRecycled
+		}
 		if src == shard.Busy && round < maxBusyRounds {
 			return 0, 0, retry
 		}
@@ -101,8 +128,14 @@ func (c *core) take(p, round int) (idx, gen uint32, res takeResult) {
 	// atomic on every platform Go supports, and it avoids the full fence of
 	// atomic.Store (XCHG on amd64). The token reaches other goroutines only
 	// through a synchronising hand-off, which orders this store before
-	// their loads.
-	*st = uint64(gen)<<genShift | allocBit
+	// their loads. (A thief holding a stale cache entry for this slot may
+	// CAS the word meanwhile; it expects an older free state, so it fails
+	// and changes nothing. Under the race detector the store is atomic.)
+	if raceEnabled {
+		atomic.StoreUint64(st, uint64(gen)<<genShift|allocBit)
+	} else {
+		*st = uint64(gen)<<genShift | allocBit
+	}
 	c.countAlloc(p, src == shard.FromSteal)
 	return idx, gen, res
 }
@@ -115,8 +148,9 @@ func (c *core) Free(t token.Token) error {
 	if !ok {
 		return c.badToken("Free", t)
 	}
-	p, ok := c.gate.Enter()
-	if !ok {
+	p := c.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+	if c.gate.Closed() {
+		c.gate.Exit(p)
 		return ErrClosed
 	}
 	st := c.state(idx)
@@ -131,6 +165,13 @@ func (c *core) Free(t token.Token) error {
 		ns := (uint64(gen)+1)<<genShift | s&holders
 		if atomic.CompareAndSwapUint64(st, s, ns) {
 			if ns&holders == 0 {
+				// Fast path: into this P's empty cache (cache.go).
+				pc := c.local(p)
+				if genOf(ns) != retiredGen && c.cachePut(pc, idx, ns) {
+					pc.frees++
+					c.gate.Exit(p)
+					return nil
+				}
 				c.recycle(p, idx, ns)
 			}
 			c.countFree(p)
@@ -145,6 +186,9 @@ func (c *core) Free(t token.Token) error {
 func (c *core) recycle(p int, idx uint32, state uint64) {
 	if genOf(state) == retiredGen {
 		c.retired.Add(1)
+		return
+	}
+	if c.cachePut(c.local(p), idx, state) {
 		return
 	}
 	c.set.Push(c.freeShard(p, idx), idx)

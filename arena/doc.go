@@ -46,17 +46,25 @@
 // # Hot-path budget
 //
 // In the default build, Alloc is: pin to the P (no atomic), one load of the
-// closed flag, one CAS to pop the shard's freelist (or to advance its
-// frontier), a plain store of the state word, zeroing a recycled payload, a
-// plain increment of a per-P counter, unpin. Free is: pin, one CAS on the
-// state word, one CAS to push onto a shard's freelist, a plain per-P
-// increment, unpin. So an Alloc+Free pair costs three locked read-modify-writes
-// and two pin sections; sync.Pool's Get+Put costs two pin sections and no
-// atomic, which is why a pair is a little under 2× sync.Pool on one core
-// (bench/results). Load, View and Update take and drop a hold with one CAS
-// and one atomic add on the state word. Nothing on these paths allocates;
-// ErrFull and ErrClosed are returned bare so that back-pressure does not
-// allocate either.
+// closed flag, then — when the P's one-slot cache holds a freed slot, which
+// it does in any alloc/free loop — one CAS on that slot's state word to claim
+// it, a plain clear of the cache word, a plain increment of a per-P counter,
+// unpin. Free is: pin, one CAS on the state word, a plain store of the slot
+// into the P's cache if it is empty (else one CAS to push onto the shard's
+// freelist), a plain per-P increment, unpin. So an Alloc+Free pair is two
+// locked instructions, both on the slot's own line. When the cache is empty,
+// Alloc pops the shard's freelist with one CAS (or advances its frontier)
+// and claims the slot with one plain store of the state word. Load takes
+// and drops a hold with one CAS and one atomic add on the state word, and
+// copies the value once, straight into its result; View and Update do the
+// same around the callback. Nothing on these paths allocates; ErrFull and
+// ErrClosed are returned bare so that back-pressure does not allocate either.
+//
+// The per-P cache stays reachable by every other P (see cache.go): a slot
+// is claimed from a cache only by a CAS of its state word from the exact
+// free state the cache recorded, and Alloc scans every cache before it
+// reports ErrFull, so "full" still means full, with no wait on the cache's
+// owner and no stop-the-world.
 //
 // A dry shard steals (a batch of 32) under a shared steal word that counts
 // steals in progress and completed; an Alloc that found every shard empty
@@ -67,7 +75,8 @@
 //
 // With memclass.PerNode, the slots are split into one part per node (one
 // region, each part bound to its node) with shards of its own; see Nodes,
-// Residency and pernode.go.
+// Residency and pernode.go. Per-node arenas do not use the per-P cache, so
+// a freed slot always goes back to a shard of its own node.
 //
 // # Close
 //

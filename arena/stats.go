@@ -26,8 +26,12 @@ type Stats struct {
 // cache line. They live off-heap with the slots.
 type pCounters struct {
 	allocs, frees, steals, failed uint64
-	home                          uint32 // per-node arenas: home shard + 1, 0 = look it up
-	_                             [atomicx.CacheLine - 36]byte
+	// cache is the P's one-slot cache of a freed slot (see cache.go): the
+	// slot's free state word with index+1 in its low 32 bits, 0 = empty.
+	// Only a goroutine pinned to the P writes it; thieves read it.
+	cache uint64
+	home  uint32 // per-node arenas: home shard + 1, 0 = look it up
+	_     [atomicx.CacheLine - 44]byte
 }
 
 // spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
@@ -38,9 +42,14 @@ type spillCounters struct {
 
 func (c *core) local(p int) *pCounters {
 	if shard.Pinned && p < c.nP {
-		return (*pCounters)(unsafe.Add(c.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+		return c.pc(p)
 	}
 	return nil
+}
+
+// pc returns P p's counters; p < nP.
+func (c *core) pc(p int) *pCounters {
+	return (*pCounters)(unsafe.Add(c.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
 }
 
 func (c *core) countAlloc(p int, stolen bool) {
@@ -105,7 +114,7 @@ func (c *core) finalStats() Stats {
 func (c *core) sum() Stats {
 	var st Stats
 	for p := 0; p < c.nP; p++ {
-		pc := (*pCounters)(unsafe.Add(c.perP, uintptr(p)*unsafe.Sizeof(pCounters{})))
+		pc := c.pc(p)
 		st.Allocs += pc.allocs
 		st.Frees += pc.frees
 		st.Steals += pc.steals

@@ -49,10 +49,7 @@ func NewGate() *Gate {
 // a stripe id). It returns ok == false, with no section open, once the gate
 // is closed.
 func (g *Gate) Enter() (p int, ok bool) {
-	p = Pin()
-	if !Pinned {
-		g.inflight[p].n.Add(1)
-	}
+	p = g.EnterAny()
 	if g.closed.Load() {
 		g.Exit(p)
 		return 0, false
@@ -61,23 +58,12 @@ func (g *Gate) Enter() (p int, ok bool) {
 }
 
 // EnterAny starts a section even if the gate is closed. It is for finishing
-// work that Close waits for (releasing a slot a callback held), never for
-// starting new work.
-func (g *Gate) EnterAny() (p int) {
-	p = Pin()
-	if !Pinned {
-		g.inflight[p].n.Add(1)
-	}
-	return p
-}
-
-// Exit ends the section Enter or EnterAny started.
-func (g *Gate) Exit(p int) {
-	if !Pinned {
-		g.inflight[p].n.Add(-1)
-	}
-	Unpin()
-}
+// work that Close waits for (releasing a slot a callback held), and for hot
+// paths that spell Enter out (EnterAny, then Closed, then Exit and fail if
+// it is closed: the same section, but Enter itself makes two calls and does
+// not inline). It is defined per build in pin.go and pin_purego.go, as is
+// Exit, which ends the section Enter or EnterAny started; the pinned build's
+// versions are a bare procPin and procUnpin and inline.
 
 // Closed reports whether Close has been called.
 func (g *Gate) Closed() bool { return g.closed.Load() }

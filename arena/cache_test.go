@@ -1,0 +1,87 @@
+package arena
+
+import (
+	"errors"
+	"runtime"
+	"testing"
+
+	"github.com/cella-go/cella/shard"
+	"github.com/cella-go/cella/token"
+)
+
+// A free slot parked in the cache of a P that never runs again (GOMAXPROCS
+// lowered) is still found before Alloc reports ErrFull, and a stale cache
+// entry can never hand its slot out a second time.
+func TestCacheStealFindsParkedSlot(t *testing.T) {
+	if !shard.Pinned {
+		t.Skip("the purego build has no per-P cache")
+	}
+	prev := runtime.GOMAXPROCS(1) // only P0 runs from here on
+	defer runtime.GOMAXPROCS(prev)
+	a, err := New[[4]uint64](Config{Slots: 4, Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.nP < 2 {
+		t.Skip("needs a per-P table of at least two Ps")
+	}
+	var toks []token.Token
+	for i := 0; i < 4; i++ {
+		tok, p, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p[0] = uint64(i + 1)
+		toks = append(toks, tok)
+	}
+	// Free one slot: it lands in P0's cache. Move the entry to P1's cache,
+	// as if P1 had freed it and then stopped running.
+	if err := a.Free(toks[2]); err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := a.pc(0), a.pc(1)
+	if p0.cache == 0 {
+		t.Fatal("Free on P0 did not use P0's cache")
+	}
+	p1.cache, p0.cache = p0.cache, 0
+	stale := p1.cache
+
+	before := a.Stats().Steals
+	tok, p, err := a.Alloc()
+	if err != nil {
+		t.Fatalf("a free slot sits in P1's cache, Alloc must find it: %v", err)
+	}
+	if tok.Index() != toks[2].Index() || *p != [4]uint64{} {
+		t.Fatalf("got slot %v (payload %v), want the parked slot %v zeroed", tok, *p, toks[2])
+	}
+	if a.Stats().Steals != before+1 {
+		t.Fatal("a claim from another P's cache counts as a steal")
+	}
+	if _, _, err := a.Alloc(); !errors.Is(err, ErrFull) {
+		t.Fatalf("all 4 slots taken: %v", err)
+	}
+	// P1's entry is stale now. Free the slot again and take it again: the
+	// stale entry must never let a second Alloc have it.
+	if err := a.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := a.Alloc()
+	if err != nil || again.Index() != tok.Index() || again.Generation() == tok.Generation() {
+		t.Fatalf("re-alloc of the freed slot: %v, %v", again, err)
+	}
+	if p1.cache != stale {
+		t.Fatal("thieves must not write another P's cache word")
+	}
+	if _, _, err := a.Alloc(); !errors.Is(err, ErrFull) {
+		t.Fatalf("the stale entry handed a slot out twice: %v", err)
+	}
+	for _, x := range []token.Token{toks[0], toks[1], toks[3], again} {
+		if err := a.Free(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Available() != a.Capacity() {
+		t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
+	}
+}
