@@ -32,7 +32,7 @@ type Arena[T any] struct {
 // typed copies on top.
 type core struct {
 	// Read on every call; written only by New and Close.
-	gate     *shard.Gate
+	gate     shard.Gate // by value: one pointer hop less on every call
 	set      *shard.Set
 	base     unsafe.Pointer // slot 0's state word
 	stride   uintptr        // bytes per slot: header + payload
@@ -106,7 +106,6 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		firstGen = 1 + rand.Uint32N(1<<30)
 	}
 	a := &Arena[T]{core: core{
-		gate:     shard.NewGate(),
 		set:      newSet(cfg, shards, layout, unsafe.Add(region.Base(), linkOffset), stride),
 		base:     region.Base(),
 		stride:   stride,
@@ -119,6 +118,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		region:   region,
 		counters: counters,
 	}}
+	a.gate.Init()
 	return a, nil
 }
 

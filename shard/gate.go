@@ -39,10 +39,15 @@ type stripe struct {
 // NewGate returns an open gate.
 func NewGate() *Gate {
 	g := &Gate{}
+	g.Init()
+	return g
+}
+
+// Init readies a zero Gate held by value (open). Call it once, before use.
+func (g *Gate) Init() {
 	if !Pinned {
 		g.inflight = make([]stripe, pureStripes)
 	}
-	return g
 }
 
 // Enter starts a section and returns the caller's P id (in the purego build,
