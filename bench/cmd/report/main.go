@@ -37,7 +37,7 @@ const benchstatModule = "golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-2
 
 // suiteBench selects the comparison benchmarks (everything but the GC
 // headline and lazy capacity, which run one case per process).
-const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|View|Update|CrossP|Burst|Hop)$`
+const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|View|Update|CrossP|Burst|Hop|MessageHop|MessagePipeline|MessageFanOut)$`
 
 type options struct {
 	count          int
@@ -240,6 +240,8 @@ var benchstatGroups = []struct {
 }{
 	{"allocators, against sync.Pool", []string{"Pair", "PairParallel", "StoreLoadFree", "CrossP", "Burst", "Hop"}, "syncpool"},
 	{"live-object access, against a per-object sync.RWMutex", []string{"View", "Update"}, "rwmutex"},
+	{"message runtime, against Go channels of tokens", []string{"MessageHop", "MessagePipeline"}, "chan-token"},
+	{"message fan-out, against copying into channels", []string{"MessageFanOut"}, "chan-copy"},
 	{"GC headline and lazy capacity", []string{"GC", "GCChurn", "NewClose"}, ""},
 }
 

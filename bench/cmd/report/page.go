@@ -31,10 +31,13 @@ var families = []struct{ name, what string }{
 	{"CrossP", "One goroutine allocates, another frees (handles passed in batches of 64): the remote-free path. Per object."},
 	{"Burst", "Take 4096 objects (the whole capacity), then give them all back. Per object; cella reports steals/op."},
 	{"Hop", "One message from a producer to a consumer goroutine over a buffered Go channel. Per message."},
+	{"MessageHop", "message.Edge Send+Recv between two goroutines (transport only), against buffered channels of tokens and of pointers. Per message."},
+	{"MessagePipeline", "Three stages joined by two edges (or channels): saturated, and paced at one message every 2 µs. Per message; p50/p99 are per hop."},
+	{"MessageFanOut", "One message to k consumers: cella stores it once and sends the token on k edges (one Retain per extra edge); chan-copy copies the value into k channels. Per message."},
 }
 
 // baselines: the implementation each family's ratios are taken against.
-var baselines = []string{"syncpool", "rwmutex"}
+var baselines = []string{"syncpool", "rwmutex", "chan-token", "chan-copy"}
 
 func renderPage(in pageInput) string {
 	var b strings.Builder
@@ -239,6 +242,9 @@ func renderFamily(b *strings.Builder, rows []*summary) {
 			}
 			if st, ok := s.median["steals/op"]; ok {
 				fmt.Fprintf(b, " %.3g steals/op", st)
+			}
+			if p50, ok := s.median["ns/hop-p50"]; ok {
+				fmt.Fprintf(b, " (hop p50 %s, p99 %s)", fmtVal(p50), fmtVal(s.median["ns/hop-p99"]))
 			}
 			b.WriteString(" |")
 		}
