@@ -292,7 +292,8 @@ func takeFresh(st *shardState, max uint32) (idx, n uint32, ok bool) {
 }
 
 // steal looks for a victim with free slots: first the other shards of home's
-// part, in turn after home, then every shard of the other parts. From the
+// part, in turn after home, then every shard of the other parts, in the
+// order OrderParts set (index order by default). From the
 // first victim that has anything it takes a batch (its freelist first, then
 // its frontier); the first slot is returned, the rest go onto home's freelist.
 func (s *Set) steal(home int) (uint32, bool) {
