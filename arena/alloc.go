@@ -95,13 +95,10 @@ const (
 // before it).
 const maxBusyRounds = 100
 
-// take pops a free slot for P p and marks it allocated. round counts the
-// caller's earlier tries that found slots moving. Runs inside a gate section.
+// take pops a free slot for P p and marks it allocated; Alloc and Store call
+// it after takeCached found P p's cache empty. round counts the caller's
+// earlier tries that found slots moving. Runs inside a gate section.
 func (c *core) take(p, round int) (idx, gen uint32, res takeResult) {
-	if w := c.takeCached(p); w != 0 {
-		idx, gen = cacheSlot(w)
-		return idx, gen, tookRecycled
-	}
 	idx, src, ok := c.set.Pop(c.home(p))
 	if !ok {
 		// Every shard was empty: the caches are the last place a free

@@ -32,28 +32,7 @@ func benchHopEdge[T any](b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		done := make(chan error, 1)
-		go func() {
-			var acc uint64
-			read := func(m *message.Message[T]) { acc += first(&m.Payload) }
-			for {
-				t, err := e.Recv(ctx)
-				if errors.Is(err, message.ErrEdgeClosed) {
-					sinkAdd(acc)
-					done <- nil
-					return
-				}
-				if err == nil {
-					err = st.View(t, read)
-				}
-				if err == nil {
-					err = st.Free(t)
-				}
-				if err != nil {
-					done <- err
-					return
-				}
-			}
-		}()
+		go func() { done <- consumeEdge(ctx, st, e) }()
 		for i := 0; i < b.N; i++ {
 			var v T
 			stamp(&v, uint64(i))
@@ -72,4 +51,28 @@ func benchHopEdge[T any](b *testing.B) {
 			b.Fatal(err)
 		}
 	})
+}
+
+// consumeEdge receives from e until it is closed, reading and freeing every
+// message; it returns the first error, or nil once the edge is closed and
+// empty.
+func consumeEdge[T any](ctx context.Context, st *message.Store[T], e *message.Edge) error {
+	var acc uint64
+	read := func(m *message.Message[T]) { acc += first(&m.Payload) }
+	for {
+		t, err := e.Recv(ctx)
+		if errors.Is(err, message.ErrEdgeClosed) {
+			sinkAdd(acc)
+			return nil
+		}
+		if err == nil {
+			err = st.View(t, read)
+		}
+		if err == nil {
+			err = st.Free(t)
+		}
+		if err != nil {
+			return err
+		}
+	}
 }

@@ -409,24 +409,8 @@ func benchFanOutEdge(b *testing.B, k int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var acc uint64
-			read := func(m *message.Message[P64]) { acc += first(&m.Payload) }
-			for {
-				t, err := e.Recv(ctx)
-				if errors.Is(err, message.ErrEdgeClosed) {
-					sinkAdd(acc)
-					return
-				}
-				if err == nil {
-					err = st.View(t, read)
-				}
-				if err == nil {
-					err = st.Free(t)
-				}
-				if err != nil {
-					errc <- err
-					return
-				}
+			if err := consumeEdge(ctx, st, e); err != nil {
+				errc <- err
 			}
 		}()
 	}

@@ -36,14 +36,7 @@ type stripe struct {
 	_ [atomicx.CacheLine - 8]byte
 }
 
-// NewGate returns an open gate.
-func NewGate() *Gate {
-	g := &Gate{}
-	g.Init()
-	return g
-}
-
-// Init readies a zero Gate held by value (open). Call it once, before use.
+// Init readies a zero Gate (open). Call it once, before use.
 func (g *Gate) Init() {
 	if !Pinned {
 		g.inflight = make([]stripe, pureStripes)

@@ -44,13 +44,7 @@ type msgPayload struct {
 
 func msgFill(id uint64) msgPayload {
 	p := msgPayload{ID: id}
-	x := id*0xbf58476d1ce4e5b9 ^ 0x94d049bb133111eb
-	for i := range p.Fill {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		p.Fill[i] = x
-	}
+	xorshiftFill(p.Fill[:], id*0xbf58476d1ce4e5b9^0x94d049bb133111eb)
 	p.Sum = p.checksum()
 	return p
 }

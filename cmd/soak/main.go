@@ -55,15 +55,21 @@ type payload struct {
 
 func fill(owner uint32, seq uint64, epoch uint32) payload {
 	p := payload{Owner: owner, Seq: seq, Epoch: epoch}
-	x := uint64(owner)<<40 ^ seq*0x9e3779b97f4a7c15 ^ uint64(epoch)<<20
-	for i := range p.Fill {
+	xorshiftFill(p.Fill[:], uint64(owner)<<40^seq*0x9e3779b97f4a7c15^uint64(epoch)<<20)
+	p.Sum = p.checksum()
+	return p
+}
+
+// xorshiftFill fills dst with a xorshift64 sequence from seed: a pattern
+// that any corruption of a payload is sure to break.
+func xorshiftFill(dst []uint64, seed uint64) {
+	x := seed
+	for i := range dst {
 		x ^= x << 13
 		x ^= x >> 7
 		x ^= x << 17
-		p.Fill[i] = x
+		dst[i] = x
 	}
-	p.Sum = p.checksum()
-	return p
 }
 
 func (p *payload) checksum() uint64 {
