@@ -2,50 +2,100 @@ package arena
 
 import (
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/token"
 )
 
 // Load returns a copy of t's value. It never returns a value torn by a
-// concurrent Update.
+// concurrent Update, and it writes nothing to shared memory: it reads the
+// state word and the slot's version, copies, and reads both again, and
+// copies again if an Update ran meanwhile (a seqlock; see slot.go). Values
+// larger than bigValue bytes (and every value under the race detector) are
+// copied under a reader hold instead, so that a long copy cannot be starved
+// by Updates.
 //
-// The value is copied once, from the slot straight into the named result;
-// the error returns leave the result zero.
+// The value is copied once into the named result. For T larger than 128 KiB
+// the caller's own temporary for the result lives on the heap (a Go rule for
+// large values); use LoadInto for such values.
 func (a *Arena[T]) Load(t token.Token) (v T, err error) {
+	// Bare returns only: a return of named values makes temporaries that
+	// the compiler puts on the heap for a T beyond 128 KiB.
+	if raceEnabled || unsafe.Sizeof(v) > bigValue {
+		err = a.readHold(t, unsafe.Pointer(&v), unsafe.Sizeof(v), "Load")
+		return
+	}
 	idx, gen, ok := a.check(t)
 	if !ok {
-		return v, a.badToken("Load", t)
+		err = a.badToken("Load", t)
+		return
 	}
-	st := a.state(idx)
+	st, ver := a.state(idx), a.version(idx)
+	src := a.payload(idx)
 	var bo atomicx.Backoff
 	for {
 		p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
 		if a.gate.Closed() {
 			a.gate.Exit(p)
-			return v, ErrClosed
+			err = ErrClosed
+			return
 		}
 		s := atomic.LoadUint64(st)
 		if !valid(s, gen) {
 			a.gate.Exit(p)
-			return v, staleToken("Load", t)
+			clearBytes(unsafe.Pointer(&v), unsafe.Sizeof(v)) // a torn try may have filled it
+			err = staleToken("Load", t)
+			return
 		}
-		if canRead(s) {
-			if atomic.CompareAndSwapUint64(st, s, s+1) {
-				v = *a.payload(idx)
-				// a.drop(p, idx, 1), spelled out: drop does not inline.
-				if ns := atomic.AddUint64(st, ^uint64(0)); ns&(allocBit|holders) == 0 {
-					a.recycle(p, idx, ns)
-				}
+		if s&writerBit == 0 {
+			n := atomic.LoadUint32(ver)
+			v = *src
+			loadFence()
+			if atomic.LoadUint64(st)&^readerMask == s&^readerMask && atomic.LoadUint32(ver) == n {
 				a.gate.Exit(p)
-				return v, nil
+				return
 			}
-			a.gate.Exit(p)
-			continue
 		}
 		a.gate.Exit(p)
-		bo.Wait() // a writer holds the slot: wait unpinned
+		bo.Wait() // a writer holds the slot, or wrote meanwhile: wait unpinned
 	}
+}
+
+// LoadInto copies t's value into *dst, with Load's guarantees, and never
+// allocates, whatever the size of T. On error *dst is unchanged; a nil dst
+// is an error (ErrNilPointer).
+func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
+	if dst == nil {
+		return a.nilDst(t)
+	}
+	if raceEnabled || unsafe.Sizeof(*dst) > bigValue {
+		return a.readHold(t, unsafe.Pointer(dst), unsafe.Sizeof(*dst), "LoadInto")
+	}
+	return a.loadSmall(t, dst)
+}
+
+// loadSmall is LoadInto for a T of at most bigValue bytes: Load into a
+// temporary, so that a failed try leaves *dst alone.
+func (a *Arena[T]) loadSmall(t token.Token, dst *T) error {
+	v, err := a.Load(t)
+	if err == nil {
+		*dst = v
+	}
+	return err
+}
+
+// readHold copies n bytes of t's value to dst under a reader hold: the copy
+// starts only once the hold is taken, so it cannot fail halfway and dst is
+// untouched on error.
+func (c *core) readHold(t token.Token, dst unsafe.Pointer, n uintptr, op string) error {
+	idx, err := c.lock(t, op, false)
+	if err != nil {
+		return err
+	}
+	copyBytes(dst, c.slot(idx), n)
+	c.unlock(idx, 1)
+	return nil
 }
 
 // View runs fn with shared access to t's value. Other View calls on the slot
@@ -75,7 +125,7 @@ func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
-	defer a.unlock(idx, writerBit)
+	defer a.unlockWriter(idx)
 	fn(a.payload(idx))
 	return nil
 }
@@ -156,6 +206,20 @@ func (c *core) unlock(idx uint32, hold uint64) {
 	p := c.gate.EnterAny()
 	c.drop(p, idx, hold)
 	c.gate.Exit(p)
+}
+
+// unlockWriter drops Update's writer hold. It first advances the slot's
+// version, so that a Load that copied while the writer ran sees the change
+// and copies again (slot.go). Only the writer writes the version, so a
+// plain increment is enough; the atomic drop that follows publishes it.
+func (c *core) unlockWriter(idx uint32) {
+	ver := c.version(idx)
+	if raceEnabled {
+		atomic.AddUint32(ver, 1)
+	} else {
+		*ver++
+	}
+	c.unlock(idx, writerBit)
 }
 
 // drop subtracts hold from idx's state inside a gate section.

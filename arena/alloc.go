@@ -2,6 +2,7 @@ package arena
 
 import (
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/shard"
@@ -12,69 +13,76 @@ import (
 // zeroed. The pointer is valid until the token is freed or the arena closed;
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
-	var bo atomicx.Backoff
-	for round := 0; ; round++ {
-		// Gate.Enter spelled out: it does not inline (two calls).
-		p := a.gate.EnterAny()
-		if a.gate.Closed() {
-			a.gate.Exit(p)
-			return token.Nil, nil, ErrClosed
-		}
-		if w := a.takeCached(p); w != 0 {
+	// Gate.Enter spelled out: it does not inline (two calls).
+	p := a.gate.EnterAny()
+	if !a.gate.Closed() && p < a.nP {
+		pc := a.pc(p)
+		if w := a.takeCached(pc); w != 0 {
+			pc.allocs++
 			idx, gen := cacheSlot(w)
 			v := a.payload(idx)
-			var zero T
-			*v = zero // a cached slot is always a recycled one
-			a.gate.Exit(p)
-			return token.New(idx, gen), v, nil
-		}
-		idx, gen, res := a.take(p, round)
-		switch res {
-		case took, tookRecycled:
-			v := a.payload(idx)
-			if res == tookRecycled {
+			// A cached slot is always a recycled one. Past bigValue
+			// bytes the zero goes through a byte view: `var zero T`
+			// of more than 128 KiB would be put on the heap.
+			if unsafe.Sizeof(*v) > bigValue {
+				clearBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
+			} else {
 				var zero T
 				*v = zero
 			}
 			a.gate.Exit(p)
 			return token.New(idx, gen), v, nil
-		case full:
-			a.gate.Exit(p)
-			return token.Nil, nil, ErrFull
 		}
-		a.gate.Exit(p)
-		bo.Wait() // slots were moving between shards: look again, unpinned
 	}
+	a.gate.Exit(p)
+	p, idx, gen, res, err := a.takeSlow()
+	if err != nil {
+		return token.Nil, nil, err
+	}
+	v := a.payload(idx)
+	if res == tookRecycled {
+		if unsafe.Sizeof(*v) > bigValue {
+			clearBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
+		} else {
+			var zero T
+			*v = zero
+		}
+	}
+	a.gate.Exit(p)
+	return token.New(idx, gen), v, nil
 }
 
 // Store takes a free slot, copies v into it and returns its token.
 func (a *Arena[T]) Store(v T) (token.Token, error) {
-	var bo atomicx.Backoff
-	for round := 0; ; round++ {
-		p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
-		if a.gate.Closed() {
-			a.gate.Exit(p)
-			return token.Nil, ErrClosed
-		}
-		if w := a.takeCached(p); w != 0 {
+	p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+	if !a.gate.Closed() && p < a.nP {
+		pc := a.pc(p)
+		if w := a.takeCached(pc); w != 0 {
+			pc.allocs++
 			idx, gen := cacheSlot(w)
-			*a.payload(idx) = v
+			a.put(idx, &v)
 			a.gate.Exit(p)
 			return token.New(idx, gen), nil
 		}
-		idx, gen, res := a.take(p, round)
-		switch res {
-		case took, tookRecycled:
-			*a.payload(idx) = v
-			a.gate.Exit(p)
-			return token.New(idx, gen), nil
-		case full:
-			a.gate.Exit(p)
-			return token.Nil, ErrFull
-		}
-		a.gate.Exit(p)
-		bo.Wait()
 	}
+	a.gate.Exit(p)
+	p, idx, gen, _, err := a.takeSlow()
+	if err != nil {
+		return token.Nil, err
+	}
+	a.put(idx, &v)
+	a.gate.Exit(p)
+	return token.New(idx, gen), nil
+}
+
+// put copies *v into slot idx, through a byte view past bigValue bytes.
+func (a *Arena[T]) put(idx uint32, v *T) {
+	dst := a.payload(idx)
+	if unsafe.Sizeof(*v) > bigValue {
+		copyBytes(unsafe.Pointer(dst), unsafe.Pointer(v), unsafe.Sizeof(*v))
+		return
+	}
+	*dst = *v
 }
 
 // takeResult says how take went.
@@ -95,44 +103,61 @@ const (
 // before it).
 const maxBusyRounds = 100
 
-// take pops a free slot for P p and marks it allocated; Alloc and Store call
-// it after takeCached found P p's cache empty. round counts the caller's
-// earlier tries that found slots moving. Runs inside a gate section.
-func (c *core) take(p, round int) (idx, gen uint32, res takeResult) {
+// takeSlow is Alloc's path when its P's cache was empty (or the arena
+// closed): the shards, then the other Ps' caches, looking again while slots
+// were moving. On success it returns pinned to P p, inside a gate section,
+// with slot idx allocated at generation gen; the caller fills the slot and
+// exits the section. On error it returns unpinned.
+func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
+	var bo atomicx.Backoff
+	for round := 0; ; round++ {
+		p = c.gate.EnterAny()
+		if c.gate.Closed() {
+			c.gate.Exit(p)
+			return 0, 0, 0, full, ErrClosed
+		}
+		idx, gen, res = c.take(p)
+		if res == took || res == tookRecycled {
+			return p, idx, gen, res, nil
+		}
+		c.gate.Exit(p)
+		// Every shard was empty: the caches are the last place a free
+		// slot can be (see cache.go). Claiming from them fences, so it
+		// runs unpinned.
+		p, idx, gen, sr := c.stealCached()
+		switch sr {
+		case stole:
+			return p, idx, gen, tookRecycled, nil
+		case stealClosed:
+			return 0, 0, 0, full, ErrClosed
+		}
+		if res == full || round >= maxBusyRounds {
+			p = c.gate.EnterAny()
+			c.countFailed(p)
+			c.gate.Exit(p)
+			return 0, 0, 0, full, ErrFull
+		}
+		bo.Wait() // slots were moving between shards: look again, unpinned
+	}
+}
+
+// take pops a free slot for P p from the shards and marks it allocated.
+// Runs inside a gate section. It reports full or retry (slots were moving
+// between shards) when every shard was empty.
+func (c *core) take(p int) (idx, gen uint32, res takeResult) {
 	idx, src, ok := c.set.Pop(c.home(p))
 	if !ok {
-		// Every shard was empty: the caches are the last place a free
-		// slot can be (see cache.go).
-		if idx, gen, ok := c.cacheSteal(); ok {
-			c.countAlloc(p, true)
-			return idx, gen, tookRecycled
-		}
-		if src == shard.Busy && round < maxBusyRounds {
+		if src == shard.Busy {
 			return 0, 0, retry
 		}
-		c.countFailed(p)
 		return 0, 0, full
 	}
-	st := c.state(idx)
-	s := atomic.LoadUint64(st)
+	s := atomic.LoadUint64(c.state(idx))
 	gen, res = c.firstGen, took
 	if s != 0 {
 		gen, res = genOf(s), tookRecycled
 	}
-	// The slot is ours alone: no hold can be taken on a slot whose alloc
-	// bit is clear, and no token carries gen yet, so other goroutines can
-	// only read this word (or fail a CAS on it). A plain aligned store is
-	// atomic on every platform Go supports, and it avoids the full fence of
-	// atomic.Store (XCHG on amd64). The token reaches other goroutines only
-	// through a synchronising hand-off, which orders this store before
-	// their loads. (A thief holding a stale cache entry for this slot may
-	// CAS the word meanwhile; it expects an older free state, so it fails
-	// and changes nothing. Under the race detector the store is atomic.)
-	if raceEnabled {
-		atomic.StoreUint64(st, uint64(gen)<<genShift|allocBit)
-	} else {
-		*st = uint64(gen)<<genShift | allocBit
-	}
+	claim(c.state(idx), uint64(gen)<<genShift|allocBit)
 	c.countAlloc(p, src == shard.FromSteal)
 	return idx, gen, res
 }

@@ -134,6 +134,11 @@ func (c *core) state(idx uint32) *uint64 {
 	return (*uint64)(unsafe.Add(c.base, uintptr(idx)*c.stride))
 }
 
+// version returns slot idx's version word, advanced by every Update.
+func (c *core) version(idx uint32) *uint32 {
+	return (*uint32)(unsafe.Add(c.base, uintptr(idx)*c.stride+versionOffset))
+}
+
 // payload returns slot idx's value.
 func (a *Arena[T]) payload(idx uint32) *T {
 	return (*T)(a.slot(idx))
@@ -168,6 +173,14 @@ func (c *core) nilFunc(op string, t token.Token) error {
 		return ErrClosed
 	}
 	return fmt.Errorf("%w: %s of %v", ErrNilFunc, op, t)
+}
+
+// nilDst is the error for LoadInto into a nil pointer.
+func (c *core) nilDst(t token.Token) error {
+	if c.gate.Closed() {
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: LoadInto of %v into a nil *T", ErrNilPointer, t)
 }
 
 func staleToken(op string, t token.Token) error {

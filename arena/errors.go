@@ -25,4 +25,6 @@ var (
 	ErrPointerType = errors.New("arena: payload type holds Go pointers")
 	// ErrNilFunc means View or Update was given a nil callback.
 	ErrNilFunc = errors.New("arena: nil callback")
+	// ErrNilPointer means LoadInto was given a nil destination.
+	ErrNilPointer = errors.New("arena: nil destination pointer")
 )

@@ -18,7 +18,9 @@ package arena
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/cella-go/cella/token"
 )
@@ -203,7 +205,19 @@ func (s *fzStep) exec(a *Arena[fz]) {
 	default:
 		switch s.method {
 		case mLoad:
-			s.gotVal, s.gotErr = a.Load(s.tok)
+			if s.val&1 == 0 {
+				s.gotVal, s.gotErr = a.Load(s.tok)
+				break
+			}
+			// LoadInto: on error the destination stays as it was.
+			dst := fzPattern(^s.val)
+			s.gotErr = a.LoadInto(s.tok, &dst)
+			if s.gotErr == nil {
+				s.gotVal = dst
+			} else if dst != fzPattern(^s.val) {
+				// Matches no expectation, so the batch check fails.
+				s.gotErr = fmt.Errorf("LoadInto changed its destination on error (%v)", s.gotErr)
+			}
 		case mView:
 			s.gotErr = a.View(s.tok, func(p *fz) { s.calls++; s.gotVal = *p })
 		case mUpdate:
@@ -279,6 +293,12 @@ func fuzzArenaModel(t *testing.T, data []byte) {
 	}
 	r := newFzRun(a)
 	defer r.stop()
+	if data[1]&0x80 != 0 {
+		// GOMAXPROCS moves under the workers: P ids above the per-P
+		// table, caches left behind on Ps that stop running, and thieves
+		// draining them while their owners come and go.
+		defer fzChurnProcs()()
+	}
 	defer func() {
 		if !m.closed {
 			a.Close()
@@ -378,6 +398,29 @@ func fuzzArenaModel(t *testing.T, data []byte) {
 		t.Fatalf("%s: second Close = %v, want ErrClosed", where, err)
 	}
 	fzCheckState(t, m, a, where+" after Close")
+}
+
+// fzChurnProcs changes GOMAXPROCS every few hundred microseconds, through
+// 1, 3, 8 and 64 Ps, until the returned function is called.
+func fzChurnProcs() (stop func()) {
+	prev := runtime.GOMAXPROCS(0)
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-time.After(300 * time.Microsecond):
+				runtime.GOMAXPROCS([...]int{1, 3, 8, 64}[i%4])
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+		runtime.GOMAXPROCS(prev)
+	}
 }
 
 // fzConflicts reports whether s may not run in the same batch as the ops

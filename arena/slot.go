@@ -4,7 +4,7 @@ package arena
 //
 //	offset 0   state  uint64   lifecycle word (below)
 //	offset 8   link   uint32   freelist link (index+1 of the next free slot)
-//	offset 12  unused uint32
+//	offset 12  version uint32  advanced by every Update (the seqlock below)
 //	offset 16  payload T       (aligned to T; stride rounds up to 8)
 //
 // The state word is the only synchronisation a slot has:
@@ -24,6 +24,15 @@ package arena
 // reader or the writer bit, and sees alloc clear, pushes it to a freelist.
 // Exactly one goroutine sees that transition, so a slot is recycled once.
 //
+// Load takes no hold: it reads the state word (valid, no writer) and the
+// version, copies the payload, and reads both again; if the generation,
+// the alloc or writer bit, or the version changed, it copies again. A
+// writer sets the writer bit before it writes and advances the version
+// before it clears the bit, so a copy that overlapped any write sees one of
+// the two change. So Load writes nothing to shared memory and never returns
+// a torn value; the version is 32 bits, so a copy would have to be stalled
+// across 2^32 Updates of its slot to be fooled.
+//
 // A slot whose generation would reach 2^32-1 on Free is retired instead: its
 // generation is set to 2^32-1, which no token carries, and it is never pushed
 // to a freelist again. So no token can ever match a slot a second time.
@@ -37,8 +46,9 @@ const (
 	// retiredGen is the generation of a retired slot; never issued.
 	retiredGen = 1<<32 - 1
 
-	headerSize = 16
-	linkOffset = 8
+	headerSize    = 16
+	linkOffset    = 8
+	versionOffset = 12
 )
 
 func genOf(state uint64) uint32 { return uint32(state >> genShift) }

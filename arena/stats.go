@@ -15,6 +15,7 @@ type Stats struct {
 	Frees     uint64 // successful Free calls
 	Steals    uint64 // allocations served by stealing from another shard
 	Failed    uint64 // Alloc and Store calls that returned ErrFull
+	Drains    uint64 // times an Alloc fenced other Ps to claim a slot from their caches
 	Retired   uint64 // slots retired at generation wrap (no longer in Capacity)
 	Live      uint64 // Allocs - Frees: slots allocated now
 	Untouched uint64 // slots never used yet (no memory committed for them)
@@ -30,14 +31,19 @@ type pCounters struct {
 	// slot's free state word with index+1 in its low 32 bits, 0 = empty.
 	// Only a goroutine pinned to the P writes it; thieves read it.
 	cache uint64
+	// steal is thieves<<1 | cooling (see cache.go): thieves write it with
+	// atomics, the owner reads it plainly and clears cooling with a CAS.
+	steal uint64
 	home  uint32 // per-node arenas: home shard + 1, 0 = look it up
-	_     [atomicx.CacheLine - 44]byte
+	cool  uint32 // frees since the cooling bit was set (cache.go)
+	_     [atomicx.CacheLine - 56]byte
 }
 
 // spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
 // raised after New) and of the purego build, with atomics.
 type spillCounters struct {
 	allocs, frees, steals, failed atomic.Uint64
+	drains                        atomic.Uint64 // thieves that fenced P caches
 }
 
 func (c *core) local(p int) *pCounters {
@@ -124,6 +130,7 @@ func (c *core) sum() Stats {
 	st.Frees += c.spill.frees.Load()
 	st.Steals += c.spill.steals.Load()
 	st.Failed += c.spill.failed.Load()
+	st.Drains = c.spill.drains.Load()
 	st.Retired = c.retired.Load()
 	if st.Allocs > st.Frees {
 		st.Live = st.Allocs - st.Frees
