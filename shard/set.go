@@ -216,8 +216,8 @@ func (s *Set) link(idx uint32) *uint32 {
 // (popped and not yet pushed back). Slots that only move between shards,
 // even while the scan looks at other shards, never make Pop report empty.
 // (The one exception needs 2^32 or more successful pushes and pops on the
-// Set's freelists during one call, or exactly a multiple of 2^32 steals; see
-// popSlow.)
+// Set's freelists during one call, or a non-zero multiple of 2^32 steals
+// finishing during one call; see popSlow.)
 //
 // When ok is false and src is Busy, the scan found no slot but could not
 // prove the Set empty, because slots were moving between shards while it
@@ -308,8 +308,8 @@ type scanView struct {
 	clean  bool   // every shard was seen empty in one look
 }
 
-// seen adds shard st's head h to the view if h is empty, and reports whether
-// it was.
+// seen adds the tag of a shard's head h to the view if h is empty, and
+// reports whether it was.
 func (v *scanView) seen(h uint64) bool {
 	if uint32(h) != 0 {
 		return false
@@ -327,7 +327,7 @@ func (s *Set) scan(home int, v *scanView) (idx uint32, src Source, ok bool) {
 		if idx, ok = s.popList(st); ok {
 			return idx, FromList, true
 		}
-		v.clean = false // emptied between two looks: a thief took it
+		v.clean = false // emptied between two looks: someone popped it
 	}
 	if idx, ok = s.steal(home, v); ok {
 		return idx, FromSteal, true
