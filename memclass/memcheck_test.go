@@ -81,9 +81,9 @@ func TestReadPhysMem(t *testing.T) {
 		t.Fatalf("without a meminfo file: %+v, %v", pm, err)
 	}
 	// The real file parses and is sane.
-	pm, err = readPhysMem(ProcMeminfo)
+	pm, err = readPhysMem(procMeminfo)
 	if err != nil || pm.total == 0 || pm.available > pm.total {
-		t.Fatalf("%s: %+v, %v", ProcMeminfo, pm, err)
+		t.Fatalf("%s: %+v, %v", procMeminfo, pm, err)
 	}
 }
 

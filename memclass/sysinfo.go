@@ -24,17 +24,17 @@ var hugePageSize = sync.OnceValue(func() uintptr {
 	return 2 << 20
 })
 
-// ProcMeminfo is where Linux reports the machine's memory.
-const ProcMeminfo = "/proc/meminfo"
+// procMeminfo is where Linux reports the machine's memory.
+const procMeminfo = "/proc/meminfo"
 
 // meminfoPath is the meminfo file Map checks Locked requests against:
-// ProcMeminfo, or a fake file in tests.
-var meminfoPath = ProcMeminfo
+// procMeminfo, or a fake file in tests.
+var meminfoPath = procMeminfo
 
 // meminfoValue returns the number on the /proc/meminfo line for key (in the
 // file's unit: kB for sizes, pages for HugePages_*), or -1.
 func meminfoValue(key string) int64 {
-	b, err := os.ReadFile(ProcMeminfo)
+	b, err := os.ReadFile(procMeminfo)
 	if err != nil {
 		return -1
 	}
@@ -71,7 +71,7 @@ type physMem struct {
 }
 
 // readPhysMem reads MemTotal and MemAvailable (kB) from the meminfo file at
-// path (normally ProcMeminfo; tests pass a fake file). A kernel older than
+// path (normally procMeminfo; tests pass a fake file). A kernel older than
 // 3.14 has no MemAvailable: MemFree stands in for it. Without a readable
 // file, sysinfo(2) gives total and free RAM.
 func readPhysMem(path string) (physMem, error) {
