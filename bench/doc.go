@@ -53,6 +53,11 @@
 //     the GC's share of CPU and GC cycles per million ops.
 //   - NewClose: New and Close of 2^27 and 2^30 64-byte slots; time and RSS
 //     growth (lazy capacity).
+//   - Machine: the machine's own costs, one goroutine: an uncontended locked
+//     instruction on a private word (op=locked-xadd, locked-cas,
+//     locked-xchg; op=plain-add as the baseline) and shard.Pin+Unpin
+//     (op=procpin). The report prints them in its header: they are why
+//     ratios against sync.Pool move between machines.
 //
 // The pair loops are methods of each concrete implementation, so no one
 // pays for interface dispatch there. The other workloads drive every

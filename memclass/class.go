@@ -179,6 +179,10 @@ func (c Class) WithHugeTLB() Class { c.flags |= flagHugeTLB; return c }
 // Locked asks for memory that is never swapped out: mlock on the region, which
 // also faults every page in. It counts against RLIMIT_MEMLOCK unless the
 // process has CAP_IPC_LOCK; beyond the limit Map fails with a *MemlockError.
+// Map also refuses, with a *MemlockError and before any page is touched, a
+// request larger than the physical memory available (MemAvailable in
+// /proc/meminfo): the kernel would not fail that mlock but run the OOM
+// killer, and root is not held back by RLIMIT_MEMLOCK.
 func (c Class) Locked() Class { c.flags |= flagLocked; return c }
 
 // Prefault asks for every page to be committed when the region is mapped

@@ -20,7 +20,7 @@
 //	.WithTHP()     madvise(MADV_HUGEPAGE) on a region aligned to the huge page size
 //	.WithHugeTLB() mmap(MAP_HUGETLB) from the reserved pool (vm.nr_hugepages), as DPDK does
 //	.Prefault()    madvise(MADV_POPULATE_WRITE) (a write per page before Linux 5.14)
-//	.Locked()      mlock (counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK)
+//	.Locked()      mlock (counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK; never more than MemAvailable)
 //	.Strict()      a modifier the kernel cannot honour is an error (the default)
 //	.BestEffort()  such a modifier is skipped and recorded in Region.Fallbacks
 //
@@ -32,8 +32,10 @@
 // nodes are checked against /sys/devices/system/node/online before any
 // syscall (the kernel silently drops absent nodes from an interleave mask);
 // then mmap without populating; mbind on the region (never set_mempolicy,
-// which binds an OS thread, not a goroutine's memory); madvise; populate;
-// mlock; and finally get_mempolicy(MPOL_F_ADDR) reads the policy back and Map
+// which binds an OS thread, not a goroutine's memory); madvise; for Locked,
+// a check of the size against the physical memory available (beyond
+// MemAvailable an mlock does not fail, it wakes the OOM killer, and root is
+// not held back by RLIMIT_MEMLOCK); populate; mlock; and finally get_mempolicy(MPOL_F_ADDR) reads the policy back and Map
 // fails with ErrPolicy if it is not the one asked for. Every failure unmaps
 // the region before Map returns. Each region is followed by one inaccessible
 // guard page, so that adjacent regions never merge into one kernel mapping and
@@ -70,7 +72,7 @@
 // # Errors
 //
 // ErrNoSuchNode, ErrUnsupported, ErrNoHugePages, ErrMemlock (a *MemlockError
-// naming the bytes asked and RLIMIT_MEMLOCK), ErrPolicy, ErrPopulate, ErrMap
+// naming the bytes asked and RLIMIT_MEMLOCK, or the available memory), ErrPolicy, ErrPopulate, ErrMap
 // and ErrUnmapped are wrapped with the class and the kernel's errno; match
 // them with errors.Is.
 //

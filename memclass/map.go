@@ -27,15 +27,19 @@ const (
 //     WithHugeTLB; aligned to the huge page size for WithTHP);
 //  3. mbind on the region (Bind, Prefer, Interleave, Local);
 //  4. madvise(MADV_HUGEPAGE) for WithTHP;
-//  5. madvise(MADV_POPULATE_WRITE), or a write to every page, for Prefault;
-//  6. mlock for Locked;
-//  7. get_mempolicy(MPOL_F_ADDR) to read the policy back: a policy that is
+//  5. for Locked, check the size against the physical memory available
+//     (MemAvailable in /proc/meminfo): beyond it mlock would not fail but
+//     wake the OOM killer (RLIMIT_MEMLOCK does not stop root), so Map fails
+//     with a *MemlockError (ErrMemlock) before any page is touched;
+//  6. madvise(MADV_POPULATE_WRITE), or a write to every page, for Prefault;
+//  7. mlock for Locked;
+//  8. get_mempolicy(MPOL_F_ADDR) to read the policy back: a policy that is
 //     not the one asked for fails with ErrPolicy.
 //
 // Pages are never populated before the policy is in place, so they land where
 // it says. Any failure unmaps whatever was mapped before Map returns.
 //
-// Host regions (no modifiers) skip steps 1, 3 and 7 and are mapped with
+// Host regions (no modifiers) skip steps 1, 3 and 8 and are mapped with
 // MAP_NORESERVE, so reserving far more address space than the machine has
 // costs nothing until pages are touched. Provider classes (Device,
 // PinnedHost, Shared) go to the registered Provider, or fail with
@@ -87,6 +91,7 @@ type mapping struct {
 	eff    Class // the class being applied
 	strict bool
 	thp    bool // MADV_HUGEPAGE still to apply
+	noLock bool // Locked was given up (BestEffort) before mlock
 }
 
 // fail unmaps what was mapped and returns err.
@@ -130,6 +135,7 @@ func mapClass(asked, eff Class, node int, size uintptr) (*Region, error) {
 		{"mmap", true, func() error { return m.mmap(size) }},
 		{"mbind", hasPolicy, func() error { return m.mbind(want) }},
 		{"madvise", true, func() error { return m.adviseTHP() }},
+		{"memcheck", eff.IsLocked(), m.checkLockable},
 		{"populate", eff.IsPrefault(), m.populate},
 		{"mlock", eff.IsLocked(), m.lock},
 		{"readback", hasPolicy, func() error { return m.readback(want) }},
@@ -299,7 +305,27 @@ func (m *mapping) populate() error {
 	return nil
 }
 
+// checkLockable refuses a Locked region larger than the physical memory
+// available, before populate or mlock touch a page. Hugetlb pages are not
+// checked: mmap(MAP_HUGETLB) has already reserved them from their own pool,
+// which MemAvailable does not count. Under BestEffort the region stays
+// pageable and the fallback is recorded.
+func (m *mapping) checkLockable() error {
+	if m.r.pageSize != PageSize {
+		return nil
+	}
+	err := checkLockable(m.r.size)
+	if err == nil {
+		return nil
+	}
+	m.noLock = true
+	return m.modifierFailed("locked", "pageable memory", fmt.Errorf("class %s: %w", m.eff, err))
+}
+
 func (m *mapping) lock() error {
+	if m.noLock {
+		return nil
+	}
 	err := unix.Mlock(unsafe.Slice((*byte)(m.r.base), m.r.size))
 	if err == nil {
 		return nil

@@ -209,7 +209,7 @@ func TestHugeTLB(t *testing.T) {
 // Every failure after mmap must leave no mapping behind.
 func TestFailedMapUnmaps(t *testing.T) {
 	defer func() { testHookStep = nil }()
-	for _, step := range []string{"mmap", "mbind", "madvise", "populate", "mlock", "readback"} {
+	for _, step := range []string{"mmap", "mbind", "madvise", "memcheck", "populate", "mlock", "readback"} {
 		var base unsafe.Pointer
 		var size uintptr
 		injected := fmt.Errorf("injected failure after %s", step)

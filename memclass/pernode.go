@@ -31,7 +31,8 @@ func (c Class) Granule() uintptr {
 // an arena find any slot with one multiplication, wherever its node.
 //
 // The steps are Map's: nodes are checked against the online list first
-// (ErrNoSuchNode), then mmap, one mbind per part, madvise, populate, mlock,
+// (ErrNoSuchNode), then mmap, one mbind per part, madvise, the check of a
+// Locked size against available physical memory, populate, mlock,
 // and a get_mempolicy(MPOL_F_ADDR) readback of every part (ErrPolicy).
 // Any failure unmaps the region.
 func MapNodes(c Class, nodes []int, sizes []uintptr) (*Region, error) {
@@ -83,6 +84,7 @@ func MapNodes(c Class, nodes []int, sizes []uintptr) (*Region, error) {
 		{"mmap", true, func() error { return m.mmap(total) }},
 		{"mbind", true, m.mbindParts},
 		{"madvise", true, m.adviseTHP},
+		{"memcheck", eff.IsLocked(), m.checkLockable},
 		{"populate", eff.IsPrefault(), m.populate},
 		{"mlock", eff.IsLocked(), m.lock},
 		{"readback", true, m.readbackParts},

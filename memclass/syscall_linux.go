@@ -67,3 +67,16 @@ func getcpu() (cpu, node int, err error) {
 
 // mapNoReserve keeps a large reservation from tripping the overcommit check.
 const mapNoReserve = unix.MAP_NORESERVE
+
+// sysinfoRAM returns total and free RAM in bytes from sysinfo(2).
+func sysinfoRAM() (total, free uint64, err error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, 0, err
+	}
+	unit := uint64(si.Unit)
+	if unit == 0 {
+		unit = 1
+	}
+	return uint64(si.Totalram) * unit, uint64(si.Freeram) * unit, nil
+}

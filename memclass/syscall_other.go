@@ -20,3 +20,5 @@ func movePagesQuery([]uintptr, []int32) error { return unix.ENOSYS }
 func getcpu() (int, int, error) { return -1, -1, unix.ENOSYS }
 
 const mapNoReserve = 0
+
+func sysinfoRAM() (total, free uint64, err error) { return 0, 0, unix.ENOSYS }

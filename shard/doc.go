@@ -28,7 +28,29 @@
 // the other shards in turn and takes a batch (StealBatch) from the first that
 // has anything, freelist first, then frontier. One slot is returned and the
 // rest go onto the home freelist, so the next allocations are local again.
-// Pop fails only after every shard was found empty, so "full" means full.
+//
+// # When Pop says empty
+//
+// One pass over the shards cannot prove them empty: it looks at them one
+// after the other, and a free slot can move from a shard it has not reached
+// to one it has passed (a home Pop on the first, a Push on the second), so
+// every look sees an empty shard while a slot is free at every instant. So a
+// Pop that finds nothing looks at every shard again and compares: the sum of
+// the freelist tags it read (every push and pop bumps a head's tag, so equal
+// sums mean no empty list received anything in between), and a word that
+// counts steals in progress and done (a thief carries its batch between two
+// shards, where no look sees it). If nothing changed, there was an instant
+// between the two passes at which every shard was empty and no thief held a
+// batch: Pop reports empty (ok false, src not Busy), and that is exact. If
+// something changed it looks once more, and then reports Busy: slots were
+// moving, one may be free, and the caller backs off and asks again.
+//
+// The check costs the writers nothing: Push and the home Pop do exactly the
+// one CAS they always did. A counter bumped by pushes onto empty freelists
+// would have spared the second pass, but at the price of a locked add on a
+// shared word in Push right after each Pop that empties the home list. The
+// second pass costs only Pops that find nothing, which are the rare ones
+// (the arena is full or nearly so).
 //
 // Push puts a freed index on the freeing goroutine's home shard, not on the
 // shard the index came from. The slot's cache lines are hot on this core,

@@ -22,10 +22,12 @@ const (
 	FromList  Source = iota // the home shard's freelist
 	FromFresh               // the home shard's never-used frontier
 	FromSteal               // another shard's freelist or frontier
-	// Busy is reported with ok == false when the scan found nothing but
-	// slots were moving between shards meanwhile: a thief held a batch, or
-	// finished moving one. The caller should unpin, back off and retry; only
-	// a Pop that reports ok == false without Busy means every shard is empty.
+	// Busy is reported with ok == false when the scan found no slot but
+	// could not prove the Set empty: slots were moving between shards while
+	// it looked (a thief held a batch or finished moving one, or a freelist
+	// the scan had found empty was pushed onto). A slot may be free. The
+	// caller should unpin, back off and retry. A Pop that reports ok ==
+	// false without Busy saw an instant at which every shard was empty.
 	Busy
 )
 
@@ -53,8 +55,8 @@ type Set struct {
 	// steals counts steals in progress (low 32 bits) and steals completed
 	// (high 32 bits, wrapping). A thief adds 1 before it takes anything
 	// and stealDone-1 after its batch is on its own freelist (or just -1 if
-	// it found nothing), so slots in a thief's hands, or moved behind a
-	// scanner's back, are never taken for "empty". Only steals touch it.
+	// it found nothing), so slots in a thief's hands are never taken for
+	// "empty" (popSlow says how). Only steals touch it.
 	steals atomic.Uint64
 	_      atomicx.Pad
 }
@@ -206,8 +208,21 @@ func (s *Set) link(idx uint32) *uint32 {
 
 // Pop takes a free slot for a caller whose home shard is home: from the home
 // freelist, else the home frontier, else by stealing a batch from the other
-// shards. ok is false when every shard was empty; src is then Busy if slots
-// were moving between shards during the scan, and the caller should retry.
+// shards.
+//
+// When ok is false and src is not Busy, the Set was empty at one instant
+// during the call: no shard's freelist or frontier held an index and no steal
+// was carrying a batch between shards, so every index was out with a caller
+// (popped and not yet pushed back). Slots that only move between shards,
+// even while the scan looks at other shards, never make Pop report empty.
+// (The one exception needs 2^32 or more successful pushes and pops on the
+// Set's freelists during one call, or a non-zero multiple of 2^32 steals
+// finishing during one call; see popSlow.)
+//
+// When ok is false and src is Busy, the scan found no slot but could not
+// prove the Set empty, because slots were moving between shards while it
+// looked. A slot may be free; the caller should unpin, back off and call Pop
+// again.
 func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
 	if idx, ok = s.popList(&s.shards[home]); ok {
 		return idx, FromList, true
@@ -215,23 +230,107 @@ func (s *Set) Pop(home int) (idx uint32, src Source, ok bool) {
 	return s.popSlow(home)
 }
 
+// scanPasses bounds the passes of one popSlow over every shard: the first
+// pass, a second to validate it, and one more to validate the second if the
+// first was disturbed. After that Pop reports Busy and lets the caller back
+// off rather than scan a churning Set again and again.
+const scanPasses = 3
+
 // popSlow is Pop after the home freelist was found empty.
+//
+// # Why "empty" is exact
+//
+// One pass over the shards cannot prove them empty by itself: it looks at
+// the shards one after the other, and a slot can move from a shard not yet
+// looked at to one already passed (a home Pop on the first, a Push on the
+// second), so every look finds an empty shard while a slot is free at every
+// instant. popSlow therefore looks at every shard twice and reports empty
+// only if the second pass saw nothing change, checked by the freelist tags
+// and the steal word, as follows.
+//
+// Pass A sees every shard empty: at time a_i it reads shard i's head with no
+// index in it and tag t_i (and finds its frontier used up at some time in
+// the pass). Pass B starts after pass A ends, at time T, and reads every head
+// again, at b_i > T. Each pass sums the tags it read; the sums are equal.
+// (The home frontier is found used up before pass A, which is as good.)
+//
+//   - Tags only grow (mod 2^32), by one per successful push or pop, so equal
+//     sums mean every head kept its tag from a_i to b_i, unless the tags
+//     moved by 2^32 or more in all. An unchanged tag is an unchanged head:
+//     freelist i was empty during all of [a_i, b_i], and so at T.
+//   - A frontier only advances, so one found used up stays used up: every
+//     frontier is used up at T.
+//   - So at T no shard holds a free index. What the shards do not hold is
+//     with callers, or in a thief's hands between its pop from the victim
+//     and its push onto its own list. The steal word covers the thief: it
+//     counts steals in progress (a thief adds one before it pops) and steals
+//     done (after its push). popSlow reads it before pass A (w_A) and after
+//     pass B (w_B) and requires w_A == w_B with none in progress. A thief
+//     carrying slots at T announced itself before T; if it finished before
+//     w_B was read, the done count differs from w_A (it finished after T,
+//     after w_A), else it is still in progress at w_B.
+//
+// So an empty result is true at T, which lies inside the call. The check
+// costs the writers nothing: no Push or home Pop does any extra work. It
+// costs a Pop that finds nothing a second pass over the shards (two if a
+// pass was disturbed), which on a quiet full Set only delays the "empty"
+// answer. Why not less: a change counter bumped by every push onto an empty
+// freelist would let the reader skip the second pass, but it would put a
+// locked add on a shared word into Push whenever a Pop has just emptied the
+// list, which is the steady state of one goroutine allocating and freeing.
 func (s *Set) popSlow(home int) (idx uint32, src Source, ok bool) {
 	st := &s.shards[home]
 	if idx, _, ok = takeFresh(st, 1); ok {
 		return idx, FromFresh, true
 	}
-	// Note the steal word first, then look everywhere again (home
-	// included: a batch may have landed there since).
-	before := s.steals.Load()
-	if idx, ok = s.popList(st); ok {
-		return idx, FromList, true
+	var prev scanView // the pass before this one
+	for pass := 0; pass < scanPasses; pass++ {
+		// Note the steal word first, then look everywhere (home included:
+		// a batch may have landed there since).
+		v := scanView{steals: s.steals.Load(), clean: true}
+		if idx, src, ok = s.scan(home, &v); ok {
+			return idx, src, true
+		}
+		if prev.clean && v.clean && v.tags == prev.tags {
+			if w := s.steals.Load(); w == prev.steals && uint32(w) == 0 {
+				return 0, 0, false
+			}
+		}
+		prev = v
 	}
-	if idx, ok = s.steal(home); ok {
+	return 0, Busy, false
+}
+
+// scanView is what one pass of popSlow saw.
+type scanView struct {
+	steals uint64 // the steal word, read before the pass
+	tags   uint64 // the sum of the tags of the empty heads seen, one per shard
+	clean  bool   // every shard was seen empty in one look
+}
+
+// seen adds the tag of a shard's head h to the view if h is empty, and
+// reports whether it was.
+func (v *scanView) seen(h uint64) bool {
+	if uint32(h) != 0 {
+		return false
+	}
+	v.tags += h >> 32
+	return true
+}
+
+// scan is one pass of popSlow: home's freelist, then every other shard in
+// steal order. It returns a slot if it found one; otherwise it has recorded
+// in v one look at every shard.
+func (s *Set) scan(home int, v *scanView) (idx uint32, src Source, ok bool) {
+	st := &s.shards[home]
+	if !v.seen(st.head.Load()) {
+		if idx, ok = s.popList(st); ok {
+			return idx, FromList, true
+		}
+		v.clean = false // emptied between two looks: someone popped it
+	}
+	if idx, ok = s.steal(home, v); ok {
 		return idx, FromSteal, true
-	}
-	if after := s.steals.Load(); after != before || uint32(after) != 0 {
-		return 0, Busy, false
 	}
 	return 0, 0, false
 }
@@ -296,23 +395,23 @@ func takeFresh(st *shardState, max uint32) (idx, n uint32, ok bool) {
 // order OrderParts set (index order by default). From the
 // first victim that has anything it takes a batch (its freelist first, then
 // its frontier); the first slot is returned, the rest go onto home's freelist.
-func (s *Set) steal(home int) (uint32, bool) {
+func (s *Set) steal(home int, v *scanView) (uint32, bool) {
 	me := &s.shards[home]
 	pi := int(me.part)
 	p := s.parts[pi]
 	for i := 1; i < p.count; i++ {
-		v := home + i
-		if v >= p.first+p.count {
-			v -= p.count
+		vi := home + i
+		if vi >= p.first+p.count {
+			vi -= p.count
 		}
-		if idx, ok := s.stealFrom(me, &s.shards[v]); ok {
+		if idx, ok := s.stealFrom(me, &s.shards[vi], v); ok {
 			return idx, true
 		}
 	}
 	for _, qi := range p.near {
 		q := s.parts[qi]
-		for v := q.first; v < q.first+q.count; v++ {
-			if idx, ok := s.stealFrom(me, &s.shards[v]); ok {
+		for vi := q.first; vi < q.first+q.count; vi++ {
+			if idx, ok := s.stealFrom(me, &s.shards[vi], v); ok {
 				return idx, true
 			}
 		}
@@ -320,11 +419,13 @@ func (s *Set) steal(home int) (uint32, bool) {
 	return 0, false
 }
 
-// stealFrom takes a batch from victim for me, or reports that it is empty.
-// The victim is looked at before the steal is announced, so scanning empty
-// shards costs no write to the shared steal word.
-func (s *Set) stealFrom(me, victim *shardState) (uint32, bool) {
-	if uint32(victim.head.Load()) == 0 && victim.frontier.Load() >= victim.end {
+// stealFrom takes a batch from victim for me, or records in v that it found
+// the victim empty. The victim is looked at before the steal is announced, so
+// scanning empty shards costs no write to the shared steal word.
+func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
+	h := victim.head.Load()
+	if uint32(h) == 0 && victim.frontier.Load() >= victim.end {
+		v.seen(h)
 		return 0, false
 	}
 	s.steals.Add(1)
@@ -344,6 +445,7 @@ func (s *Set) stealFrom(me, victim *shardState) (uint32, bool) {
 		return idx, true
 	}
 	s.steals.Add(^uint64(0)) // the victim emptied meanwhile: nothing moved
+	v.clean = false          // but this pass has no single look at it
 	return 0, false
 }
 

@@ -3,14 +3,19 @@
 //	go run ./bench/cmd/report            # about 5 minutes on 2 cores
 //	go run ./bench/cmd/report -h         # flags
 //
-// It builds the bench test binary once, runs the comparison benchmarks with
-// -count runs each, runs every GC-headline case in a process of its own (so
-// one case's heap and RSS cannot leak into the next), then runs benchstat
-// and writes, under -out (default bench/results):
+// It builds the bench test binary once, measures the machine's own costs
+// (BenchmarkMachine: one uncontended locked instruction, procPin+procUnpin),
+// runs the comparison benchmarks with -count runs each, runs every
+// GC-headline case in a process of its own (so one case's heap and RSS
+// cannot leak into the next), then runs benchstat and writes, under -out (default bench/results):
 //
 //	<machine>.md   medians, ratios against sync.Pool, GC headline, benchstat output
 //	<machine>.svg  ns/op of the parallel Alloc+Free pair against goroutines
 //	<machine>.txt  raw `go test -bench` output, for benchstat comparisons
+//
+// The page's header (machine, its locked-instruction and pin costs, the
+// parallelism levels, which follow GOMAXPROCS) and its targets table are
+// also printed on stdout; progress goes to stderr.
 //
 // benchstat is taken from PATH, or else run with `go run` at a pinned
 // version of golang.org/x/perf (fetched through the module proxy once).
@@ -34,6 +39,10 @@ import (
 
 // benchstatModule is the pinned benchstat used when none is on PATH.
 const benchstatModule = "golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da"
+
+// machineBench selects the machine's own costs (a locked instruction,
+// procPin+procUnpin), measured first, while the machine is quietest.
+const machineBench = `^BenchmarkMachine$`
 
 // suiteBench selects the comparison benchmarks (everything but the GC
 // headline and lazy capacity, which run one case per process).
@@ -98,7 +107,12 @@ func run(o options) error {
 		return err
 	}
 
-	var suiteRaw, gcRaw bytes.Buffer
+	var machineRaw, suiteRaw, gcRaw bytes.Buffer
+	logf("measuring the machine: -bench %s -count %d -benchtime %s", machineBench, o.count, o.benchtime)
+	if err := runBench(bin, &machineRaw, "-test.bench", machineBench,
+		"-test.count", strconv.Itoa(o.count), "-test.benchtime", o.benchtime); err != nil {
+		return err
+	}
 	if !o.skipSuite {
 		logf("running the comparison suite: -bench %s -count %d -benchtime %s", o.bench, o.count, o.benchtime)
 		if err := runBench(bin, &suiteRaw, "-test.bench", o.bench,
@@ -112,7 +126,7 @@ func run(o options) error {
 		}
 	}
 
-	raw := suiteRaw.String() + gcRaw.String()
+	raw := machineRaw.String() + suiteRaw.String() + gcRaw.String()
 	if err := os.WriteFile(filepath.Join(o.out, o.machine+".txt"), []byte(raw), 0o644); err != nil {
 		return err
 	}
@@ -122,13 +136,7 @@ func run(o options) error {
 	}
 
 	sums := summarize(parseResults(strings.NewReader(raw)))
-	procs := runtime.GOMAXPROCS(0)
-	for _, s := range sums {
-		if s.procs > 0 {
-			procs = s.procs
-			break
-		}
-	}
+	procs := procsOf(sums, runtime.GOMAXPROCS(0))
 	var svgs []string
 	for _, payload := range payloadsOf(sums, "PairParallel") {
 		ss := parallelSeries(sums, "PairParallel", payload)
@@ -144,15 +152,16 @@ func run(o options) error {
 			svgs = append(svgs, name)
 		}
 	}
-	page := renderPage(pageInput{
-		machine: o.machine, cpu: cpuModel(), procs: procs, goVersion: goVersion(root),
+	in := pageInput{
+		machine: o.machine, cpu: cpuModel(), cpus: runtime.NumCPU(), procs: procs, goVersion: goVersion(root),
 		when: time.Now().UTC(), took: time.Since(start), opts: o,
 		sums: sums, benchstat: stats, svgs: svgs,
-	})
+	}
 	md := filepath.Join(o.out, o.machine+".md")
-	if err := os.WriteFile(md, []byte(page), 0o644); err != nil {
+	if err := os.WriteFile(md, []byte(renderPage(in)), 0o644); err != nil {
 		return err
 	}
+	fmt.Print(renderTop(in, byFamily(sums)))
 	logf("wrote %s (%s)", md, time.Since(start).Round(time.Second))
 	return nil
 }
@@ -372,5 +381,3 @@ func machineName() string {
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "report: "+format+"\n", args...)
 }
-
-func numCPU() int { return runtime.NumCPU() }

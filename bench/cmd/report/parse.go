@@ -123,3 +123,16 @@ func median(vs []float64) float64 {
 	}
 	return (s[n/2-1] + s[n/2]) / 2
 }
+
+// procsOf is the GOMAXPROCS the benchmarks ran with: the -N suffix of their
+// names (the test binary's GOMAXPROCS, which levels() in bench/ builds its
+// parallelism axis from), or fallback when no name has one (go test omits
+// the suffix when GOMAXPROCS is 1).
+func procsOf(sums []*summary, fallback int) int {
+	for _, s := range sums {
+		if s.procs > 0 {
+			return s.procs
+		}
+	}
+	return fallback
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// machineOutput is canned `go test -bench` output of BenchmarkMachine on an
+// 8-P machine, three runs each, with the header lines go test prints.
+const machineOutput = `goos: linux
+goarch: amd64
+pkg: github.com/cella-go/cella/bench
+cpu: Some CPU
+BenchmarkMachine/op=locked-xadd-8   	19660693	         6.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-xadd-8   	19660693	         9.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-xadd-8   	19660693	         5.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-cas-8    	13280320	         8.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-cas-8    	13280320	         8.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-cas-8    	13280320	         9.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-xchg-8   	14604820	         7.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-xchg-8   	14604820	         7.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=locked-xchg-8   	14604820	         7.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=plain-add-8     	319105096	         0.38 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=plain-add-8     	319105096	         0.38 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=plain-add-8     	319105096	         0.38 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=procpin-8       	46767981	         3.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=procpin-8       	46767981	         2.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMachine/op=procpin-8       	46767981	         4.0 ns/op	       0 B/op	       0 allocs/op
+PASS
+`
+
+func testInput(raw string) pageInput {
+	sums := summarize(parseResults(strings.NewReader(raw)))
+	return pageInput{
+		machine: "test-8c", cpu: "Some CPU", cpus: 8, procs: procsOf(sums, 1), goVersion: "go test",
+		when: time.Date(2026, 11, 30, 5, 0, 0, 0, time.UTC), took: time.Minute,
+		opts: options{count: 3, benchtime: "100ms", bench: suiteBench}, sums: sums,
+	}
+}
+
+func TestParseMachine(t *testing.T) {
+	sums := summarize(parseResults(strings.NewReader(machineOutput)))
+	want := map[string]float64{
+		"BenchmarkMachine/op=locked-xadd": 6.0,
+		"BenchmarkMachine/op=locked-cas":  8.5,
+		"BenchmarkMachine/op=locked-xchg": 7.5,
+		"BenchmarkMachine/op=plain-add":   0.38,
+		"BenchmarkMachine/op=procpin":     3.0,
+	}
+	if len(sums) != len(want) {
+		t.Fatalf("%d summaries, want %d", len(sums), len(want))
+	}
+	for _, s := range sums {
+		w, ok := want[s.name]
+		if !ok {
+			t.Errorf("unexpected summary %q", s.name)
+			continue
+		}
+		if s.family() != "Machine" || s.procs != 8 || s.runs != 3 {
+			t.Errorf("%s: family %q procs %d runs %d, want Machine 8 3", s.name, s.family(), s.procs, s.runs)
+		}
+		if got := s.median["ns/op"]; math.Abs(got-w) > 1e-9 {
+			t.Errorf("%s: median %g ns/op, want %g", s.name, got, w)
+		}
+	}
+}
+
+func TestHeaderMachineCosts(t *testing.T) {
+	in := testInput(machineOutput)
+	top := renderTop(in, byFamily(in.sums))
+	for _, want := range []string{
+		"- Machine: Some CPU, 8 logical CPUs, GOMAXPROCS=8\n",
+		"- One uncontended locked instruction on a private word: 6 ns (atomic.AddUint64; CompareAndSwapUint64 8.5 ns, SwapUint64 7.5 ns; a plain add of the same word 0.38 ns)\n",
+		"- procPin+procUnpin (shard.Pin+Unpin, what sync.Pool pays per Get or Put): 3 ns\n",
+		"one locked instruction costs 2.0x a pin",
+	} {
+		if !strings.Contains(top, want) {
+			t.Errorf("header lacks %q:\n%s", want, top)
+		}
+	}
+	// The page carries the same header.
+	if page := renderPage(in); !strings.HasPrefix(page, top) {
+		t.Errorf("page does not start with the header:\n%s", page)
+	}
+}
+
+func TestHeaderWithoutMachineResults(t *testing.T) {
+	in := testInput("BenchmarkPair/impl=cella/payload=64-8 100 10 ns/op\n")
+	top := renderTop(in, byFamily(in.sums))
+	if strings.Contains(top, "locked instruction") || strings.Contains(top, "procPin") {
+		t.Errorf("header names machine costs it did not measure:\n%s", top)
+	}
+}
+
+func TestHeaderOnlyPin(t *testing.T) {
+	in := testInput("BenchmarkMachine/op=procpin-8 100 2.5 ns/op\n")
+	top := renderTop(in, byFamily(in.sums))
+	if !strings.Contains(top, "procPin+procUnpin (shard.Pin+Unpin, what sync.Pool pays per Get or Put): 2.5 ns") {
+		t.Errorf("pin cost missing:\n%s", top)
+	}
+	if strings.Contains(top, "locked instruction") {
+		t.Errorf("header names a locked-instruction cost it did not measure:\n%s", top)
+	}
+}
+
+// parallelOutput is PairParallel output at 1, 2, 4 and 8 Ps and 32
+// goroutines (4 per P), with GOMAXPROCS=procs for the suffix. At 2
+// goroutines cella is 5x sync.Pool, at 8 it is 0.5x, at 32 0.75x, so a
+// targets table that picked its levels from anything but procs would show
+// the wrong ratio.
+func parallelOutput(procs int) string {
+	var b strings.Builder
+	ratio := map[int]float64{1: 2, 2: 5, 4: 3, 8: 0.5, 32: 0.75}
+	for _, g := range []int{1, 2, 4, 8, 32} {
+		fmt.Fprintf(&b, "BenchmarkPairParallel/impl=cella/payload=64/goroutines=%d-%d 100 %g ns/op 0 B/op 0 allocs/op\n", g, procs, 10*ratio[g])
+		fmt.Fprintf(&b, "BenchmarkPairParallel/impl=syncpool/payload=64/goroutines=%d-%d 100 10 ns/op 0 B/op 0 allocs/op\n", g, procs)
+		fmt.Fprintf(&b, "BenchmarkPairParallel/impl=treiber/payload=64/goroutines=%d-%d 100 60 ns/op 0 B/op 0 allocs/op\n", g, procs)
+	}
+	return b.String()
+}
+
+func TestLevelsFollowGOMAXPROCS(t *testing.T) {
+	in := testInput(parallelOutput(8))
+	if in.procs != 8 {
+		t.Fatalf("procs %d from the -8 suffix, want 8", in.procs)
+	}
+	top := renderTop(in, byFamily(in.sums))
+	for _, want := range []string{
+		"GOMAXPROCS=8",
+		"GOMAXPROCS (8 here), one per P, then 32 goroutines (4 per P)",
+		"| RunParallel pair (64 B, one goroutine per P) at or below 1.0x sync.Pool | 0.50x sync.Pool | yes |",
+		"| RunParallel pair (64 B) at least 10x faster than the shared tagged stack | treiber ns/op is 12.00x cella's | yes |",
+		"| oversubscribed pair (64 B, 4 goroutines per P) at or below 1.0x sync.Pool | 0.75x sync.Pool | yes |",
+	} {
+		if !strings.Contains(top, want) {
+			t.Errorf("header lacks %q:\n%s", want, top)
+		}
+	}
+	if strings.Contains(top, "5.00x sync.Pool") {
+		t.Errorf("targets use the 2-goroutine level on an 8-P run:\n%s", top)
+	}
+
+	svg := plotSVG("t", parallelSeries(in.sums, "PairParallel", "64"), in.procs)
+	if !strings.Contains(svg, ">32 (4x)<") || strings.Contains(svg, ">8 (") {
+		t.Errorf("plot does not mark 32 goroutines (and only it) as 4x oversubscribed on 8 Ps")
+	}
+	if !strings.Contains(svg, "GOMAXPROCS up to 8") {
+		t.Errorf("plot axis does not name GOMAXPROCS 8")
+	}
+}
+
+func TestProcsOf(t *testing.T) {
+	// GOMAXPROCS=1: go test writes no -1 suffix; the fallback is used.
+	sums := summarize(parseResults(strings.NewReader("BenchmarkPair/impl=cella/payload=64 100 10 ns/op\n")))
+	if got := procsOf(sums, 1); got != 1 {
+		t.Errorf("procsOf without suffix = %d, want the fallback 1", got)
+	}
+	sums = summarize(parseResults(strings.NewReader(parallelOutput(64))))
+	if got := procsOf(sums, 2); got != 64 {
+		t.Errorf("procsOf with -64 suffix = %d, want 64", got)
+	}
+}
