@@ -95,22 +95,20 @@ const (
 	retry                          // slots were moving between shards: retry unpinned
 )
 
-// maxBusyRounds bounds how often Alloc looks again because slots were moving
-// between shards when it found them all empty. A steal takes well under a
-// microsecond, so one look again nearly always settles it; the bound only
-// keeps a goroutine from retrying forever while other goroutines keep
-// stealing from a nearly full arena (the backoff reaches 1 ms sleeps well
-// before it).
-const maxBusyRounds = 100
-
 // takeSlow is Alloc's path when its P's cache was empty (or the arena
-// closed): the shards, then the other Ps' caches, looking again while slots
-// were moving. On success it returns pinned to P p, inside a gate section,
-// with slot idx allocated at generation gen; the caller fills the slot and
-// exits the section. On error it returns unpinned.
+// closed): the shards, then the other Ps' caches, then the shards again to
+// decide ErrFull exactly (see "Exact ErrFull" in cache.go). On success it
+// returns pinned to P p, inside a gate section, with slot idx allocated at
+// generation gen; the caller fills the slot and exits the section. On error
+// it returns unpinned.
+//
+// It looks again, after a backoff, as long as slots were moving: a shard
+// scan that saw a push, pop or steal elsewhere, or a cache that gained a
+// slot. Each look again means another goroutine's operation succeeded, so
+// the arena as a whole always makes progress.
 func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 	var bo atomicx.Backoff
-	for round := 0; ; round++ {
+	for {
 		p = c.gate.EnterAny()
 		if c.gate.Closed() {
 			c.gate.Exit(p)
@@ -121,23 +119,37 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 			return p, idx, gen, res, nil
 		}
 		c.gate.Exit(p)
+		if res == retry {
+			bo.Wait()
+			continue
+		}
 		// Every shard was empty: the caches are the last place a free
-		// slot can be (see cache.go). Claiming from them fences, so it
-		// runs unpinned.
-		p, idx, gen, sr := c.stealCached()
+		// slot can be. Claiming from them fences, so it runs unpinned.
+		p, idx, gen, puts, sr := c.stealCached()
 		switch sr {
 		case stole:
 			return p, idx, gen, tookRecycled, nil
 		case stealClosed:
 			return 0, 0, 0, full, ErrClosed
 		}
-		if res == full || round >= maxBusyRounds {
-			p = c.gate.EnterAny()
+		// Look at the shards again, then check that no cache gained a
+		// slot meanwhile.
+		p = c.gate.EnterAny()
+		if c.gate.Closed() {
+			c.gate.Exit(p)
+			return 0, 0, 0, full, ErrClosed
+		}
+		idx, gen, res = c.take(p)
+		if res == took || res == tookRecycled {
+			return p, idx, gen, res, nil
+		}
+		if res == full && c.cachePuts() == puts {
 			c.countFailed(p)
 			c.gate.Exit(p)
 			return 0, 0, 0, full, ErrFull
 		}
-		bo.Wait() // slots were moving between shards: look again, unpinned
+		c.gate.Exit(p)
+		bo.Wait() // slots were moving: look again, unpinned
 	}
 }
 

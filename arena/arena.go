@@ -94,7 +94,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
 	}
-	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
+	nP := min(max(runtime.GOMAXPROCS(0), runtime.NumCPU()), maxCachedPs)
 	counters, err := memclass.Map(memclass.Host(), uintptr(nP)*unsafe.Sizeof(pCounters{}))
 	if err != nil {
 		region.Unmap()

@@ -69,10 +69,19 @@ import (
 // # Exact ErrFull
 //
 // A slot sits in a cache until it is allocated (by the owner or a thief):
-// nothing moves a free slot out of a cache. So after the shard set reports
-// every shard empty, a thief that fences every P whose cache word is not
-// zero and then claims from those caches finds any slot that stayed free
-// throughout, and "full" still means full.
+// nothing moves a free slot out of a cache. But free slots do move between
+// the shards and the caches while an Alloc looks at both: a slot can be
+// freed onto a shard the Alloc has looked at while another leaves a cache
+// it has not looked at yet. So ErrFull is decided by a double collect
+// (takeSlow): the sum of every P's puts counter (slots put in its cache;
+// only ever grows), the caches themselves (fenced and claimed from), then
+// the shard set again (shard.Set.Pop's empty answer comes with an instant
+// at which every shard was empty), then the puts sum again. If the sum did
+// not move, no cache gained a slot between the two reads; every cache that
+// held a slot at the first read was claimed from (or had been allocated
+// from) before the second Pop; so at the second Pop's empty instant no
+// cache and no shard held a free slot, and ErrFull is true at that instant.
+// Otherwise Alloc looks again.
 //
 // Per-node arenas and the purego build have no cache: a freed slot there
 // goes back to its node's shard, and a purego "P" is a random stripe. Ps
@@ -90,8 +99,8 @@ const (
 	// coolFrees is how many frees a fenced P makes before it caches again.
 	coolFrees = 256
 
-	// maxCachedPs bounds the Ps a thief fences at once (a bitmap on its
-	// stack); Ps beyond it have no cache.
+	// maxCachedPs bounds the per-P table (and so the Ps a thief fences at
+	// once, a bitmap on its stack); Ps beyond it have no cache.
 	maxCachedPs = 4096
 )
 
@@ -124,6 +133,11 @@ func (c *core) cachePut(pc *pCounters, idx uint32, state uint64) bool {
 		return false
 	}
 	setCache(pc, state|uint64(idx+1))
+	if raceEnabled {
+		atomic.AddUint64(&pc.puts, 1)
+	} else {
+		pc.puts++
+	}
 	return true
 }
 
@@ -177,23 +191,31 @@ const (
 // every shard empty. It must be called unpinned (it fences, see above). On
 // stole it returns pinned to P p, inside a gate section, with the slot
 // allocated; otherwise unpinned.
-func (c *core) stealCached() (p int, idx, gen uint32, res stealResult) {
+//
+// puts is the sum of the Ps' puts counters, read before their caches; the
+// caller compares it with cachePuts after it looked at the shards again.
+func (c *core) stealCached() (p int, idx, gen uint32, puts uint64, res stealResult) {
 	if !shard.Pinned || c.nodes != nil {
-		return 0, 0, 0, stoleNone
+		return 0, 0, 0, 0, stoleNone
 	}
-	n := min(c.nP, maxCachedPs)
+	n := c.nP
 	var fenced [maxCachedPs / 64]uint64
 
 	// Announce: mark every P whose cache holds something.
 	p = c.gate.EnterAny()
 	if c.gate.Closed() {
 		c.gate.Exit(p)
-		return 0, 0, 0, stealClosed
+		return 0, 0, 0, 0, stealClosed
 	}
 	any := false
 	for q := 0; q < n; q++ {
 		pc := c.pc(q)
-		if atomic.LoadUint64(&pc.cache) == 0 {
+		puts += atomic.LoadUint64(&pc.puts)
+		w := atomic.LoadUint64(&pc.cache)
+		if w == 0 || atomic.LoadUint64(c.state(uint32(w)-1)) != w&^lowMask {
+			// Empty, or a stale entry (its slot was claimed; its free
+			// state never comes back): nothing to fence for. An idle
+			// P's stale entry must not cost every full Alloc a fence.
 			continue
 		}
 		for {
@@ -207,7 +229,7 @@ func (c *core) stealCached() (p int, idx, gen uint32, res stealResult) {
 	}
 	c.gate.Exit(p)
 	if !any {
-		return 0, 0, 0, stoleNone
+		return 0, 0, 0, puts, stoleNone
 	}
 
 	// Fence: from here every owner either has left its cache alone or
@@ -222,7 +244,7 @@ func (c *core) stealCached() (p int, idx, gen uint32, res stealResult) {
 	if c.gate.Closed() {
 		// The marks stay; nothing caches once the arena is closed.
 		c.gate.Exit(p)
-		return 0, 0, 0, stealClosed
+		return 0, 0, 0, 0, stealClosed
 	}
 	res = stoleNone
 	for q := 0; q < n; q++ {
@@ -246,10 +268,22 @@ func (c *core) stealCached() (p int, idx, gen uint32, res stealResult) {
 	}
 	if res != stole {
 		c.gate.Exit(p)
-		return 0, 0, 0, stoleNone
+		return 0, 0, 0, puts, stoleNone
 	}
 	c.countAlloc(p, true)
-	return p, idx, gen, stole
+	return p, idx, gen, 0, stole
+}
+
+// cachePuts is the sum of every P's puts counter. Runs inside a gate
+// section.
+func (c *core) cachePuts() (puts uint64) {
+	if !shard.Pinned || c.nodes != nil {
+		return 0
+	}
+	for q := 0; q < c.nP; q++ {
+		puts += atomic.LoadUint64(&c.pc(q).puts)
+	}
+	return puts
 }
 
 // claim marks a free slot that is the caller's alone as allocated: st is its

@@ -462,3 +462,68 @@ func bigZero(t *testing.T, what string, fn func()) {
 
 //go:noinline
 func zeroOf[T any]() (v T, err error) { return }
+
+// ErrFull only when no slot is free: a mover keeps at least one slot free at
+// every instant while it shuttles slots between Ps (through their caches
+// and shards), and a scanner's Alloc, holding nothing, must never fail.
+func TestNoFalseErrFullWhileSlotsMove(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(8))
+	const slots = 3 // the mover holds at most 2; the scanner at most 1, never while it allocates
+	a := refArena[uint64](t, slots, 0)
+	iters := 20000
+	if testing.Short() {
+		iters = 3000
+	}
+	var scanning sync.Mutex // held by the scanner while it holds its slot
+	stop := make(chan struct{})
+	moved := make(chan error, 1)
+	go func() {
+		held, _, err := a.Alloc()
+		for i := 0; err == nil; i++ {
+			select {
+			case <-stop:
+				moved <- a.Free(held)
+				return
+			default:
+			}
+			// Take a second slot only while the scanner holds none, so
+			// one slot stays free; then give the older one back.
+			scanning.Lock()
+			next, _, e := a.Alloc()
+			scanning.Unlock()
+			if e != nil {
+				err = e
+				break
+			}
+			if i%3 == 0 {
+				runtime.Gosched() // change P: the next free lands elsewhere
+			}
+			err = a.Free(held)
+			held = next
+		}
+		moved <- err
+	}()
+	falseFull := 0
+	for i := 0; i < iters; i++ {
+		tok, _, err := a.Alloc()
+		if errors.Is(err, arena.ErrFull) {
+			falseFull++
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		scanning.Lock()
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+		scanning.Unlock()
+	}
+	close(stop)
+	if err := <-moved; err != nil {
+		t.Fatal(err)
+	}
+	if falseFull != 0 {
+		t.Fatalf("%d of %d Allocs reported ErrFull while a slot was free", falseFull, iters)
+	}
+}

@@ -34,9 +34,12 @@ type pCounters struct {
 	// steal is thieves<<1 | cooling (see cache.go): thieves write it with
 	// atomics, the owner reads it plainly and clears cooling with a CAS.
 	steal uint64
-	home  uint32 // per-node arenas: home shard + 1, 0 = look it up
-	cool  uint32 // frees since the cooling bit was set (cache.go)
-	_     [atomicx.CacheLine - 56]byte
+	// puts counts the slots the owner has put in its cache; a thief's
+	// ErrFull check reads it twice (cache.go).
+	puts uint64
+	home uint32 // per-node arenas: home shard + 1, 0 = look it up
+	cool uint32 // frees since the cooling bit was set (cache.go)
+	_    [atomicx.CacheLine - 64]byte
 }
 
 // spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
