@@ -50,7 +50,11 @@ func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 		}
 		if s&writerBit == 0 {
 			n := atomic.LoadUint32(ver)
-			v = *src
+			if unsafe.Sizeof(v) > typedCopyMax {
+				copyBytes(unsafe.Pointer(&v), unsafe.Pointer(src), unsafe.Sizeof(v))
+			} else {
+				v = *src
+			}
 			loadFence()
 			if atomic.LoadUint64(st)&^readerMask == s&^readerMask && atomic.LoadUint32(ver) == n {
 				a.gate.Exit(p)
@@ -69,13 +73,15 @@ func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
 	if dst == nil {
 		return a.nilDst(t)
 	}
-	if raceEnabled || unsafe.Sizeof(*dst) > bigValue {
+	// Past typedCopyMax bytes one copy under a hold (two atomics) beats an
+	// optimistic copy into a temporary and a second copy into *dst.
+	if raceEnabled || unsafe.Sizeof(*dst) > typedCopyMax {
 		return a.readHold(t, unsafe.Pointer(dst), unsafe.Sizeof(*dst), "LoadInto")
 	}
 	return a.loadSmall(t, dst)
 }
 
-// loadSmall is LoadInto for a T of at most bigValue bytes: Load into a
+// loadSmall is LoadInto for a small T: an optimistic Load into a
 // temporary, so that a failed try leaves *dst alone.
 func (a *Arena[T]) loadSmall(t token.Token, dst *T) error {
 	v, err := a.Load(t)
@@ -94,7 +100,7 @@ func (c *core) readHold(t token.Token, dst unsafe.Pointer, n uintptr, op string)
 		return err
 	}
 	copyBytes(dst, c.slot(idx), n)
-	c.unlock(idx, 1)
+	c.unlockRead(idx)
 	return nil
 }
 
@@ -109,7 +115,7 @@ func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
-	defer a.unlock(idx, 1)
+	defer a.unlockRead(idx)
 	fn(a.payload(idx))
 	return nil
 }
@@ -200,11 +206,36 @@ func (c *core) drainReaders(idx, gen uint32, t token.Token, op string) error {
 }
 
 // unlock drops a hold (1 for a reader, writerBit for the writer). Whoever
-// drops the last hold on a freed slot recycles it. It runs even while Close
-// is waiting, because Close waits for exactly these holds.
+// drops the last hold on a freed slot recycles it.
+//
+// The drop itself needs no gate section: the hold being dropped is what
+// keeps Close from unmapping (Close waits for every hold), and once it is
+// dropped unlock touches the slot no more. Only a recycle, which writes a
+// freelist, enters a section, and skips the write if Close has begun (the
+// memory is going away; a retirement is still counted).
 func (c *core) unlock(idx uint32, hold uint64) {
+	if ns := atomic.AddUint64(c.state(idx), -hold); ns&(allocBit|holders) == 0 {
+		c.recycleLate(idx, ns)
+	}
+}
+
+// unlockRead is unlock(idx, 1), small enough to inline.
+func (c *core) unlockRead(idx uint32) {
+	if ns := atomic.AddUint64(c.state(idx), ^uint64(0)); ns&(allocBit|holders) == 0 {
+		c.recycleLate(idx, ns)
+	}
+}
+
+// recycleLate recycles a slot whose last hold unlock dropped outside a gate
+// section.
+func (c *core) recycleLate(idx uint32, state uint64) {
 	p := c.gate.EnterAny()
-	c.drop(p, idx, hold)
+	switch {
+	case !c.gate.Closed():
+		c.recycle(p, idx, state)
+	case genOf(state) == retiredGen:
+		c.retired.Add(1)
+	}
 	c.gate.Exit(p)
 }
 

@@ -12,6 +12,11 @@ import "unsafe"
 // instantiation, so the branch costs nothing.
 const bigValue = 4 << 10
 
+// typedCopyMax is the largest payload an optimistic Load copies with a
+// typed assignment; past it memmove's wide moves are faster than the
+// compiler's unrolled 16-byte ones.
+const typedCopyMax = 256
+
 // clearBytes zeroes n bytes at p.
 func clearBytes(p unsafe.Pointer, n uintptr) {
 	clear(unsafe.Slice((*byte)(p), n))

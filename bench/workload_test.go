@@ -24,6 +24,32 @@ func BenchmarkStoreLoadFree(b *testing.B) {
 func benchStoreLoadFree[T any](b *testing.B) {
 	var v T
 	stamp(&v, 42)
+	// cella-into copies out with LoadInto into the caller's variable, the
+	// way to read a value too large to return.
+	b.Run("impl="+nameCella+"-into/"+sizeName[T](), func(b *testing.B) {
+		c := newCellaPool[T](pairCapacity, 0)
+		defer c.close()
+		a := c.a
+		settle()
+		b.ReportAllocs()
+		var acc uint64
+		var out T
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			t, err := a.Store(v)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := a.LoadInto(t, &out); err != nil {
+				b.Fatal(err)
+			}
+			acc += first(&out)
+			if err := a.Free(t); err != nil {
+				b.Fatal(err)
+			}
+		}
+		sink += acc
+	})
 	for _, im := range impls[T]() {
 		b.Run("impl="+im.name+"/"+sizeName[T](), func(b *testing.B) {
 			p := im.make(pairCapacity)
@@ -63,6 +89,70 @@ func benchStoreLoadFree[T any](b *testing.B) {
 			sink += acc
 		})
 	}
+}
+
+// BenchmarkLoad copies a live value out, one goroutine. cella: Load and
+// LoadInto (the seqlock: no write to shared memory); peers: rwmutex (RLock,
+// copy, RUnlock of the object's own RWMutex) and plain (an unsynchronised
+// copy: the floor).
+func BenchmarkLoad(b *testing.B) {
+	benchLoad[P64](b)
+	benchLoad[P1K](b)
+}
+
+func benchLoad[T any](b *testing.B) {
+	c := newCellaPool[T](liveSlots, 0)
+	defer c.close()
+	toks := make([]token.Token, liveSlots)
+	objs := make([]*lockedObj[T], liveSlots)
+	for i := range toks {
+		var v T
+		stamp(&v, uint64(i))
+		t, err := c.a.Store(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		toks[i] = t
+		objs[i] = &lockedObj[T]{v: v}
+	}
+	a := c.a
+	run := func(name string, body func(i int) uint64) {
+		b.Run("impl="+name+"/"+sizeName[T](), func(b *testing.B) {
+			settle()
+			b.ReportAllocs()
+			var acc uint64
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				acc += body(i % liveSlots)
+			}
+			sink += acc
+		})
+	}
+	run(nameCella, func(i int) uint64 {
+		v, err := a.Load(toks[i])
+		if err != nil {
+			b.Fatal(err)
+		}
+		return first(&v)
+	})
+	var out T
+	run(nameCella+"-into", func(i int) uint64 {
+		if err := a.LoadInto(toks[i], &out); err != nil {
+			b.Fatal(err)
+		}
+		return first(&out)
+	})
+	run("rwmutex", func(i int) uint64 {
+		o := objs[i]
+		o.mu.RLock()
+		v := o.v
+		o.mu.RUnlock()
+		return first(&v)
+	})
+	run("plain", func(i int) uint64 {
+		v := objs[i].v
+		return first(&v)
+	})
 }
 
 // liveSlots is how many live objects the View and Update benchmarks spread
