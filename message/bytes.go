@@ -47,27 +47,29 @@ func bytesOf[B ByteArray](b *B) []byte {
 }
 
 // PutBytes stores a copy of data (one copy, straight into the slot) and sets
-// h.Size to len(data). Data longer than the slot fails with ErrTooLarge.
+// h.Size to len(data), 0 included: a byte message's size is its length.
+// Data longer than the slot fails with ErrTooLarge.
 func (s *ByteStore[B]) PutBytes(h Header, data []byte) (token.Token, error) {
 	if len(data) > s.SlotSize() {
 		return token.Nil, fmt.Errorf("%w: %d bytes, slots hold %d", ErrTooLarge, len(data), s.SlotSize())
 	}
-	h.Size = uint32(len(data))
-	return s.PutFunc(h, func(m *Message[B]) error {
-		copy(bytesOf(&m.Payload), data)
-		return nil
-	})
+	return s.putBytes(h, data)
 }
 
 // Write builds a message in place: fill receives the whole slot and returns
 // how many bytes it used, which becomes h.Size. Use it to read from a socket
 // or encode straight into the slot, with no intermediate buffer. If fill
-// returns an error, or a length outside the slot, the slot is freed.
+// returns an error, or a length outside the slot, the slot is freed. Like
+// PutFunc's fill, fill runs under an exclusive hold that a concurrent Close
+// waits for.
 func (s *ByteStore[B]) Write(h Header, fill func(slot []byte) (int, error)) (token.Token, error) {
+	if s.gate.Closed() {
+		return token.Nil, arena.ErrClosed
+	}
 	if fill == nil {
 		return token.Nil, fmt.Errorf("message: Write: %w", arena.ErrNilFunc)
 	}
-	return s.PutFunc(h, func(m *Message[B]) error {
+	return s.putFunc(h, func(m *Message[B]) error {
 		buf := bytesOf(&m.Payload)
 		n, err := fill(buf)
 		if err != nil {
@@ -86,6 +88,9 @@ func (s *ByteStore[B]) Write(h Header, fill func(slot []byte) (int, error)) (tok
 // and must not modify it: other holders of a fanned-out token may be
 // reading it at the same time.
 func (s *ByteStore[B]) Read(t token.Token, fn func(h Header, data []byte)) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: Read: %w", arena.ErrNilFunc)
 	}
@@ -107,6 +112,9 @@ func (s *ByteStore[B]) AppendTo(dst []byte, t token.Token) ([]byte, error) {
 // length; fn returns the new used length. Every holder of the token sees
 // the change.
 func (s *ByteStore[B]) Rewrite(t token.Token, fn func(slot []byte, used int) int) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: Rewrite: %w", arena.ErrNilFunc)
 	}
