@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/arena"
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/memclass"
 	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
@@ -105,6 +106,8 @@ type Store[P any] struct {
 	meta  unsafe.Pointer // slots × slotMeta, off-heap; set once by NewStore
 	slots uint32
 
+	writers []writerStripe // PutFunc fills in progress, per P
+
 	late lateState
 }
 
@@ -135,7 +138,8 @@ func NewStore[P any](cfg arena.Config) (*Store[P], error) {
 		a.Close()
 		return nil, fmt.Errorf("message: NewStore: mapping metadata for %d slots: %w", n, err)
 	}
-	s := &Store[P]{a: a, meta: region.Base(), slots: uint32(n)}
+	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
+	s := &Store[P]{a: a, meta: region.Base(), slots: uint32(n), writers: make([]writerStripe, nP)}
 	s.late.region = region
 	s.gate.Init()
 	return s, nil
@@ -204,10 +208,10 @@ func (s *Store[P]) publish(t token.Token, h *Header) {
 // error, or panics, the slot is freed and the error returned (or the panic
 // propagated).
 //
-// fill runs under an exclusive hold on the slot, like an Update callback:
-// a Close that starts meanwhile waits for fill to return (and PutFunc then
-// returns arena.ErrClosed, with the message never published). So fill must
-// not wait for the store to be closed, and must not call Close.
+// A Close that starts while fill runs waits for fill to return (PutFunc
+// then returns arena.ErrClosed, with the message never published), as it
+// waits for View and Update callbacks. So fill must not wait for the store
+// to be closed, and must not call Close.
 func (s *Store[P]) PutFunc(h Header, fill func(*Message[P]) error) (token.Token, error) {
 	if fill == nil {
 		if s.gate.Closed() {
@@ -226,40 +230,72 @@ func (s *Store[P]) putFunc(h Header, fill func(*Message[P]) error) (token.Token,
 	if h.Created == 0 {
 		h.Created = Now()
 	}
-	t, _, err := s.a.Alloc()
+	t, m, err := s.a.Alloc()
 	if err != nil {
 		return token.Nil, err
 	}
-	var ferr error
-	published, returned := false, false
+	w, ok := s.enterWriter()
+	if !ok {
+		return token.Nil, arena.ErrClosed // the slot stays in the closing arena
+	}
+	returned := false
 	defer func() {
 		if !returned {
 			// fill panicked: the slot was never published, give it back.
+			s.exitWriter(w)
 			s.a.Free(t)
 		}
 	}()
-	// The arena's writer hold keeps Close from unmapping the slot while fill
-	// runs, however long it takes.
-	err = s.a.Update(t, func(m *Message[P]) {
-		m.Header = h
-		if ferr = fill(m); ferr == nil && !s.gate.Closed() {
-			s.publish(t, &m.Header)
-			published = true
-		}
-	})
+	m.Header = h
+	ferr := fill(m)
 	returned = true
-	switch {
-	case err != nil: // closed between Alloc and Update
-		return token.Nil, err
-	case ferr != nil:
-		if err := s.a.Free(t); err != nil && !errors.Is(err, arena.ErrClosed) {
-			return token.Nil, fmt.Errorf("message: PutFunc: %w (and freeing the slot: %v)", ferr, err)
-		}
-		return token.Nil, ferr
-	case !published:
-		return token.Nil, arena.ErrClosed
+	if ferr == nil && !s.gate.Closed() {
+		s.publish(t, &m.Header)
+		s.exitWriter(w)
+		return t, nil
 	}
-	return t, nil
+	s.exitWriter(w)
+	if ferr == nil {
+		return token.Nil, arena.ErrClosed // Close started while fill ran
+	}
+	if err := s.a.Free(t); err != nil && !errors.Is(err, arena.ErrClosed) {
+		return token.Nil, fmt.Errorf("message: PutFunc: %w (and freeing the slot: %v)", ferr, err)
+	}
+	return token.Nil, ferr
+}
+
+// writerStripe counts the PutFunc fills running on one P (or stripe).
+type writerStripe struct {
+	n atomic.Int64
+	_ [atomicx.CacheLine - 8]byte
+}
+
+// enterWriter counts a fill in, on the calling P's stripe, unless the store
+// is closed. The count goes up before closed is read and Close sets closed
+// before it reads the counts (both sequentially consistent), so either the
+// writer sees closed or Close sees the writer and waits for it.
+func (s *Store[P]) enterWriter() (*writerStripe, bool) {
+	p := shard.Pin()
+	shard.Unpin()
+	w := &s.writers[uint(p)%uint(len(s.writers))]
+	w.n.Add(1)
+	if s.gate.Closed() {
+		w.n.Add(-1)
+		return nil, false
+	}
+	return w, true
+}
+
+func (s *Store[P]) exitWriter(w *writerStripe) { w.n.Add(-1) }
+
+// waitWriters waits, after closed is set, for every fill counted in.
+func (s *Store[P]) waitWriters() {
+	var bo atomicx.Backoff
+	for i := range s.writers {
+		for s.writers[i].n.Load() != 0 {
+			bo.Wait()
+		}
+	}
 }
 
 // putBytes stores data (at most the size of P) as the payload with
@@ -587,8 +623,9 @@ func (s *Store[P]) Close() error {
 	if !s.gate.Close() { // marks closed, waits for the running sections
 		return arena.ErrClosed
 	}
-	// Waits for running View/Update/PutFunc callbacks, the last readers of
-	// the metadata besides lateFree.
+	s.waitWriters() // PutFunc fills
+	// Waits for running View and Update callbacks, the last readers of the
+	// metadata besides lateFree.
 	aerr := s.a.Close()
 	l := &s.late
 	l.mu.Lock()

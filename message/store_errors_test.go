@@ -191,3 +191,35 @@ func TestSizeDefaultsToPayload(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// TestPutPathsAllocateNothing: the put paths, which now run inside a gate
+// section or an arena hold, still allocate nothing.
+func TestPutPathsAllocateNothing(t *testing.T) {
+	s := newStore[payload](t, 4)
+	fill := func(m *Message[payload]) error { m.Payload.A = 1; return nil }
+	bs, err := NewByteStore[[256]byte](arena.Config{Slots: 4, Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Close()
+	data := []byte("hello")
+	write := func(slot []byte) (int, error) { return copy(slot, data), nil }
+	for name, f := range map[string]func(){
+		"Put+Free":      func() { tok, _ := s.Put(Header{}, payload{A: 1}); s.Free(tok) },
+		"PutFunc+Free":  func() { tok, _ := s.PutFunc(Header{}, fill); s.Free(tok) },
+		"PutBytes+Free": func() { tok, _ := bs.PutBytes(Header{}, data); bs.Free(tok) },
+		"Write+Free":    func() { tok, _ := bs.Write(Header{}, write); bs.Free(tok) },
+		"Retain+Refs+Header+Free": func() {
+			tok, _ := s.Put(Header{}, payload{})
+			s.Retain(tok)
+			s.Refs(tok)
+			s.Header(tok)
+			s.Free(tok)
+			s.Free(tok)
+		},
+	} {
+		if n := testing.AllocsPerRun(200, f); n != 0 {
+			t.Errorf("%s allocates %.1f times", name, n)
+		}
+	}
+}
