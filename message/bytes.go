@@ -21,7 +21,9 @@ type ByteArray interface {
 // slots of type B. Header.Size is the used length: it is what edges count
 // against byte caps, and what Bytes-style accessors return. Everything Store
 // offers (Header, Retain, Free, Available, ...) is available through the
-// embedded *Store[B], so a *ByteStore is also a HeaderStore.
+// embedded *Store[B], so a *ByteStore is also a HeaderStore. PutBytes and
+// Write set Size to the message length (0 included); Put and PutFunc,
+// promoted from Store, know no length and take Size 0 as the whole slot.
 type ByteStore[B ByteArray] struct {
 	*Store[B]
 }
