@@ -194,11 +194,28 @@ func (s *Store[P]) finishPut(t token.Token, m *Message[P], h *Header, p *P) (tok
 }
 
 // publish makes t's freshly written message visible with one reference.
+//
+// It writes the three words with plain stores, not atomic ones (on amd64 an
+// atomic store is an XCHG, a full fence: three of them were a tenth of a
+// message hop). That is enough because nobody can be inside a CAS on ref
+// now (its count is 0, and Retain and Free never CAS a zero count), a plain
+// aligned 8-byte store is never torn, and a goroutine reads this message's
+// fields only with t, which reaches it through a synchronising hand-off
+// (an edge, a channel) that orders these stores before its loads. Readers
+// with an older token of the slot see either the old words or the new
+// generation, and refuse both. Under the race detector the stores are
+// atomic, as the arena does with its plain stores.
 func (s *Store[P]) publish(t token.Token, h *Header) {
 	md := s.md(t.Index())
-	md.deadline.Store(h.Deadline)
-	md.info.Store(packInfo(h))
-	md.ref.Store(refOf(t.Generation(), 1))
+	if raceEnabled {
+		md.deadline.Store(h.Deadline)
+		md.info.Store(packInfo(h))
+		md.ref.Store(refOf(t.Generation(), 1))
+		return
+	}
+	*(*int64)(unsafe.Pointer(&md.deadline)) = h.Deadline
+	*(*uint64)(unsafe.Pointer(&md.info)) = packInfo(h)
+	*(*uint64)(unsafe.Pointer(&md.ref)) = refOf(t.Generation(), 1)
 }
 
 // PutFunc is Put for payloads too large to copy around: fill writes the
