@@ -152,8 +152,8 @@ func (s *Store[P]) md(idx uint32) *slotMeta {
 
 // payloadSize is what Header.Size 0 stands for: the size of P.
 func payloadSize[P any]() uint32 {
-	var p P
-	return uint32(min(unsafe.Sizeof(p), math.MaxUint32))
+	var p *P // Sizeof does not evaluate *p: no P is materialised
+	return uint32(min(unsafe.Sizeof(*p), math.MaxUint32))
 }
 
 // Put stores a message and returns its token, holding one reference. A zero
