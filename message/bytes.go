@@ -21,7 +21,9 @@ type ByteArray interface {
 // slots of type B. Header.Size is the used length: it is what edges count
 // against byte caps, and what Bytes-style accessors return. Everything Store
 // offers (Header, Retain, Free, Available, ...) is available through the
-// embedded *Store[B], so a *ByteStore is also a HeaderStore.
+// embedded *Store[B], so a *ByteStore is also a HeaderStore. PutBytes and
+// Write set Size to the message length (0 included); Put and PutFunc,
+// promoted from Store, know no length and take Size 0 as the whole slot.
 type ByteStore[B ByteArray] struct {
 	*Store[B]
 }
@@ -47,27 +49,29 @@ func bytesOf[B ByteArray](b *B) []byte {
 }
 
 // PutBytes stores a copy of data (one copy, straight into the slot) and sets
-// h.Size to len(data). Data longer than the slot fails with ErrTooLarge.
+// h.Size to len(data), 0 included: a byte message's size is its length.
+// Data longer than the slot fails with ErrTooLarge.
 func (s *ByteStore[B]) PutBytes(h Header, data []byte) (token.Token, error) {
 	if len(data) > s.SlotSize() {
 		return token.Nil, fmt.Errorf("%w: %d bytes, slots hold %d", ErrTooLarge, len(data), s.SlotSize())
 	}
-	h.Size = uint32(len(data))
-	return s.PutFunc(h, func(m *Message[B]) error {
-		copy(bytesOf(&m.Payload), data)
-		return nil
-	})
+	return s.putBytes(h, data)
 }
 
 // Write builds a message in place: fill receives the whole slot and returns
 // how many bytes it used, which becomes h.Size. Use it to read from a socket
 // or encode straight into the slot, with no intermediate buffer. If fill
-// returns an error, or a length outside the slot, the slot is freed.
+// returns an error, or a length outside the slot, the slot is freed. Like
+// PutFunc's fill, fill runs under an exclusive hold that a concurrent Close
+// waits for.
 func (s *ByteStore[B]) Write(h Header, fill func(slot []byte) (int, error)) (token.Token, error) {
+	if s.gate.Closed() {
+		return token.Nil, arena.ErrClosed
+	}
 	if fill == nil {
 		return token.Nil, fmt.Errorf("message: Write: %w", arena.ErrNilFunc)
 	}
-	return s.PutFunc(h, func(m *Message[B]) error {
+	return s.putFunc(h, func(m *Message[B]) error {
 		buf := bytesOf(&m.Payload)
 		n, err := fill(buf)
 		if err != nil {
@@ -86,6 +90,9 @@ func (s *ByteStore[B]) Write(h Header, fill func(slot []byte) (int, error)) (tok
 // and must not modify it: other holders of a fanned-out token may be
 // reading it at the same time.
 func (s *ByteStore[B]) Read(t token.Token, fn func(h Header, data []byte)) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: Read: %w", arena.ErrNilFunc)
 	}
@@ -107,6 +114,9 @@ func (s *ByteStore[B]) AppendTo(dst []byte, t token.Token) ([]byte, error) {
 // length; fn returns the new used length. Every holder of the token sees
 // the change.
 func (s *ByteStore[B]) Rewrite(t token.Token, fn func(slot []byte, used int) int) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: Rewrite: %w", arena.ErrNilFunc)
 	}

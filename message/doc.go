@@ -35,6 +35,13 @@
 //     when Run returns.
 //   - Free drops one reference; one Free too many returns an error matching
 //     arena.ErrStale and changes nothing.
+//   - Closing order: close and drain the edges, free what you hold, then
+//     Close the store. A Store.Close that finds references still
+//     outstanding closes anyway and says so (ErrReferenced, with counts);
+//     each of those references can still be freed once, Free returning
+//     nil, so edges drained after their store was closed count no
+//     FreeErrors. Every other call on a closed store returns
+//     arena.ErrClosed.
 //
 // Following these rules, Store.Available returns to Store.Capacity once
 // every holder is done, whatever mix of sends, receives, evictions,
@@ -57,6 +64,17 @@
 //
 // Edges return ErrEdgeFull, ErrRejected, ErrExpired, ErrEdgeClosed and
 // ErrBadPolicy; stores return the arena's sentinels (arena.ErrFull,
-// arena.ErrStale, arena.ErrBadToken, arena.ErrClosed, ...). All are matched
-// with errors.Is. Bad input never panics and never loses a slot.
+// arena.ErrStale, arena.ErrBadToken, arena.ErrClosed, ...) and
+// ErrReferenced. All are matched with errors.Is. A token that does not
+// match a live message is reported as a "stale or foreign token": tokens
+// carry no store identity, so a freed token and one from another store
+// look alike. Bad input never panics and never loses a slot.
+//
+// # Safe to close
+//
+// A Store may be closed while other goroutines use it: every call returns
+// a result or arena.ErrClosed, never a fault. Put writes the slot inside a
+// section of the store's gate (a pinned stretch of code, no atomic write),
+// PutFunc counts its fill on a per-P stripe, and Close waits for both, and
+// for running View and Update callbacks, before it unmaps anything.
 package message

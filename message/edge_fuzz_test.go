@@ -39,6 +39,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
@@ -307,6 +308,9 @@ func (m *efModel) put(h efHdr) {
 	}
 	if err != nil {
 		m.fail("Put with %d of %d slots live: %v", len(m.live), m.cap, err)
+	}
+	if h.size == 0 { // Put stores Size 0 as the payload's size
+		h.size = uint32(unsafe.Sizeof(efPayload{}))
 	}
 	msg := &efMsg{id: id, tok: tok, refs: 1, h: h}
 	for _, x := range m.live {

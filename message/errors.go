@@ -37,16 +37,35 @@ var (
 	ErrTooLarge = errors.New("message: payload too large for slot")
 )
 
+// ErrReferenced is returned by Store.Close when messages still held
+// references: the store is closed all the same, and each of those
+// references may still be freed once (Free returns nil). The wrapping error
+// counts them and names a few.
+var ErrReferenced = errors.New("message: store closed with references outstanding")
+
 // Pre-built errors for the send paths: returning them allocates nothing,
-// which matters when an overloaded edge refuses millions of messages.
+// which matters when an overloaded edge refuses millions of messages. Each
+// reads as one sentence while matching every sentinel it names.
 var (
-	errFullDropNewest = fmt.Errorf("%w (DropNewest: newest message refused): %w", ErrEdgeFull, ErrRejected)
-	errFullTrySend    = fmt.Errorf("%w (Block: TrySend would have to wait): %w", ErrEdgeFull, ErrRejected)
-	errFullNoVictim   = fmt.Errorf("%w (DeadlineQoS: nothing of equal or lower QoS to evict): %w", ErrEdgeFull, ErrRejected)
+	errFullDropNewest = multiError("message: edge full (DropNewest: newest message refused)", ErrEdgeFull, ErrRejected)
+	errFullTrySend    = multiError("message: edge full (Block: TrySend would have to wait)", ErrEdgeFull, ErrRejected)
+	errFullNoVictim   = multiError("message: edge full (DeadlineQoS: nothing of equal or lower QoS to evict)", ErrEdgeFull, ErrRejected)
 	errShedBackground = fmt.Errorf("%w: DeadlineQoS edge at or above its soft cap sheds Background messages", ErrRejected)
 	errOverMaxBytes   = fmt.Errorf("%w: message Size exceeds the edge's MaxBytes and could never fit", ErrRejected)
 	errBadQoS         = fmt.Errorf("%w: QoS is not Background, BestEffort or LatencyCritical", ErrRejected)
-	errExpiredOnSend  = fmt.Errorf("%w: %w", ErrRejected, ErrExpired)
+	errExpiredOnSend  = multiError("message: rejected by edge policy: deadline passed", ErrRejected, ErrExpired)
 	errSendClosed     = fmt.Errorf("%w: send refused", ErrEdgeClosed)
 	errCloseTwice     = fmt.Errorf("%w: already closed", ErrEdgeClosed)
 )
+
+// sentinels is an error with its own text that matches several sentinels
+// (fmt.Errorf with two %w would repeat their "message:" prefixes).
+type sentinels struct {
+	msg  string
+	errs []error
+}
+
+func multiError(msg string, errs ...error) error { return &sentinels{msg: msg, errs: errs} }
+
+func (e *sentinels) Error() string   { return e.msg }
+func (e *sentinels) Unwrap() []error { return e.errs }

@@ -1,22 +1,26 @@
 package message
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cella-go/cella/arena"
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/memclass"
+	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
-// slotMeta is a store's Go-heap shadow of one arena slot: the reference
-// count of the live allocation and the header fields an edge's admission
-// needs. It lets Retain, Free and an edge's send check a token with a few
-// plain atomic loads and one CAS, instead of taking and dropping an arena
-// reader hold (two atomic read-modify-writes, two pin sections and a
-// callback) per call. Being on the Go heap, it stays readable after Close
-// unmaps the arena, so the fast paths need no gate.
+// slotMeta is a store's shadow of one arena slot: the reference count of the
+// live allocation and the header fields an edge's admission needs. It lets
+// Retain, Free and an edge's send check a token with a few atomic loads and
+// one CAS, instead of taking and dropping an arena reader hold (two atomic
+// read-modify-writes, two pin sections and a callback) per call.
 //
 // ref packs the generation of the allocation it describes (high 32 bits)
 // with its reference count (low 32 bits). Put writes deadline and info,
@@ -25,11 +29,16 @@ import (
 // overwrites the generation. A token matches its slot's metadata only
 // while ref carries its generation and a count above zero, and the arena
 // never issues a generation twice for one slot, so the check is exact.
+//
+// The metadata of all slots is one off-heap mapping (see Store), so it holds
+// no Go pointers and is only ever accessed atomically.
 type slotMeta struct {
 	ref      atomic.Uint64
 	deadline atomic.Int64
 	info     atomic.Uint64 // packInfo(Header)
 }
+
+const metaSize = unsafe.Sizeof(slotMeta{})
 
 // packInfo packs what an edge keeps of a header besides its deadline:
 // Size in the high 32 bits, the raw QoS in bits 0-7 and DegradeAllowed in
@@ -50,150 +59,330 @@ func refOf(gen uint32, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
 // tokens. Put returns a token holding one reference; Retain adds one (for
 // fan-out); Free drops one, and the slot is recycled when the last reference
 // is dropped. *Store[P] implements HeaderStore, so its tokens can travel on
-// edges. All methods are safe for concurrent use.
+// edges. All methods are safe for concurrent use, Close included: a call
+// racing Close returns an error (arena.ErrClosed), never a fault.
 //
 // Tokens are generation-checked: a token whose slot was freed (or freed and
 // reused) gets an error matching arena.ErrStale from every method. A token
-// from another store is refused with arena.ErrBadToken or arena.ErrStale
-// with high probability (each arena starts its generations at a random
-// value), but the token format carries no store identity, so the check is
-// not exact: keep tokens with the store that issued them.
+// that this store never issued (a forged one, or one from another store)
+// gets arena.ErrBadToken when its index is out of range and otherwise
+// arena.ErrStale with high probability (each arena starts its generations
+// at a random value); the token format carries no store identity, so such
+// errors say "stale or foreign token". Keep tokens with the store that
+// issued them.
 //
-// Besides the arena, a store keeps 24 bytes of Go-heap (pointer-free,
-// never scanned) metadata per slot: reference counts and a copy of the
-// header fields edges read, so that a hop does not touch the slot at all.
+// # Memory
+//
+// Besides the arena, a store keeps 24 bytes of metadata per slot (reference
+// count and the header fields edges read, so that a hop does not touch the
+// slot). It lives in its own anonymous mapping, off the Go heap: like the
+// arena's slots it is reserved at NewStore and committed page by page as
+// slots are first used, so NewStore costs O(1) Go heap whatever cfg.Slots.
+//
+// # Close
+//
+// Put and the metadata fast paths (Free, Retain, Refs, an edge's send) run
+// their memory accesses inside a section of the store's gate (the arena's
+// mechanism: a pinned stretch of code in the default build, no atomic
+// write; a striped counter in the purego build). Close marks the store
+// closed, waits for the sections already running, then closes the arena,
+// which waits for running View, Update and PutFunc callbacks. Only then is
+// memory unmapped. Every call that starts after the mark returns
+// arena.ErrClosed, whatever its token, with one exception that makes the
+// wrong closing order harmless:
+//
+// Close with references still outstanding (tokens not freed, or still
+// queued on edges) closes anyway, and returns an error matching
+// ErrReferenced that counts them. Each of those references may still be
+// freed once: Free returns nil for it (and arena.ErrClosed for anything
+// else), so an edge drained after its store was closed counts no
+// FreeErrors. The metadata mapping is kept for that, and unmapped when the
+// last outstanding reference is freed or the store becomes unreachable.
+// The right order is still: close and drain edges, free what you hold,
+// then Close the store.
 type Store[P any] struct {
-	a      *arena.Arena[Message[P]]
-	meta   []slotMeta
-	closed atomic.Bool
+	gate  shard.Gate // by value: sections of Put and the metadata fast paths
+	a     *arena.Arena[Message[P]]
+	meta  unsafe.Pointer // slots × slotMeta, off-heap; set once by NewStore
+	slots uint32
+
+	writers []writerStripe // PutFunc fills in progress, per P
+
+	late lateState
+}
+
+// lateState is what Close decides about the metadata, and the bookkeeping
+// of references freed after Close. All fields are guarded by mu; fast paths
+// never read them.
+type lateState struct {
+	mu       sync.Mutex
+	region   *memclass.Region // the metadata; nil once unmapped
+	counted  bool             // Close has counted the outstanding references
+	refs     int64            // outstanding at Close and not freed since
+	cleanup  runtime.Cleanup  // unmaps region if the store is dropped first
+	cleaning bool
 }
 
 // NewStore creates a store of cfg.Slots messages. P must hold no Go pointers
-// (arena.ErrPointerType); cfg errors match arena.ErrInvalidConfig.
+// (arena.ErrPointerType); cfg errors match arena.ErrInvalidConfig. It
+// reserves address space for the messages and their metadata and commits
+// none of it.
 func NewStore[P any](cfg arena.Config) (*Store[P], error) {
 	a, err := arena.New[Message[P]](cfg)
 	if err != nil {
 		return nil, fmt.Errorf("message: NewStore: %w", err)
 	}
-	return &Store[P]{a: a, meta: make([]slotMeta, a.Capacity())}, nil
+	n := a.Capacity()
+	region, err := memclass.Map(memclass.Host(), uintptr(n)*metaSize)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("message: NewStore: mapping metadata for %d slots: %w", n, err)
+	}
+	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
+	s := &Store[P]{a: a, meta: region.Base(), slots: uint32(n), writers: make([]writerStripe, nP)}
+	s.late.region = region
+	s.gate.Init()
+	return s, nil
+}
+
+// md returns slot idx's metadata; idx < s.slots.
+func (s *Store[P]) md(idx uint32) *slotMeta {
+	return (*slotMeta)(unsafe.Add(s.meta, uintptr(idx)*metaSize))
+}
+
+// payloadSize is what Header.Size 0 stands for: the size of P.
+func payloadSize[P any]() uint32 {
+	var p *P // Sizeof does not evaluate *p: no P is materialised
+	return uint32(min(unsafe.Sizeof(*p), math.MaxUint32))
 }
 
 // Put stores a message and returns its token, holding one reference. A zero
-// h.Created is stamped with Now(). It fails with arena.ErrFull when every
-// slot is in use and arena.ErrClosed after Close (both unwrapped, so that
-// back-pressure allocates nothing).
+// h.Created is stamped with Now(); a zero h.Size becomes the size of P, so
+// that edges' byte caps count the message. It fails with arena.ErrFull when
+// every slot is in use and arena.ErrClosed after Close (both unwrapped, so
+// that back-pressure allocates nothing).
 func (s *Store[P]) Put(h Header, p P) (token.Token, error) {
 	t, m, err := s.a.Alloc()
 	if err != nil {
 		return token.Nil, err
 	}
+	return s.finishPut(t, m, &h, &p)
+}
+
+// finishPut writes h and *p into the slot Alloc (or AllocWait) returned and
+// publishes it. The writes run inside a gate section, so Close cannot unmap
+// the slot under them: either the section sees the store open and Close
+// waits for it, or it sees it closed and touches nothing.
+func (s *Store[P]) finishPut(t token.Token, m *Message[P], h *Header, p *P) (token.Token, error) {
 	if h.Created == 0 {
-		h.Created = Now()
+		h.Created = Now() // outside the section: the clock is the slow part
 	}
-	m.Header = h
-	m.Payload = p
-	s.publish(t, &h)
+	if h.Size == 0 {
+		h.Size = payloadSize[P]()
+	}
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		// The slot stays allocated in an arena that is being closed.
+		s.gate.Exit(g)
+		return token.Nil, arena.ErrClosed
+	}
+	m.Header = *h
+	m.Payload = *p
+	s.publish(t, h)
+	s.gate.Exit(g)
 	return t, nil
 }
 
 // publish makes t's freshly written message visible with one reference.
+//
+// It writes the three words with plain stores, not atomic ones (on amd64 an
+// atomic store is an XCHG, a full fence: three of them were a tenth of a
+// message hop). That is enough because nobody can be inside a CAS on ref
+// now (its count is 0, and Retain and Free never CAS a zero count), a plain
+// aligned 8-byte store is never torn, and a goroutine reads this message's
+// fields only with t, which reaches it through a synchronising hand-off
+// (an edge, a channel) that orders these stores before its loads. Readers
+// with an older token of the slot see either the old words or the new
+// generation, and refuse both. Under the race detector the stores are
+// atomic, as the arena does with its plain stores.
 func (s *Store[P]) publish(t token.Token, h *Header) {
-	md := &s.meta[t.Index()]
-	md.deadline.Store(h.Deadline)
-	md.info.Store(packInfo(h))
-	md.ref.Store(refOf(t.Generation(), 1))
+	md := s.md(t.Index())
+	if raceEnabled {
+		md.deadline.Store(h.Deadline)
+		md.info.Store(packInfo(h))
+		md.ref.Store(refOf(t.Generation(), 1))
+		return
+	}
+	*(*int64)(unsafe.Pointer(&md.deadline)) = h.Deadline
+	*(*uint64)(unsafe.Pointer(&md.info)) = packInfo(h)
+	*(*uint64)(unsafe.Pointer(&md.ref)) = refOf(t.Generation(), 1)
 }
 
 // PutFunc is Put for payloads too large to copy around: fill writes the
 // message in place, in the slot, before anyone else can see it. The slot
-// starts zeroed with h as its header (h.Created stamped if zero). If fill
-// returns an error, or panics, the slot is freed and the error returned (or
-// the panic propagated).
+// starts zeroed with h as its header (h.Created stamped if zero, h.Size set
+// to the size of P if zero; fill may change both). If fill returns an
+// error, or panics, the slot is freed and the error returned (or the panic
+// propagated).
+//
+// A Close that starts while fill runs waits for fill to return (PutFunc
+// then returns arena.ErrClosed, with the message never published), as it
+// waits for View and Update callbacks. So fill must not wait for the store
+// to be closed, and must not call Close.
 func (s *Store[P]) PutFunc(h Header, fill func(*Message[P]) error) (token.Token, error) {
 	if fill == nil {
+		if s.gate.Closed() {
+			return token.Nil, arena.ErrClosed
+		}
 		return token.Nil, fmt.Errorf("message: PutFunc: %w", arena.ErrNilFunc)
+	}
+	if h.Size == 0 {
+		h.Size = payloadSize[P]()
+	}
+	return s.putFunc(h, fill)
+}
+
+// putFunc is PutFunc without the defaults (ByteStore.Write sets Size itself).
+func (s *Store[P]) putFunc(h Header, fill func(*Message[P]) error) (token.Token, error) {
+	if h.Created == 0 {
+		h.Created = Now()
 	}
 	t, m, err := s.a.Alloc()
 	if err != nil {
 		return token.Nil, err
 	}
-	if h.Created == 0 {
-		h.Created = Now()
+	w, ok := s.enterWriter()
+	if !ok {
+		return token.Nil, arena.ErrClosed // the slot stays in the closing arena
 	}
-	m.Header = h
-	filled := false
+	returned := false
 	defer func() {
-		if !filled {
+		if !returned {
 			// fill panicked: the slot was never published, give it back.
+			s.exitWriter(w)
 			s.a.Free(t)
 		}
 	}()
+	m.Header = h
 	ferr := fill(m)
-	filled = true
-	if ferr != nil {
-		if err := s.a.Free(t); err != nil {
-			return token.Nil, fmt.Errorf("message: PutFunc: %w (and freeing the slot: %v)", ferr, err)
-		}
-		return token.Nil, ferr
+	returned = true
+	if ferr == nil && !s.gate.Closed() {
+		s.publish(t, &m.Header)
+		s.exitWriter(w)
+		return t, nil
 	}
-	s.publish(t, &m.Header)
-	return t, nil
+	s.exitWriter(w)
+	if ferr == nil {
+		return token.Nil, arena.ErrClosed // Close started while fill ran
+	}
+	if err := s.a.Free(t); err != nil && !errors.Is(err, arena.ErrClosed) {
+		return token.Nil, fmt.Errorf("message: PutFunc: %w (and freeing the slot: %v)", ferr, err)
+	}
+	return token.Nil, ferr
 }
 
-// lookup returns t's metadata, or the error for a token this store cannot
-// have issued.
-func (s *Store[P]) lookup(op string, t token.Token) (*slotMeta, error) {
-	idx := t.Index()
-	if t.Generation() == 0 || idx >= uint32(len(s.meta)) {
-		return nil, badToken(op, t, len(s.meta))
+// writerStripe counts the PutFunc fills running on one P (or stripe).
+type writerStripe struct {
+	n atomic.Int64
+	_ [atomicx.CacheLine - 8]byte
+}
+
+// enterWriter counts a fill in, on the calling P's stripe, unless the store
+// is closed. The count goes up before closed is read and Close sets closed
+// before it reads the counts (both sequentially consistent), so either the
+// writer sees closed or Close sees the writer and waits for it.
+func (s *Store[P]) enterWriter() (*writerStripe, bool) {
+	p := shard.Pin()
+	shard.Unpin()
+	w := &s.writers[uint(p)%uint(len(s.writers))]
+	w.n.Add(1)
+	if s.gate.Closed() {
+		w.n.Add(-1)
+		return nil, false
 	}
-	if s.closed.Load() {
-		return nil, arena.ErrClosed
+	return w, true
+}
+
+func (s *Store[P]) exitWriter(w *writerStripe) { w.n.Add(-1) }
+
+// waitWriters waits, after closed is set, for every fill counted in.
+func (s *Store[P]) waitWriters() {
+	var bo atomicx.Backoff
+	for i := range s.writers {
+		for s.writers[i].n.Load() != 0 {
+			bo.Wait()
+		}
 	}
-	return &s.meta[idx], nil
+}
+
+// putBytes stores data (at most the size of P) as the payload with
+// h.Size = len(data), copying it straight into the slot inside a gate
+// section. It is ByteStore.PutBytes without a callback.
+func (s *Store[P]) putBytes(h Header, data []byte) (token.Token, error) {
+	if h.Created == 0 {
+		h.Created = Now()
+	}
+	h.Size = uint32(len(data))
+	t, m, err := s.a.Alloc()
+	if err != nil {
+		return token.Nil, err
+	}
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return token.Nil, arena.ErrClosed
+	}
+	m.Header = h
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&m.Payload)), unsafe.Sizeof(m.Payload)), data)
+	s.publish(t, &h)
+	s.gate.Exit(g)
+	return t, nil
 }
 
 // admitInfo is the edges' fast path of Header: it validates t and returns
 // the header fields admission needs, with a few atomic loads and without
-// touching the slot.
+// touching the slot. Its errors carry no "message: op of token" prefix: the
+// edge adds its own.
 func (s *Store[P]) admitInfo(t token.Token) (deadline int64, info uint64, err error) {
-	md, err := s.lookup("Header", t)
-	if err != nil {
-		return 0, 0, err
+	idx, gen := t.Index(), uint64(t.Generation())
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return 0, 0, arena.ErrClosed
 	}
-	gen := uint64(t.Generation())
+	if gen == 0 || idx >= s.slots {
+		s.gate.Exit(g)
+		return 0, 0, &tokenError{t: t, kind: badIndex, slots: s.slots}
+	}
+	md := s.md(idx)
 	r := md.ref.Load()
 	deadline, info = md.deadline.Load(), md.info.Load()
 	// A count that was above zero in both loads was above zero in between:
 	// for one generation it never comes back from zero, so the fields read
 	// belong to this allocation (a later one writes them only after the
 	// count reached zero).
-	if r>>32 != gen || uint32(r) == 0 {
-		return 0, 0, s.staleErr("Header", t)
+	if r>>32 == gen && uint32(r) != 0 {
+		r = md.ref.Load()
 	}
-	if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
-		return 0, 0, s.staleErr("Header", t)
+	s.gate.Exit(g)
+	if r>>32 != gen || uint32(r) == 0 {
+		return 0, 0, &tokenError{t: t, kind: staleKind(r, gen)}
 	}
 	return deadline, info, nil
 }
 
-// staleErr reports a token that does not match its slot's live allocation.
-func (s *Store[P]) staleErr(op string, t token.Token) error {
-	r := s.meta[t.Index()].ref.Load()
-	if r>>32 == uint64(t.Generation()) {
-		return released(op, t) // last reference dropped, slot not reused yet
-	}
-	return fmt.Errorf("message: %s of %v: %w", op, t, arena.ErrStale)
-}
-
-// live reports whether t holds references, for callers inside an arena hold.
+// live reports whether t holds references, for callers inside an arena hold
+// (which keeps the metadata mapped).
 func (s *Store[P]) live(t token.Token) bool {
-	r := s.meta[t.Index()].ref.Load()
+	r := s.md(t.Index()).ref.Load()
 	return r>>32 == uint64(t.Generation()) && uint32(r) != 0
 }
 
 // Header returns a copy of t's header without touching the payload.
 func (s *Store[P]) Header(t token.Token) (Header, error) {
+	if s.gate.Closed() {
+		return Header{}, arena.ErrClosed
+	}
 	var h Header
 	ok := false
 	err := s.a.View(t, func(m *Message[P]) {
@@ -203,17 +392,22 @@ func (s *Store[P]) Header(t token.Token) (Header, error) {
 		}
 	})
 	if err != nil {
-		return Header{}, err
+		return Header{}, s.arenaErr("Header", t, err)
 	}
 	if !ok {
-		return Header{}, released("Header", t)
+		return Header{}, &tokenError{op: "Header", t: t, kind: released}
 	}
 	return h, nil
 }
 
 // View runs fn with shared access to t's message; other View calls may run
-// at the same time. fn must not keep the pointer or call Update on t.
+// at the same time. fn must not keep the pointer, and must not call Update
+// on t or Close on the store (both wait for fn). A Close that starts while
+// fn runs waits for it.
 func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: View: %w", arena.ErrNilFunc)
 	}
@@ -224,17 +418,24 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 			fn(m)
 		}
 	})
-	if err == nil && !ok {
-		err = released("View", t)
+	if err != nil {
+		return s.arenaErr("View", t, err)
 	}
-	return err
+	if !ok {
+		return &tokenError{op: "View", t: t, kind: released}
+	}
+	return nil
 }
 
 // Update runs fn with exclusive access to t's message. fn must not keep the
-// pointer. With fan-out, every holder sees the update: copy first (Put a new
+// pointer, and must not call View, Header or Update on t or Close on the
+// store. With fan-out, every holder sees the update: copy first (Put a new
 // message) if the holders must not. Edges that already hold t keep the
 // Deadline, QoS, Flags and Size they read when it was sent.
 func (s *Store[P]) Update(t token.Token, fn func(*Message[P])) error {
+	if s.gate.Closed() {
+		return arena.ErrClosed
+	}
 	if fn == nil {
 		return fmt.Errorf("message: Update: %w", arena.ErrNilFunc)
 	}
@@ -246,37 +447,62 @@ func (s *Store[P]) Update(t token.Token, fn func(*Message[P])) error {
 			fn(m)
 		}
 	})
-	if err == nil && !ok {
-		err = released("Update", t)
+	if err != nil {
+		return s.arenaErr("Update", t, err)
 	}
-	return err
+	if !ok {
+		return &tokenError{op: "Update", t: t, kind: released}
+	}
+	return nil
 }
 
 // refresh copies the admission fields of m's header to t's metadata.
 func (s *Store[P]) refresh(t token.Token, m *Message[P]) {
-	md := &s.meta[t.Index()]
+	md := s.md(t.Index())
 	md.deadline.Store(m.Header.Deadline)
 	md.info.Store(packInfo(&m.Header))
+}
+
+// arenaErr restates an arena error of op on t in the store's words.
+func (s *Store[P]) arenaErr(op string, t token.Token, err error) error {
+	switch {
+	case errors.Is(err, arena.ErrClosed):
+		return arena.ErrClosed
+	case errors.Is(err, arena.ErrStale):
+		return &tokenError{op: op, t: t, kind: staleOrForeign}
+	case errors.Is(err, arena.ErrBadToken):
+		return &tokenError{op: op, t: t, kind: badIndex, slots: s.slots}
+	}
+	return fmt.Errorf("message: %s of %v: %w", op, t, err)
 }
 
 // Retain adds one reference to t, for handing the same message to one more
 // holder (fan-out: one Retain per extra edge). It refuses a token whose last
 // reference is already gone.
 func (s *Store[P]) Retain(t token.Token) error {
-	md, err := s.lookup("Retain", t)
-	if err != nil {
-		return err
+	idx, gen := t.Index(), uint64(t.Generation())
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return arena.ErrClosed
 	}
-	gen := uint64(t.Generation())
+	if gen == 0 || idx >= s.slots {
+		s.gate.Exit(g)
+		return &tokenError{op: "Retain", t: t, kind: badIndex, slots: s.slots}
+	}
+	md := s.md(idx)
 	for {
 		r := md.ref.Load()
 		if r>>32 != gen || uint32(r) == 0 {
-			return s.staleErr("Retain", t)
+			s.gate.Exit(g)
+			return &tokenError{op: "Retain", t: t, kind: staleKind(r, gen)}
 		}
 		if uint32(r) == math.MaxInt32 {
-			return fmt.Errorf("message: Retain of %v: %w", t, ErrTooManyRefs)
+			s.gate.Exit(g)
+			return &tokenError{op: "Retain", t: t, kind: tooManyRefs}
 		}
 		if md.ref.CompareAndSwap(r, r+1) {
+			s.gate.Exit(g)
 			return nil
 		}
 	}
@@ -284,36 +510,104 @@ func (s *Store[P]) Retain(t token.Token) error {
 
 // Free drops one reference to t; dropping the last one recycles the slot.
 // Freeing more often than t was retained (plus one for Put) returns an error
-// matching arena.ErrStale and changes nothing.
+// matching arena.ErrStale and changes nothing. After Close, Free returns nil
+// once per reference that was outstanding at Close, and arena.ErrClosed for
+// anything else (see Store).
 func (s *Store[P]) Free(t token.Token) error {
-	md, err := s.lookup("Free", t)
-	if err != nil {
-		return err
+	idx, gen := t.Index(), uint64(t.Generation())
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return s.lateFree(t)
 	}
-	gen := uint64(t.Generation())
+	if gen == 0 || idx >= s.slots {
+		s.gate.Exit(g)
+		return &tokenError{op: "Free", t: t, kind: badIndex, slots: s.slots}
+	}
+	md := s.md(idx)
 	for {
 		r := md.ref.Load()
 		if r>>32 != gen || uint32(r) == 0 {
-			return s.staleErr("Free", t)
+			s.gate.Exit(g)
+			return &tokenError{op: "Free", t: t, kind: staleKind(r, gen)}
 		}
 		if md.ref.CompareAndSwap(r, r-1) {
-			if uint32(r) == 1 {
-				return s.a.Free(t)
+			s.gate.Exit(g)
+			if uint32(r) != 1 {
+				return nil
+			}
+			// The last reference: the slot goes back to the arena, outside
+			// the section (the arena's Free has its own). If Close came in
+			// between, the arena is gone with the slot in it: the reference
+			// was dropped all the same.
+			if err := s.a.Free(t); err != nil && !errors.Is(err, arena.ErrClosed) {
+				return err
 			}
 			return nil
 		}
 	}
 }
 
+// lateFree is Free after Close: it drops one of the references that were
+// outstanding at Close, or reports ErrClosed. It runs under late.mu, which
+// is also what keeps the metadata mapped while it reads it.
+func (s *Store[P]) lateFree(t token.Token) error {
+	idx, gen := t.Index(), uint64(t.Generation())
+	if gen == 0 || idx >= s.slots {
+		return arena.ErrClosed
+	}
+	l := &s.late
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.region == nil { // nothing was outstanding: unmapped
+		return arena.ErrClosed
+	}
+	md := s.md(idx)
+	for {
+		// Until Close's sections have drained, fast paths that saw the
+		// store open may still move this count: CAS, like them.
+		r := md.ref.Load()
+		if r>>32 != gen || uint32(r) == 0 {
+			return arena.ErrClosed
+		}
+		if md.ref.CompareAndSwap(r, r-1) {
+			break
+		}
+	}
+	if l.counted {
+		if l.refs--; l.refs == 0 {
+			l.unmap()
+		}
+	}
+	return nil
+}
+
+// unmap releases the metadata; late.mu is held and nothing else reads it.
+func (l *lateState) unmap() {
+	if l.cleaning {
+		l.cleanup.Stop()
+		l.cleaning = false
+	}
+	l.region.Unmap()
+	l.region = nil
+}
+
 // Refs returns t's current reference count (for tests and diagnostics).
 func (s *Store[P]) Refs(t token.Token) (int, error) {
-	md, err := s.lookup("Refs", t)
-	if err != nil {
-		return 0, err
+	idx, gen := t.Index(), uint64(t.Generation())
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return 0, arena.ErrClosed
 	}
-	r := md.ref.Load()
-	if r>>32 != uint64(t.Generation()) || uint32(r) == 0 {
-		return 0, s.staleErr("Refs", t)
+	if gen == 0 || idx >= s.slots {
+		s.gate.Exit(g)
+		return 0, &tokenError{op: "Refs", t: t, kind: badIndex, slots: s.slots}
+	}
+	r := s.md(idx).ref.Load()
+	s.gate.Exit(g)
+	if r>>32 != gen || uint32(r) == 0 {
+		return 0, &tokenError{op: "Refs", t: t, kind: staleKind(r, gen)}
 	}
 	return int(uint32(r)), nil
 }
@@ -332,24 +626,60 @@ func (s *Store[P]) Class() memclass.Class { return s.a.Class() }
 func (s *Store[P]) Stats() arena.Stats { return s.a.Stats() }
 
 // Close releases the store's memory. Every later call returns an error
-// matching arena.ErrClosed; a second Close too. Close edges (and Drain them)
-// before closing the store they free into.
+// matching arena.ErrClosed; a second Close too. Close is safe while other
+// goroutines are inside store calls: it waits for running Put sections and
+// for running View, Update and PutFunc callbacks (so none of them may call
+// Close), and the calls it overtakes return arena.ErrClosed.
+//
+// Close edges, drain them and free what you hold before closing the store.
+// If references are still outstanding, Close still closes, and returns an
+// error matching ErrReferenced that says how many messages and references
+// there were; each of those references can still be freed once, with Free
+// returning nil (so draining an edge afterwards counts no FreeErrors).
 func (s *Store[P]) Close() error {
-	s.closed.Store(true)
-	return s.a.Close()
-}
-
-// released reports a token whose last reference was dropped but whose slot
-// is not recycled yet: to the caller it is as stale as a recycled one.
-func released(op string, t token.Token) error {
-	return fmt.Errorf("message: %s of %v: %w (no references left)", op, t, arena.ErrStale)
-}
-
-func badToken(op string, t token.Token, slots int) error {
-	if t.IsNil() {
-		return fmt.Errorf("message: %s of the Nil token: %w", op, arena.ErrBadToken)
+	if !s.gate.Close() { // marks closed, waits for the running sections
+		return arena.ErrClosed
 	}
-	return fmt.Errorf("message: %s of %v: %w (index must be < %d slots)", op, t, arena.ErrBadToken, slots)
+	s.waitWriters() // PutFunc fills
+	// Waits for running View and Update callbacks, the last readers of the
+	// metadata besides lateFree.
+	aerr := s.a.Close()
+	l := &s.late
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := s.a.Stats() // final: no arena operation can run any more
+	msgs, refs, first := s.outstanding(int64(st.Allocs - st.Frees))
+	l.counted = true
+	if refs == 0 {
+		l.unmap()
+		return aerr
+	}
+	l.refs = refs
+	l.cleanup = runtime.AddCleanup(s, unmapRegion, l.region)
+	l.cleaning = true
+	return errors.Join(&referencedError{msgs: msgs, refs: refs, first: first}, aerr)
+}
+
+func unmapRegion(r *memclass.Region) { r.Unmap() }
+
+// outstanding counts the messages that hold references, and their
+// references, and names up to three of them. bound is how many slots the
+// arena had allocated at Close, at least the number of messages with
+// references (a slot is allocated before it is published and freed after
+// its count reached zero): the scan stops when it has found that many, so
+// a store closed in the right order does not scan at all.
+func (s *Store[P]) outstanding(bound int64) (msgs, refs int64, first []token.Token) {
+	for idx := uint32(0); idx < s.slots && msgs < bound; idx++ {
+		r := s.md(idx).ref.Load()
+		if n := uint32(r); n != 0 {
+			msgs++
+			refs += int64(n)
+			if len(first) < 3 {
+				first = append(first, token.New(idx, uint32(r>>32)))
+			}
+		}
+	}
+	return msgs, refs, first
 }
 
 // HeaderStore is implemented by every Store.
@@ -362,3 +692,31 @@ type admitter interface {
 }
 
 var _ admitter = (*Store[struct{}])(nil)
+
+// referencedError is Close's report of the references still outstanding.
+type referencedError struct {
+	msgs, refs int64
+	first      []token.Token
+}
+
+func (e *referencedError) Error() string {
+	b := fmt.Appendf(nil, "message: Store.Close: %d message(s) still held %d reference(s)", e.msgs, e.refs)
+	for i, t := range e.first {
+		if i == 0 {
+			b = append(b, " ("...)
+		} else {
+			b = append(b, ", "...)
+		}
+		b = append(b, t.String()...)
+	}
+	if int64(len(e.first)) < e.msgs {
+		b = append(b, ", ..."...)
+	}
+	if len(e.first) > 0 {
+		b = append(b, ')')
+	}
+	b = append(b, "; the store is closed, and freeing each of them once returns nil"...)
+	return string(b)
+}
+
+func (e *referencedError) Unwrap() error { return ErrReferenced }

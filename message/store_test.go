@@ -100,8 +100,8 @@ func TestStoreFullAndClosed(t *testing.T) {
 	if _, err := s.Put(Header{}, payload{}); !errors.Is(err, arena.ErrFull) {
 		t.Fatalf("Put on full = %v", err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
+	if err := s.Close(); !errors.Is(err, ErrReferenced) {
+		t.Fatalf("Close with two messages held = %v", err)
 	}
 	if _, err := s.Header(a); !errors.Is(err, arena.ErrClosed) {
 		t.Fatalf("Header after Close = %v", err)
