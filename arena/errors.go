@@ -11,7 +11,7 @@ var (
 	ErrFull = errors.New("arena: full (no free slot in any shard)")
 	// ErrStale means the token's slot was freed since the token was issued:
 	// a double free, a use after free, or a token whose slot was reused.
-	ErrStale = errors.New("arena: stale token (slot was freed)")
+	ErrStale = errors.New("arena: stale or foreign token (freed since it was issued, or issued by another arena)")
 	// ErrBadToken means the Nil token, an index outside the arena, or a
 	// generation no arena issues.
 	ErrBadToken = errors.New("arena: bad token")
