@@ -219,7 +219,7 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	if e.adm != nil {
 		deadline, info, err := e.adm.admitInfo(t)
 		if err != nil {
-			return 0, fmt.Errorf("message: send %v: %w", t, err)
+			return 0, withContext("send "+t.String(), err)
 		}
 		q.deadline, q.size = deadline, uint32(info>>32)
 		if info&infoDegrade != 0 {
@@ -229,7 +229,7 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	} else {
 		h, err := e.hs.Header(t)
 		if err != nil {
-			return 0, fmt.Errorf("message: send %v: %w", t, err)
+			return 0, withContext("send "+t.String(), err)
 		}
 		q.deadline, q.size, q.flags = h.Deadline, h.Size, h.Flags&DegradeAllowed
 		qos = h.QoS
