@@ -100,7 +100,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	}
 	e.mu.Lock()
 	var w *waiter
-	i, progress := 0, false
+	i, progress, pushed := 0, false, false
 	var err error
 	for i < len(qs) {
 		if e.closed {
@@ -110,8 +110,18 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// Like send: queue behind senders that are already waiting unless
 		// we are the one that was woken.
 		if w != nil || e.sendq.head == nil {
+			q, lane := &qs[i], int(lanes[i])
+			if e.pol.fits(e.n, e.bytes, int64(q.size)) &&
+				(lane != laneBackground || e.pol.Admission != DeadlineQoS || !e.pol.softReached(e.n, e.bytes)) {
+				// Fast path of admitLocked: it fits and is not shed. The
+				// receiver is woken once, after the loop.
+				e.pushLocked(q, lane)
+				i++
+				progress, pushed = true, true
+				continue
+			}
 			var ok bool
-			ok, err = e.admitLocked(&qs[i], int(lanes[i]))
+			ok, err = e.admitLocked(q, lane)
 			if err != nil {
 				break
 			}
@@ -139,6 +149,10 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		}
 		w.need = int64(qs[i].size)
 		progress = false
+		if pushed {
+			e.wakeReceiverLocked()
+			pushed = false
+		}
 		// What we admitted so far may have a receiver to wake; it must not
 		// wait for the rest of the batch (it may be what makes room).
 		wr := e.wakeRecv
@@ -160,6 +174,9 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	}
 	if err != nil {
 		e.st.Rejected++
+	}
+	if pushed {
+		e.wakeReceiverLocked()
 	}
 	if !e.sendq.empty() {
 		// Room may remain for the next waiting sender (wakes chain).

@@ -257,6 +257,24 @@ func (e *Edge) abandonLocked(l *waitList, w *waiter) {
 
 // enqueueLocked appends q to its lane and wakes one receiver.
 func (e *Edge) enqueueLocked(q *queued, lane int) {
+	e.pushLocked(q, lane)
+	e.wakeReceiverLocked()
+}
+
+// wakeReceiverLocked unlinks the first parked receiver, if any, for the
+// sender to signal once it has released the lock (see send).
+func (e *Edge) wakeReceiverLocked() {
+	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
+		// Unlink now, signal after unlocking: the receiver does not wake
+		// up only to block on the lock the sender still holds.
+		e.recvq.remove(w)
+		e.wakeRecv = w
+	}
+}
+
+// pushLocked appends q to its lane and does the accounting; it wakes no
+// one.
+func (e *Edge) pushLocked(q *queued, lane int) {
 	e.seq++
 	d := e.lanes[lane].push()
 	d.tok, d.seq, d.deadline, d.size, d.flags = q.tok, e.seq, q.deadline, q.size, q.flags
@@ -269,12 +287,6 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 	e.st.Admitted++
 	if e.n > e.st.HighWater {
 		e.st.HighWater = e.n
-	}
-	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
-		// Unlink now, signal after unlocking: the receiver does not wake
-		// up only to block on the lock the sender still holds.
-		e.recvq.remove(w)
-		e.wakeRecv = w
 	}
 }
 
