@@ -66,7 +66,8 @@ const (
 // BestEffort and Background, order is FIFO by admission.
 //
 // The fast paths (a send that fits, a receive from a non-empty edge) take
-// one mutex and allocate nothing.
+// one mutex and allocate nothing. SendBatch and RecvBatch take it once for
+// many tokens.
 type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.

@@ -48,6 +48,13 @@ type SinkFunc func(ctx context.Context, t token.Token) error
 // workers stop at once and whatever is still queued is freed. Either way,
 // when Run returns no token is left in the graph's edges.
 //
+// The graph must be acyclic (a stage may not feed its own input, directly
+// or through other nodes) and every edge must be built on the graph's
+// store; Run checks both and returns ErrGraphCycle (naming the nodes) or
+// ErrBadGraph. Workers receive with RecvBatch, up to 16 tokens at a time
+// and at most their share of what is queued, and stages send what they
+// emitted with SendBatch (see Emitter.Emit).
+//
 // Build the graph, then call Run once.
 type Graph struct {
 	rs    RefStore
