@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cella-go/cella/token"
 )
@@ -53,7 +54,10 @@ type SinkFunc func(ctx context.Context, t token.Token) error
 // store; Run checks both and returns ErrGraphCycle (naming the nodes) or
 // ErrBadGraph. Workers receive with RecvBatch, up to 16 tokens at a time
 // and at most their share of what is queued, and stages send what they
-// emitted with SendBatch (see Emitter.Emit).
+// emitted with SendBatch (see Emitter.Emit). A node whose function takes
+// more than about a microsecond per token gets one token at a time, so
+// that a batch never holds tokens back long from expiry, eviction or the
+// next node.
 //
 // Build the graph, then call Run once.
 type Graph struct {
@@ -325,16 +329,26 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		out.pending = make([]token.Token, 0, graphBatch)
 	}
 	var buf [graphBatch]token.Token
+	limit := 1 // until the node function is timed
 	for {
 		// Take a share of what is queued: with several workers on one
 		// edge, one of them must not take a whole burst while the others
 		// idle.
-		k, err := n.in.recv(runCtx, buf[:], n.workers)
+		k, err := n.in.recv(runCtx, buf[:limit], n.workers)
 		if err != nil {
 			if errors.Is(err, ErrEdgeClosed) || runCtx.Err() != nil {
 				return nil
 			}
 			return err
+		}
+		// Tokens taken together wait in buf for their turn, where the edge
+		// can no longer expire or evict them, and a stage's emits wait for
+		// the batch's end. That is worth it only while each token is quick
+		// to handle: time the batch (two clock reads per batch) and fall
+		// back to one token at a time for slow node functions.
+		var start int64
+		if k > 1 || limit == 1 {
+			start = Now()
 		}
 		for i, t := range buf[:k] {
 			if n.stage != nil {
@@ -358,8 +372,19 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		if err := out.flush(); err != nil {
 			return err
 		}
+		if start != 0 {
+			limit = graphBatch
+			if (Now()-start)/int64(k) > graphSlowToken {
+				limit = 1
+			}
+		}
 	}
 }
+
+// graphSlowToken is the time per token above which a Graph worker stops
+// receiving in batches: a token then waits at most about 15 times this
+// behind the others of its batch.
+const graphSlowToken = int64(time.Microsecond)
 
 // Emitter sends tokens to a node's output edges.
 type Emitter struct {

@@ -271,3 +271,48 @@ func TestGraphBatchesKeepOrder(t *testing.T) {
 		t.Fatalf("sinks got %d and %d of %d; available %d", n2, n3, n, s.Available())
 	}
 }
+
+// TestGraphSlowNodeNoBatch: a node function that is slow gets one token at
+// a time, so queued tokens stay in the edge (where they can expire or be
+// evicted) instead of waiting in a worker's batch; a fast one gets batches.
+func TestGraphSlowNodeNoBatch(t *testing.T) {
+	for _, slow := range []bool{true, false} {
+		const n = 40
+		s := newStore[payload](t, 64)
+		in := mustEdge(t, s, Policy{MaxItems: 64})
+		for _, tok := range putN(t, s, n, BestEffort) {
+			in.TrySend(tok)
+		}
+		var lens []int
+		g := NewGraph(s)
+		g.Source("idle", 1, func(ctx context.Context, out *Emitter) error { <-ctx.Done(); return ctx.Err() }, in)
+		g.Sink("k", 1, in, func(ctx context.Context, tok token.Token) error {
+			lens = append(lens, in.Len())
+			if slow {
+				time.Sleep(20 * time.Microsecond)
+			}
+			if len(lens) == n {
+				g.Stop()
+			}
+			return nil
+		})
+		if err := g.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		batched := 0
+		for i := 1; i < len(lens); i++ {
+			if lens[i] == lens[i-1] {
+				batched++
+			}
+		}
+		if slow && batched != 0 {
+			t.Errorf("slow sink: edge lengths seen %v: tokens were taken in batches", lens)
+		}
+		if !slow && batched == 0 && !raceEnabled { // -race makes every sink slow
+			t.Errorf("fast sink: edge lengths seen %v: never batched", lens)
+		}
+		if s.Available() != s.Capacity() {
+			t.Fatal("leak")
+		}
+	}
+}
