@@ -15,7 +15,23 @@
 //     watermark, an Admission mode, two QoS lanes and deadline expiry. It
 //     reads headers (through HeaderStore), never payloads.
 //   - Graph: sources, stages and sinks with N workers each, wired by edges,
-//     with fan-out, graceful Stop and error propagation.
+//     with fan-out, graceful Stop and error propagation. Run rejects a
+//     cycle (ErrGraphCycle) and an edge built on another store.
+//
+// # Batches, fan-out, receive loops and deadlines
+//
+//   - Edge.SendBatch and Edge.RecvBatch move many tokens under one lock
+//     acquisition and one wake-up, with the admission, lanes, caps,
+//     deadlines and Stats of Send and Recv token by token. A refused token
+//     stops a SendBatch: the caller keeps it and the rest. Graph workers
+//     use them when several tokens are ready.
+//   - SendAll fans one message out to several edges (one Retain per extra
+//     edge) and always consumes the caller's reference.
+//   - Edge.All is a range-over-func receive loop that ends when the edge is
+//     closed and empty or the context is done.
+//   - Header.SetDeadline, DeadlineAt and DeadlineFromContext convert
+//     deadlines from Go's clocks (time.Time, a context's deadline) to the
+//     Now clock of Header.Deadline; Header.DeadlineTime converts back.
 //
 // # Ownership
 //
@@ -29,7 +45,10 @@
 //   - What an edge evicts (DropOldest, DeadlineQoS) or expires, it frees.
 //   - Fan-out: to put one token on k edges, Retain it k-1 times, then send
 //     it on each edge; each refused send returns that share to the caller.
-//     The slot is recycled when the last reference is freed.
+//     SendAll does all of this and frees the refused shares. The slot is
+//     recycled when the last reference is freed.
+//   - SendBatch moves the references of ts[:n] into the edge; the caller
+//     keeps ts[n:]. RecvBatch moves dst[:n] out to the receiver.
 //   - Close lets receivers drain an edge; tokens nobody drains stay owned by
 //     the edge until Drain frees them. A Graph closes and drains its edges
 //     when Run returns.
@@ -63,12 +82,15 @@
 // # Errors
 //
 // Edges return ErrEdgeFull, ErrRejected, ErrExpired, ErrEdgeClosed and
-// ErrBadPolicy; stores return the arena's sentinels (arena.ErrFull,
-// arena.ErrStale, arena.ErrBadToken, arena.ErrClosed, ...) and
-// ErrReferenced. All are matched with errors.Is. A token that does not
-// match a live message is reported as a "stale or foreign token": tokens
-// carry no store identity, so a freed token and one from another store
-// look alike. Bad input never panics and never loses a slot.
+// ErrBadPolicy; graphs ErrBadGraph and ErrGraphCycle; SendAll ErrNilEdge
+// and ErrNilStore besides the edges' errors; stores return the arena's
+// sentinels (arena.ErrFull, arena.ErrStale, arena.ErrBadToken,
+// arena.ErrClosed, ...) and ErrReferenced. All are matched with errors.Is.
+// An error that matches several sentinels reads with one "message:"
+// prefix. A token that does not match a live message is reported as a
+// "stale or foreign token": tokens carry no store identity, so a freed
+// token and one from another store look alike. Bad input never panics and
+// never loses a slot.
 //
 // # Safe to close
 //

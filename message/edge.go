@@ -66,7 +66,8 @@ const (
 // BestEffort and Background, order is FIFO by admission.
 //
 // The fast paths (a send that fits, a receive from a non-empty edge) take
-// one mutex and allocate nothing.
+// one mutex and allocate nothing. SendBatch and RecvBatch take it once for
+// many tokens.
 type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.
@@ -219,7 +220,7 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	if e.adm != nil {
 		deadline, info, err := e.adm.admitInfo(t)
 		if err != nil {
-			return 0, fmt.Errorf("message: send %v: %w", t, err)
+			return 0, withContext("send "+t.String(), err)
 		}
 		q.deadline, q.size = deadline, uint32(info>>32)
 		if info&infoDegrade != 0 {
@@ -229,7 +230,7 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	} else {
 		h, err := e.hs.Header(t)
 		if err != nil {
-			return 0, fmt.Errorf("message: send %v: %w", t, err)
+			return 0, withContext("send "+t.String(), err)
 		}
 		q.deadline, q.size, q.flags = h.Deadline, h.Size, h.Flags&DegradeAllowed
 		qos = h.QoS
@@ -257,6 +258,24 @@ func (e *Edge) abandonLocked(l *waitList, w *waiter) {
 
 // enqueueLocked appends q to its lane and wakes one receiver.
 func (e *Edge) enqueueLocked(q *queued, lane int) {
+	e.pushLocked(q, lane)
+	e.wakeReceiverLocked()
+}
+
+// wakeReceiverLocked unlinks the first parked receiver, if any, for the
+// sender to signal once it has released the lock (see send).
+func (e *Edge) wakeReceiverLocked() {
+	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
+		// Unlink now, signal after unlocking: the receiver does not wake
+		// up only to block on the lock the sender still holds.
+		e.recvq.remove(w)
+		e.wakeRecv = w
+	}
+}
+
+// pushLocked appends q to its lane and does the accounting; it wakes no
+// one.
+func (e *Edge) pushLocked(q *queued, lane int) {
 	e.seq++
 	d := e.lanes[lane].push()
 	d.tok, d.seq, d.deadline, d.size, d.flags = q.tok, e.seq, q.deadline, q.size, q.flags
@@ -269,12 +288,6 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 	e.st.Admitted++
 	if e.n > e.st.HighWater {
 		e.st.HighWater = e.n
-	}
-	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
-		// Unlink now, signal after unlocking: the receiver does not wake
-		// up only to block on the lock the sender still holds.
-		e.recvq.remove(w)
-		e.wakeRecv = w
 	}
 }
 

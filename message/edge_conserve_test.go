@@ -18,7 +18,8 @@ import (
 // TestEdgeConcurrentConservation is the concurrent companion of
 // FuzzEdgeModel: several goroutines Put, Send (blocking, with a timeout),
 // TrySend, fan out, Recv, TryRecv and Free at random over a small store and
-// three edges with different admission modes, with real-time deadlines, and
+// three edges with different admission modes (single sends and receives
+// and SendBatch / RecvBatch), with real-time deadlines, and
 // one edge is closed halfway. Timing makes the outcomes nondeterministic, so
 // only conservation is checked:
 //
@@ -166,11 +167,35 @@ func conserveRun(t *testing.T, pols [3]Policy, workers, ops int, seed uint64) {
 						continue
 					}
 					mine = append(mine, conserveHeld{tok: tok, id: id})
-				case op < 45 && len(mine) > 0: // send
+				case op < 40 && len(mine) > 0: // send
 					k := rng.IntN(len(mine))
 					if send(e, mine[k]) {
 						take(k)
 					}
+				case op < 45 && len(mine) > 0: // SendBatch of the last 1-4 held
+					k := len(mine) - 1 - rng.IntN(min(4, len(mine)))
+					batch := mine[k:]
+					var ts [4]token.Token
+					for j, h := range batch {
+						ts[j] = h.tok
+						sent[h.id].Add(1)
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(300))*time.Microsecond)
+					n, err := e.SendBatch(ctx, ts[:len(batch)])
+					cancel()
+					if n < 0 || n > len(batch) || (err == nil) != (n == len(batch)) {
+						violate("SendBatch(%d) = %d, %v", len(batch), n, err)
+						n = max(0, min(n, len(batch)))
+					}
+					for _, h := range batch[n:] {
+						sent[h.id].Add(-1)
+					}
+					if err != nil && !errors.Is(err, ErrRejected) && !errors.Is(err, ErrEdgeClosed) && !errors.Is(err, context.DeadlineExceeded) {
+						violate("SendBatch: unexpected %v", err)
+					}
+					// The caller keeps batch[n:]: move them down over the sent.
+					kept := copy(mine[k:], batch[n:])
+					mine = mine[:k+kept]
 				case op < 55 && len(mine) > 0: // fan-out to two edges
 					k := rng.IntN(len(mine))
 					h := mine[k]
@@ -199,9 +224,24 @@ func conserveRun(t *testing.T, pols [3]Policy, workers, ops int, seed uint64) {
 					case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrEdgeClosed):
 						violate("Recv: %v", err)
 					}
-				case op < 80:
+				case op < 75:
 					if tok, ok := e.TryRecv(); ok {
 						got(tok)
+					}
+				case op < 80: // RecvBatch with a timeout
+					var dst [4]token.Token
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(300))*time.Microsecond)
+					n, err := e.RecvBatch(ctx, dst[:1+rng.IntN(4)])
+					cancel()
+					switch {
+					case err == nil && n > 0:
+						for _, tok := range dst[:n] {
+							got(tok)
+						}
+					case err == nil || n != 0:
+						violate("RecvBatch = %d, %v", n, err)
+					case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrEdgeClosed):
+						violate("RecvBatch: %v", err)
 					}
 				case len(mine) > 0: // Free
 					h := take(rng.IntN(len(mine)))

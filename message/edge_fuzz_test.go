@@ -351,6 +351,16 @@ func (m *efModel) send(ei int, msg *efMsg, tok token.Token, withCtx bool) bool {
 	if withCtx {
 		op = "Send(done ctx)"
 	}
+	return m.sendOutcome(ei, msg, tok, op, withCtx, err)
+}
+
+// sendOutcome checks err, the outcome of one send of tok (one reference of
+// msg, or with msg nil a token the caller cannot own) on edge ei, against
+// the model, and updates the model. It reports whether the reference moved
+// into the edge. withCtx says that the send could wait (with a done
+// context).
+func (m *efModel) sendOutcome(ei int, msg *efMsg, tok token.Token, op string, withCtx bool, err error) bool {
+	me := m.edges[ei]
 	if msg == nil {
 		m.logf("e%d.%s(%v, not owned) = %v", ei, op, tok, err)
 		want := arena.ErrStale
@@ -516,10 +526,81 @@ func (m *efModel) recv(ei int, withCtx bool) {
 		got, ok = me.e.TryRecv()
 		m.logf("e%d.TryRecv() = %v, %v", ei, got, ok)
 	}
-	// The oldest LatencyCritical message, else the oldest other one;
-	// expired ones met on the way are freed, late DegradeAllowed ones
-	// delivered.
-	var want *efMsg
+	want := m.next(ei)
+	if want == nil {
+		if ok {
+			m.fail("e%d: received %v, want nothing", ei, got)
+		}
+		if withCtx {
+			m.wantRecvErr(ei, "Recv(done ctx)", err)
+		}
+		return
+	}
+	if !ok || got != want.tok {
+		m.fail("e%d: received %v (ok %v, err %v), want %v (message %d)", ei, got, ok, err, want.tok, want.id)
+	}
+	m.received(got, want)
+}
+
+// recvBatch receives up to size tokens from edge ei with RecvBatch and a
+// done context, and checks what arrives.
+func (m *efModel) recvBatch(ei int, size int) {
+	me := m.edges[ei]
+	var dst [8]token.Token
+	n, err := me.e.RecvBatch(efDone, dst[:size])
+	m.logf("e%d.RecvBatch(done ctx, %d) = %d %v, %v", ei, size, n, dst[:n], err)
+	var wants []*efMsg
+	for len(wants) < size {
+		w := m.next(ei)
+		if w == nil {
+			break
+		}
+		wants = append(wants, w)
+	}
+	if size == 0 {
+		if n != 0 || err != nil {
+			m.fail("e%d.RecvBatch of an empty slice = %d, %v; want 0, nil", ei, n, err)
+		}
+		return
+	}
+	if len(wants) == 0 {
+		if n != 0 {
+			m.fail("e%d.RecvBatch = %d %v, want nothing", ei, n, dst[:n])
+		}
+		m.wantRecvErr(ei, "RecvBatch(done ctx)", err)
+		return
+	}
+	if err != nil || n != len(wants) {
+		m.fail("e%d.RecvBatch(%d) = %d %v, %v; want %d tokens", ei, size, n, dst[:n], err, len(wants))
+	}
+	if n > 1 {
+		efBatches.multiRecv++
+	}
+	for i, w := range wants {
+		if dst[i] != w.tok {
+			m.fail("e%d.RecvBatch: token %d is %v, want %v (message %d)", ei, i, dst[i], w.tok, w.id)
+		}
+		m.received(dst[i], w)
+	}
+}
+
+// wantRecvErr checks the error of a waiting receive that found nothing.
+func (m *efModel) wantRecvErr(ei int, op string, err error) {
+	wantErr := context.Canceled
+	if m.edges[ei].closed {
+		wantErr = ErrEdgeClosed
+	}
+	if !errors.Is(err, wantErr) {
+		m.fail("e%d.%s on an empty edge = %v, want %v", ei, op, err, wantErr)
+	}
+}
+
+// next takes the model's next delivery from edge ei: the oldest
+// LatencyCritical message, else the oldest other one; expired ones met on
+// the way are freed, late DegradeAllowed ones delivered. It returns nil when
+// nothing is deliverable.
+func (m *efModel) next(ei int) *efMsg {
+	me := m.edges[ei]
 	for len(me.q) > 0 {
 		i := 0
 		for j, q := range me.q {
@@ -539,27 +620,13 @@ func (m *efModel) recv(ei int, withCtx bool) {
 			me.st.Late++
 		}
 		me.st.Delivered++
-		want = q.msg
-		break
+		return q.msg
 	}
-	if want == nil {
-		if ok {
-			m.fail("e%d: received %v, want nothing", ei, got)
-		}
-		if withCtx {
-			wantErr := context.Canceled
-			if me.closed {
-				wantErr = ErrEdgeClosed
-			}
-			if !errors.Is(err, wantErr) {
-				m.fail("e%d.Recv(done ctx) on an empty edge = %v, want %v", ei, err, wantErr)
-			}
-		}
-		return
-	}
-	if !ok || got != want.tok {
-		m.fail("e%d: received %v (ok %v, err %v), want %v (message %d)", ei, got, ok, err, want.tok, want.id)
-	}
+	return nil
+}
+
+// received records a reference the test now holds and checks its message.
+func (m *efModel) received(got token.Token, want *efMsg) {
 	m.held = append(m.held, want)
 	var p efPayload
 	if err := m.s.View(got, func(msg *Message[efPayload]) { p = msg.Payload }); err != nil {
@@ -572,6 +639,73 @@ func (m *efModel) recv(ei int, withCtx bool) {
 	if err != nil || hd.Seq != want.id || hd.QoS != want.h.qos || hd.Size != want.h.size {
 		m.fail("received %v: Header = %+v, %v; want message %d %v", got, hd, err, want.id, want.h)
 	}
+}
+
+// sendBatch sends up to count held references, starting at held index
+// start, plus with extra a token the test cannot own at position at, with
+// SendBatch and a done context, and checks the outcome token by token: the
+// edge must take the longest prefix the model admits and refuse the next
+// token for a reason the model gives.
+func (m *efModel) sendBatch(ei int, start, count int, extra bool, bad token.Token, at int) {
+	me := m.edges[ei]
+	type item struct {
+		msg *efMsg
+		tok token.Token
+	}
+	var items []item
+	for i := 0; i < count && i < len(m.held); i++ {
+		msg := m.held[(start+i)%len(m.held)]
+		items = append(items, item{msg, msg.tok})
+	}
+	if extra {
+		at %= len(items) + 1
+		items = append(items[:at], append([]item{{nil, bad}}, items[at:]...)...)
+	}
+	ts := make([]token.Token, len(items))
+	for i, it := range items {
+		ts[i] = it.tok
+	}
+	n, err := me.e.SendBatch(efDone, ts)
+	m.logf("e%d.SendBatch(done ctx, %v) = %d, %v", ei, ts, n, err)
+	if len(ts) == 0 {
+		if n != 0 || err != nil {
+			m.fail("e%d.SendBatch of an empty slice = %d, %v; want 0, nil", ei, n, err)
+		}
+		return
+	}
+	if n < 0 || n > len(ts) || (err == nil) != (n == len(ts)) {
+		m.fail("e%d.SendBatch(%d tokens) = %d, %v: n and err disagree", ei, len(ts), n, err)
+	}
+	for i, it := range items[:n] {
+		if !m.sendOutcome(ei, it.msg, it.tok, fmt.Sprintf("SendBatch[%d]", i), true, nil) {
+			m.fail("e%d.SendBatch admitted token %d (%v), the model refuses it", ei, i, it.tok)
+		}
+		m.dropHeld(it.msg)
+	}
+	if n == len(items) {
+		efBatches.whole++
+	} else {
+		efBatches.partial++
+		it := items[n]
+		if m.sendOutcome(ei, it.msg, it.tok, fmt.Sprintf("SendBatch[%d]", n), true, err) {
+			m.fail("e%d.SendBatch refused token %d (%v): %v; the model admits it", ei, n, it.tok, err)
+		}
+	}
+}
+
+// efBatches counts batch outcomes, so that TestEdgeModelSeeds can check
+// that its inputs reach them. Only single-goroutine tests touch it.
+var efBatches struct{ whole, partial, multiRecv int }
+
+// dropHeld removes one held reference of msg.
+func (m *efModel) dropHeld(msg *efMsg) {
+	for i := len(m.held) - 1; i >= 0; i-- {
+		if m.held[i] == msg {
+			m.takeHeld(i)
+			return
+		}
+	}
+	m.fail("model: no held reference of message %d", msg.id)
 }
 
 func (m *efModel) free(k int) {
@@ -689,15 +823,23 @@ func (m *efModel) step(b0, b1, b2 byte) {
 	switch k := b0 & 15; k {
 	case 0, 1: // Put
 		m.put(m.decodeHdr(b1, b2))
-	case 2, 3, 8: // TrySend, Send with a done context
+	case 3: // SendBatch of 0-7 held references, maybe with a bad token
+		start := 0
+		if k, ok := pickHeld(); ok {
+			start = k
+		}
+		m.sendBatch(ei, start, int(b2&7), b2&8 != 0, m.notOwned(b1), int(b2>>4))
+	case 2, 8: // TrySend, Send with a done context
 		if k, ok := pickHeld(); ok {
 			msg := m.held[k]
 			if m.send(ei, msg, msg.tok, b0&15 == 8) {
 				m.takeHeld(k)
 			}
 		}
-	case 4, 5, 9: // TryRecv, Recv with a done context
+	case 4, 9: // TryRecv, Recv with a done context
 		m.recv(ei, b0&15 == 9)
+	case 5: // RecvBatch of 0-7 with a done context
+		m.recvBatch(ei, int(b1&7))
 	case 6: // fan-out: Retain, then a send on each edge
 		k, ok := pickHeld()
 		if !ok {
@@ -943,6 +1085,34 @@ func efSeeds() [][]byte {
 		efPut(BestEffort, efPast, false, 0), send(1, 255), efPut(BestEffort, efPast, true, 0), send(1, 255),
 		efOp(1, 12, 4, 0), efOp(1, 12, 0, 0), efOp(1, 9, 0, 0), efOp(1, 9, 0, 0),
 	))
+	// Batches: SendBatch past the cap of each mode (a partial batch), with
+	// an expired message and a bad token in the middle; RecvBatch across
+	// both lanes, past expired messages, and of an empty slice.
+	sendBatch := func(edge int, k, count byte, bad bool, at byte) []byte {
+		b2 := count & 7
+		if bad {
+			b2 |= 8 | at<<4
+		}
+		return efOp(edge, 3, k, b2)
+	}
+	recvBatch := func(edge int, size byte) []byte { return efOp(edge, 5, size, 0) }
+	for adm := Block; adm <= DeadlineQoS; adm++ {
+		s := cat([]byte{7}, pol(4, 2, adm, 0, 0), pol(0, 0, adm, 5, 3))
+		for i := 0; i < 6; i++ {
+			s = cat(s, efPut(QoS(1+i%3), efNone, i == 4, byte(2+i)))
+		}
+		s = cat(s,
+			sendBatch(0, 0, 6, false, 0), // 4 fit, then the mode decides
+			recvBatch(0, 3), recvBatch(0, 0), recvBatch(0, 7), recvBatch(0, 1),
+			efPut(BestEffort, efPast, false, 1), efPut(LatencyCritical, efSoon, false, 1),
+			sendBatch(1, 0, 7, true, 2),
+			sendBatch(1, 0, 7, false, 0),
+			warp, recvBatch(1, 7), recvBatch(1, 7),
+			sendBatch(0, 0, 0, false, 0), // empty
+			efOp(0, 12, 0, 0), sendBatch(0, 0, 2, false, 0), recvBatch(0, 2),
+		)
+		seeds = append(seeds, s)
+	}
 	return seeds
 }
 
@@ -956,8 +1126,12 @@ func FuzzEdgeModel(f *testing.F) {
 // TestEdgeModelSeeds runs the model on the seeds and on pseudo-random
 // inputs, so the default test run covers it even without -fuzz.
 func TestEdgeModelSeeds(t *testing.T) {
+	efBatches.whole, efBatches.partial, efBatches.multiRecv = 0, 0, 0
 	for i, s := range efSeeds() {
 		t.Run(fmt.Sprint("seed", i), func(t *testing.T) { fuzzEdgeModel(t, s) })
+	}
+	if efBatches.whole == 0 || efBatches.partial < 4 || efBatches.multiRecv < 4 {
+		t.Errorf("the seeds miss a batch outcome: %+v", efBatches)
 	}
 	n := 400
 	if testing.Short() {
@@ -984,7 +1158,7 @@ func TestEdgeModelSeeds(t *testing.T) {
 		sum.Drained += st.Drained
 		sum.Waited += st.Waited
 	}
-	t.Logf("random inputs, totals: %+v", sum)
+	t.Logf("random inputs, totals: %+v; batches (seeds included): %+v", sum, efBatches)
 	// The random inputs must reach every outcome the model knows.
 	if sum.Admitted == 0 || sum.Rejected == 0 || sum.Invalid == 0 || sum.Evicted == 0 || sum.Expired == 0 ||
 		sum.Delivered == 0 || sum.Late == 0 || sum.Drained == 0 || sum.Waited == 0 {

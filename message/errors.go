@@ -3,6 +3,7 @@ package message
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors of the message runtime. Match them with errors.Is. Store
@@ -31,6 +32,15 @@ var (
 	// ErrBadGraph means a Graph was wired incorrectly; the wrapping error
 	// says where.
 	ErrBadGraph = errors.New("message: bad graph")
+	// ErrGraphCycle means a Graph's edges form a cycle (a stage feeding its
+	// own input, directly or through other nodes): a graceful Stop could
+	// never finish. Errors matching it also match ErrBadGraph and name the
+	// nodes of the cycle.
+	ErrGraphCycle = errors.New("message: graph has a cycle")
+	// ErrNilEdge means a nil *Edge was passed where an edge is needed.
+	ErrNilEdge = errors.New("message: nil edge")
+	// ErrNilStore means a nil store was passed where one is needed.
+	ErrNilStore = errors.New("message: nil store")
 	// ErrTooManyRefs means Retain would overflow a message's reference count.
 	ErrTooManyRefs = errors.New("message: too many references")
 	// ErrTooLarge means a payload does not fit in a byte store's slot.
@@ -45,27 +55,47 @@ var ErrReferenced = errors.New("message: store closed with references outstandin
 
 // Pre-built errors for the send paths: returning them allocates nothing,
 // which matters when an overloaded edge refuses millions of messages. Each
-// reads as one sentence while matching every sentinel it names.
+// reads with one "message:" prefix and matches every sentinel it names.
 var (
-	errFullDropNewest = multiError("message: edge full (DropNewest: newest message refused)", ErrEdgeFull, ErrRejected)
-	errFullTrySend    = multiError("message: edge full (Block: TrySend would have to wait)", ErrEdgeFull, ErrRejected)
-	errFullNoVictim   = multiError("message: edge full (DeadlineQoS: nothing of equal or lower QoS to evict)", ErrEdgeFull, ErrRejected)
+	errFullDropNewest = multiSentinel("message: edge full (DropNewest: newest message refused)", ErrEdgeFull, ErrRejected)
+	errFullTrySend    = multiSentinel("message: edge full (Block: TrySend would have to wait)", ErrEdgeFull, ErrRejected)
+	errFullNoVictim   = multiSentinel("message: edge full (DeadlineQoS: nothing of equal or lower QoS to evict)", ErrEdgeFull, ErrRejected)
 	errShedBackground = fmt.Errorf("%w: DeadlineQoS edge at or above its soft cap sheds Background messages", ErrRejected)
 	errOverMaxBytes   = fmt.Errorf("%w: message Size exceeds the edge's MaxBytes and could never fit", ErrRejected)
 	errBadQoS         = fmt.Errorf("%w: QoS is not Background, BestEffort or LatencyCritical", ErrRejected)
-	errExpiredOnSend  = multiError("message: rejected by edge policy: deadline passed", ErrRejected, ErrExpired)
+	errExpiredOnSend  = multiSentinel("message: rejected by edge policy: deadline passed", ErrRejected, ErrExpired)
 	errSendClosed     = fmt.Errorf("%w: send refused", ErrEdgeClosed)
 	errCloseTwice     = fmt.Errorf("%w: already closed", ErrEdgeClosed)
 )
 
-// sentinels is an error with its own text that matches several sentinels
-// (fmt.Errorf with two %w would repeat their "message:" prefixes).
-type sentinels struct {
+// sentinelsError is an error with its own text that matches several
+// sentinels with errors.Is. fmt.Errorf("%w: %w", a, b) would repeat the
+// package prefix of both.
+type sentinelsError struct {
 	msg  string
 	errs []error
 }
 
-func multiError(msg string, errs ...error) error { return &sentinels{msg: msg, errs: errs} }
+func multiSentinel(msg string, errs ...error) error { return &sentinelsError{msg: msg, errs: errs} }
 
-func (e *sentinels) Error() string   { return e.msg }
-func (e *sentinels) Unwrap() []error { return e.errs }
+func (e *sentinelsError) Error() string   { return e.msg }
+func (e *sentinelsError) Unwrap() []error { return e.errs }
+
+// contextError adds context to an error and keeps one "message:" prefix:
+// "message: <what>: <err without its own message: prefix>".
+type contextError struct {
+	msg string
+	err error
+}
+
+func (e *contextError) Error() string { return e.msg }
+func (e *contextError) Unwrap() error { return e.err }
+
+// withContext wraps err (matched by errors.Is through the result) with
+// what, keeping one "message:" prefix. It allocates: use it on error paths
+// only.
+func withContext(what string, err error) error {
+	return &contextError{msg: pkgPrefix + what + ": " + strings.TrimPrefix(err.Error(), pkgPrefix), err: err}
+}
+
+const pkgPrefix = "message: "

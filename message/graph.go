@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cella-go/cella/token"
 )
@@ -46,6 +49,16 @@ type SinkFunc func(ctx context.Context, t token.Token) error
 // workers stop at once and whatever is still queued is freed. Either way,
 // when Run returns no token is left in the graph's edges.
 //
+// The graph must be acyclic (a stage may not feed its own input, directly
+// or through other nodes) and every edge must be built on the graph's
+// store; Run checks both and returns ErrGraphCycle (naming the nodes) or
+// ErrBadGraph. Workers receive with RecvBatch, up to 16 tokens at a time
+// and at most their share of what is queued, and stages send what they
+// emitted with SendBatch (see Emitter.Emit). A node whose function takes
+// more than about a microsecond per token gets one token at a time, so
+// that a batch never holds tokens back long from expiry, eviction or the
+// next node.
+//
 // Build the graph, then call Run once.
 type Graph struct {
 	rs    RefStore
@@ -69,7 +82,11 @@ type node struct {
 
 // NewGraph returns an empty graph whose tokens live in rs.
 func NewGraph(rs RefStore) *Graph {
-	return &Graph{rs: rs, stop: make(chan struct{})}
+	g := &Graph{rs: rs, stop: make(chan struct{})}
+	if rs == nil {
+		g.err = fmt.Errorf("%w: NewGraph needs the store its tokens live in", ErrNilStore)
+	}
+	return g
 }
 
 // Source adds a node that runs fn on workers goroutines and emits to out.
@@ -154,7 +171,7 @@ func (g *Graph) Run(ctx context.Context) error {
 				defer wg.Done()
 				defer g.retire(n, edges)
 				if err := g.work(n, runCtx, srcCtx); err != nil && runCtx.Err() == nil {
-					abort(fmt.Errorf("message: node %q: %w", n.name, err))
+					abort(withContext(fmt.Sprintf("node %q", n.name), err))
 				}
 			}()
 		}
@@ -206,7 +223,80 @@ func (g *Graph) wire() (map[*Edge]*edgeState, error) {
 			}
 		}
 	}
+	graphStore := storeIdentity(g.rs)
+	for _, n := range g.nodes {
+		if n.in != nil && !sameStore(storeIdentity(n.in.hs), graphStore) {
+			return nil, fmt.Errorf("%w: the input edge of %q was built on another store than the graph's", ErrBadGraph, n.name)
+		}
+		for i, e := range n.outs {
+			if !sameStore(storeIdentity(e.hs), graphStore) {
+				return nil, fmt.Errorf("%w: output edge %d of %q was built on another store than the graph's", ErrBadGraph, i, n.name)
+			}
+		}
+	}
+	if err := g.findCycle(); err != nil {
+		return nil, err
+	}
 	return edges, nil
+}
+
+// findCycle returns an error matching ErrGraphCycle and ErrBadGraph that
+// names the nodes of a cycle, if the graph has one. In a cycle no edge can
+// be closed before the others, so a graceful Stop could never finish.
+func (g *Graph) findCycle() error {
+	consumer := map[*Edge]*node{}
+	for _, n := range g.nodes {
+		if n.in != nil {
+			consumer[n.in] = n
+		}
+	}
+	const (
+		unseen = iota
+		onPath
+		done
+	)
+	color := map[*node]int{}
+	var path []*node
+	var visit func(n *node) []*node
+	visit = func(n *node) []*node {
+		color[n] = onPath
+		path = append(path, n)
+		for _, e := range n.outs {
+			next := consumer[e]
+			if next == nil {
+				continue
+			}
+			switch color[next] {
+			case onPath:
+				for i, p := range path {
+					if p == next {
+						return append(path[i:len(path):len(path)], next)
+					}
+				}
+			case unseen:
+				if c := visit(next); c != nil {
+					return c
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		color[n] = done
+		return nil
+	}
+	for _, n := range g.nodes {
+		if color[n] != unseen {
+			continue
+		}
+		if c := visit(n); c != nil {
+			names := make([]string, len(c))
+			for i, n := range c {
+				names[i] = strconv.Quote(n.name)
+			}
+			return multiSentinel("message: bad graph: cycle "+strings.Join(names, " -> ")+
+				" (a graceful Stop could never finish)", ErrBadGraph, ErrGraphCycle)
+		}
+	}
+	return nil
 }
 
 // retire closes each output edge of n once its last feeding worker is done.
@@ -217,6 +307,11 @@ func (g *Graph) retire(n *node, edges map[*Edge]*edgeState) {
 		}
 	}
 }
+
+// graphBatch is the most tokens a Graph worker receives at once with
+// RecvBatch, and the most emitted tokens a stage holds before it sends them
+// with SendBatch.
+const graphBatch = 16
 
 // work runs one worker of n until its input is drained, its source is done,
 // or the graph aborts.
@@ -230,33 +325,78 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		}
 		return err
 	}
+	if n.stage != nil && len(n.outs) > 0 {
+		out.pending = make([]token.Token, 0, graphBatch)
+	}
+	var buf [graphBatch]token.Token
+	limit := 1 // until the node function is timed
 	for {
-		t, err := n.in.Recv(runCtx)
+		// Take a share of what is queued: with several workers on one
+		// edge, one of them must not take a whole burst while the others
+		// idle.
+		k, err := n.in.recv(runCtx, buf[:limit], n.workers)
 		if err != nil {
 			if errors.Is(err, ErrEdgeClosed) || runCtx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if n.stage != nil {
-			err = n.stage(runCtx, t, out)
-		} else {
-			err = n.sink(runCtx, t)
-			if ferr := g.rs.Free(t); err == nil && ferr != nil {
-				err = ferr
+		// Tokens taken together wait in buf for their turn, where the edge
+		// can no longer expire or evict them, and a stage's emits wait for
+		// the batch's end. That is worth it only while each token is quick
+		// to handle: time the batch (two clock reads per batch) and fall
+		// back to one token at a time for slow node functions.
+		var start int64
+		if k > 1 || limit == 1 {
+			start = Now()
+		}
+		for i, t := range buf[:k] {
+			if n.stage != nil {
+				err = n.stage(runCtx, t, out)
+			} else {
+				err = n.sink(runCtx, t)
+				if ferr := g.rs.Free(t); err == nil && ferr != nil {
+					err = ferr
+				}
+			}
+			if err != nil {
+				// The tokens received with t are still ours: free them,
+				// and what the stage emitted but we did not send yet.
+				for _, t := range buf[i+1 : k] {
+					_ = g.rs.Free(t)
+				}
+				out.discard()
+				return err
 			}
 		}
-		if err != nil {
+		if err := out.flush(); err != nil {
 			return err
+		}
+		if start != 0 {
+			limit = graphBatch
+			if (Now()-start)/int64(k) > graphSlowToken {
+				limit = 1
+			}
 		}
 	}
 }
+
+// graphSlowToken is the time per token above which a Graph worker stops
+// receiving in batches: a token then waits at most about 15 times this
+// behind the others of its batch.
+const graphSlowToken = int64(time.Microsecond)
 
 // Emitter sends tokens to a node's output edges.
 type Emitter struct {
 	rs    RefStore
 	edges []*Edge
 	ctx   context.Context
+	// pending holds a stage's emitted tokens (one reference per output
+	// edge each) until flush sends them with SendBatch: after the stage
+	// has handled the tokens it received together, when pending is full,
+	// or at once when a consumer of an output edge is parked waiting.
+	// Sources emit directly (pending is nil).
+	pending []token.Token
 }
 
 // Emit hands t to every output edge of the node and always takes the
@@ -266,6 +406,13 @@ type Emitter struct {
 // error only when the graph is stopping (a done context or a closed edge),
 // or when t is bad; then t has been freed too. A source's Emit honours the
 // source context, so a Block edge cannot hold up Stop.
+//
+// A source's Emit sends at once. A stage's Emit may hold t back briefly to
+// send it together with the other tokens the stage emits while handling
+// the tokens it received together (at most 16): it sends at once when a
+// consumer of an output edge is waiting, and in any case before the stage
+// receives again. An error of a held-back send (the graph stopping) is
+// then reported by the worker rather than by Emit.
 func (o *Emitter) Emit(t token.Token) error {
 	if len(o.edges) == 0 {
 		return o.rs.Free(t)
@@ -278,6 +425,13 @@ func (o *Emitter) Emit(t token.Token) error {
 			return err
 		}
 	}
+	if o.pending != nil {
+		o.pending = append(o.pending, t)
+		if len(o.pending) == cap(o.pending) || o.consumerWaiting() {
+			return o.flush()
+		}
+		return nil
+	}
 	var first error
 	for _, e := range o.edges {
 		if err := e.Send(o.ctx, t); err != nil {
@@ -288,6 +442,55 @@ func (o *Emitter) Emit(t token.Token) error {
 		}
 	}
 	return first
+}
+
+// consumerWaiting reports whether a receiver is parked on an output edge:
+// then holding tokens back costs latency for nothing.
+func (o *Emitter) consumerWaiting() bool {
+	for _, e := range o.edges {
+		if e.recvq.linked.Load() != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// flush sends the pending tokens to every output edge with SendBatch, with
+// the outcome Emit would have had for each token: a token an edge refuses
+// is freed (one reference per edge) and the send goes on with the next
+// one; the first refusal that is not a policy refusal is returned.
+func (o *Emitter) flush() error {
+	if len(o.pending) == 0 {
+		return nil
+	}
+	var first error
+	for _, e := range o.edges {
+		rest := o.pending
+		for len(rest) > 0 {
+			n, err := e.SendBatch(o.ctx, rest)
+			rest = rest[n:]
+			if err == nil {
+				break
+			}
+			o.rs.Free(rest[0])
+			rest = rest[1:]
+			if first == nil && !errors.Is(err, ErrRejected) {
+				first = err
+			}
+		}
+	}
+	o.pending = o.pending[:0]
+	return first
+}
+
+// discard frees the pending tokens (one reference per output edge each).
+func (o *Emitter) discard() {
+	for _, t := range o.pending {
+		for range o.edges {
+			_ = o.rs.Free(t)
+		}
+	}
+	o.pending = o.pending[:0]
 }
 
 // Free drops a reference the node holds (a stage dropping its input).

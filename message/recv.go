@@ -13,6 +13,31 @@ import (
 // closed and empty (returning ErrEdgeClosed). Expired messages met on the
 // way are freed, never returned.
 func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
+	var one [1]token.Token
+	_, err := e.recv(ctx, one[:], 1)
+	return one[0], err
+}
+
+// RecvBatch is Recv for up to len(dst) tokens under one acquisition of the
+// edge's lock. It waits exactly like Recv until at least one token is
+// deliverable, then moves every deliverable token it can, up to len(dst),
+// into dst[:n] in the order Recv would return them (the LatencyCritical
+// lane first), without waiting for more. The receiver owns every token in
+// dst[:n]. On error n is 0: ctx.Err() when ctx is done first, ErrEdgeClosed
+// once the edge is closed and empty. An empty dst returns 0, nil at once.
+func (e *Edge) RecvBatch(ctx context.Context, dst []token.Token) (n int, err error) {
+	if len(dst) == 0 {
+		return 0, nil
+	}
+	return e.recv(ctx, dst, 1)
+}
+
+// recv waits for at least one deliverable token and moves up to len(dst)
+// of them into dst; len(dst) must be at least 1. With share > 1 (the number
+// of goroutines consuming the edge together, as in a Graph node) it takes
+// at most a 1/share part of what is queued, rounded up, so one consumer
+// does not take a whole burst while the others idle.
+func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, error) {
 	if ctx == nil { // a nil context waits without a deadline, never panics
 		ctx = context.Background()
 	}
@@ -20,23 +45,41 @@ func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
 	var w *waiter
 	spins := 0
 	for {
-		if t, ok := e.popLocked(); ok {
-			if w != nil && !e.recvq.empty() && e.n > 0 {
-				// We were woken for one token; more may wait for others.
-				e.recvq.wake(e.recvq.head)
+		if e.n > 0 {
+			limit := len(dst)
+			if share > 1 {
+				limit = min(limit, (e.n+share-1)/share)
 			}
-			e.mu.Unlock()
-			if w != nil {
-				putWaiter(w)
+			k := 0
+			for k < limit {
+				t, ok := e.nextLocked()
+				if !ok {
+					break
+				}
+				dst[k] = t
+				k++
 			}
-			return t, nil
+			if e.sendq.head != nil {
+				e.wakeSendersLocked()
+			}
+			if k > 0 {
+				if w != nil && !e.recvq.empty() && e.n > 0 {
+					// We were woken for one token; more may wait for others.
+					e.recvq.wake(e.recvq.head)
+				}
+				e.mu.Unlock()
+				if w != nil {
+					putWaiter(w)
+				}
+				return k, nil
+			}
 		}
 		if e.closed {
 			e.mu.Unlock()
 			if w != nil {
 				putWaiter(w)
 			}
-			return token.Nil, ErrEdgeClosed
+			return 0, ErrEdgeClosed
 		}
 		if w == nil && spins < recvSpins {
 			// Empty: before parking (a futex round trip for both sides), give
@@ -65,7 +108,7 @@ func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
 			e.abandonLocked(&e.recvq, w)
 			e.mu.Unlock()
 			putWaiter(w)
-			return token.Nil, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }
@@ -77,17 +120,18 @@ const recvSpins = 2
 // deliverable is queued, whether or not the edge is closed.
 func (e *Edge) TryRecv() (token.Token, bool) {
 	e.mu.Lock()
-	t, ok := e.popLocked()
+	t, ok := e.nextLocked()
+	if e.sendq.head != nil {
+		e.wakeSendersLocked()
+	}
 	e.mu.Unlock()
 	return t, ok
 }
 
-// popLocked removes and returns the next deliverable token, freeing expired
-// ones it meets, and wakes senders if room was made.
-func (e *Edge) popLocked() (token.Token, bool) {
-	if e.n == 0 {
-		return token.Nil, false
-	}
+// nextLocked removes and returns the next deliverable token, freeing
+// expired ones it meets. It does not wake senders: callers do that once
+// per operation, after taking everything they take.
+func (e *Edge) nextLocked() (token.Token, bool) {
 	var now int64
 	for e.n > 0 {
 		lane := laneCritical
@@ -113,13 +157,7 @@ func (e *Edge) popLocked() (token.Token, bool) {
 			}
 		}
 		e.st.Delivered++
-		if e.sendq.head != nil {
-			e.wakeSendersLocked()
-		}
 		return q.tok, true
-	}
-	if e.sendq.head != nil {
-		e.wakeSendersLocked()
 	}
 	return token.Nil, false
 }

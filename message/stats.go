@@ -1,7 +1,10 @@
 package message
 
 // EdgeStats is a snapshot of an edge's counters and fill level. The
-// counters are exact: each is updated under the edge's lock.
+// counters are exact: each is updated under the edge's lock. A SendBatch
+// or RecvBatch counts like the Sends and Recvs of the tokens it moved,
+// plus the one refusal that stopped a SendBatch (in Rejected or Invalid);
+// a SendBatch that had to wait counts once in Waited.
 type EdgeStats struct {
 	Admitted   uint64 // sends that moved a reference in
 	Rejected   uint64 // sends refused by policy, a closed edge or a done context

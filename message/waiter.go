@@ -1,6 +1,9 @@
 package message
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // waiter is one goroutine parked in Send or Recv. Waiters form intrusive
 // FIFO lists under the edge's mutex; a waker unlinks a waiter and then
@@ -24,11 +27,17 @@ func putWaiter(w *waiter) {
 	waiterPool.Put(w)
 }
 
-type waitList struct{ head, tail *waiter }
+// waitList is a FIFO of parked waiters, changed under the edge's mutex.
+// linked counts its waiters and may be read without the mutex, as a hint.
+type waitList struct {
+	head, tail *waiter
+	linked     atomic.Int32
+}
 
 func (l *waitList) empty() bool { return l.head == nil }
 
 func (l *waitList) pushBack(w *waiter) {
+	l.linked.Add(1)
 	w.prev, w.next, w.linked = l.tail, nil, true
 	if l.tail != nil {
 		l.tail.next = w
@@ -39,6 +48,7 @@ func (l *waitList) pushBack(w *waiter) {
 }
 
 func (l *waitList) pushFront(w *waiter) {
+	l.linked.Add(1)
 	w.prev, w.next, w.linked = nil, l.head, true
 	if l.head != nil {
 		l.head.prev = w
@@ -49,6 +59,7 @@ func (l *waitList) pushFront(w *waiter) {
 }
 
 func (l *waitList) remove(w *waiter) {
+	l.linked.Add(-1)
 	if w.prev != nil {
 		w.prev.next = w.next
 	} else {

@@ -58,15 +58,16 @@ func (l *latencies) percentiles() (p50, p99 time.Duration) {
 func main() {
 	dur := flag.Duration("d", 2*time.Second, "how long to run")
 	slots := flag.Int("slots", 4096, "message store capacity")
+	urgent := flag.Duration("urgent", time.Millisecond, "deadline of the LatencyCritical readings")
 	flag.Parse()
-	if err := run(*dur, *slots); err != nil {
+	if err := run(*dur, *slots, *urgent); err != nil {
 		log.SetFlags(0)
 		log.Print(err)
 		os.Exit(1)
 	}
 }
 
-func run(dur time.Duration, slots int) error {
+func run(dur time.Duration, slots int, urgent time.Duration) error {
 	store, err := message.NewStore[reading](arena.Config{Slots: slots})
 	if err != nil {
 		return err
@@ -96,7 +97,10 @@ func run(dur time.Duration, slots int) error {
 		for seq := uint64(0); ctx.Err() == nil; seq++ {
 			h := message.Header{Seq: seq, Trace: seq, QoS: message.BestEffort, Size: 32}
 			if seq%64 == 0 {
+				// Urgent readings are worthless late: edges free them,
+				// never deliver them, once the deadline has passed.
 				h.QoS = message.LatencyCritical
+				h.SetDeadline(time.Now().Add(urgent))
 			}
 			t, err := store.Put(h, reading{Sensor: uint32(seq % 16), Value: float64(seq)})
 			if err != nil {

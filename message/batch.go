@@ -1,0 +1,195 @@
+package message
+
+import (
+	"context"
+
+	"github.com/cella-go/cella/token"
+)
+
+// sendChunk is how many tokens SendBatch checks outside the lock and then
+// admits under one acquisition of it. The checked entries live on the
+// stack; a longer batch takes the lock once per chunk.
+const sendChunk = 32
+
+// SendBatch moves ts[:n] into the edge, in order, and returns n; on error
+// the caller keeps ts[n:]. Each token is admitted exactly as Send would
+// admit it (the same admission mode, lanes, caps, deadline checks and
+// Stats), but up to 32 tokens at a time are admitted under one acquisition
+// of the edge's lock, and waiting receivers are woken once per acquisition,
+// not once per token.
+//
+// The batch stops at the first token that is refused: n is its index and
+// err says why (the same errors as Send: ErrRejected, ErrEdgeFull,
+// ErrExpired, ErrEdgeClosed, a bad or stale token, or ctx.Err()). That one
+// refusal is counted in Stats (Rejected or Invalid); the tokens after it
+// were not tried and are not counted.
+//
+// Under Block, a token that does not fit waits for room like Send, and the
+// rest of the batch follows as room appears: SendBatch returns once every
+// token is in the edge (n == len(ts), nil), or when ctx is done (the count
+// sent so far and ctx.Err()), or when the edge is closed (ErrEdgeClosed).
+// A batch waits in the FIFO queue of blocked senders; after it has sent
+// part of its batch it queues again behind the senders that were already
+// waiting, so a long batch cannot starve them. Stats.Waited counts one per
+// SendBatch call that had to wait. The other admission modes never wait:
+// the context is only looked at when a Block send has to wait, as with
+// Send. A nil ctx waits like context.Background(). An empty ts returns
+// 0, nil at once.
+func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err error) {
+	if len(ts) == 0 {
+		return 0, nil
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var qs [sendChunk]queued
+	var lanes [sendChunk]uint8
+	waited := false
+	for n < len(ts) {
+		chunk := ts[n:min(len(ts), n+sendChunk)]
+		// Check outside the lock, as Send does, and stop at the first
+		// token that is bad in itself; it is reported only if every token
+		// before it gets in.
+		valid := len(chunk)
+		var cerr error
+		invalid := false
+		var now int64
+		for i, t := range chunk {
+			q := &qs[i]
+			lane, err := e.check(t, q)
+			if err != nil {
+				valid, cerr, invalid = i, err, true
+				break
+			}
+			if q.deadline != 0 && !q.flags.Has(DegradeAllowed) {
+				if now == 0 {
+					now = Now()
+				}
+				if now > q.deadline {
+					valid, cerr = i, errExpiredOnSend
+					break
+				}
+			}
+			lanes[i] = uint8(lane)
+		}
+		k, err := e.admitBatch(ctx, qs[:valid], lanes[:valid], &waited)
+		n += k
+		if err != nil {
+			return n, err
+		}
+		if cerr != nil {
+			if invalid {
+				e.invalid.Add(1)
+			} else {
+				e.mu.Lock()
+				e.st.Rejected++
+				e.mu.Unlock()
+			}
+			return n, cerr
+		}
+	}
+	return n, nil
+}
+
+// admitBatch admits qs in order under one acquisition of the lock (more
+// when it has to wait for room) and returns how many it admitted. On error
+// the refusal has been counted in Stats.
+func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waited *bool) (int, error) {
+	if len(qs) == 0 {
+		return 0, nil
+	}
+	e.mu.Lock()
+	var w *waiter
+	i, progress, pushed := 0, false, false
+	var err error
+	for i < len(qs) {
+		if e.closed {
+			err = errSendClosed
+			break
+		}
+		// Like send: queue behind senders that are already waiting unless
+		// we are the one that was woken.
+		if w != nil || e.sendq.head == nil {
+			q, lane := &qs[i], int(lanes[i])
+			if e.pol.fits(e.n, e.bytes, int64(q.size)) &&
+				(lane != laneBackground || e.pol.Admission != DeadlineQoS || !e.pol.softReached(e.n, e.bytes)) {
+				// Fast path of admitLocked: it fits and is not shed. The
+				// receiver is woken once, after the loop.
+				e.pushLocked(q, lane)
+				i++
+				progress, pushed = true, true
+				continue
+			}
+			var ok bool
+			ok, err = e.admitLocked(q, lane)
+			if err != nil {
+				break
+			}
+			if ok {
+				i++
+				progress = true
+				continue
+			}
+		}
+		// Block mode, no room: wait for it.
+		if w == nil {
+			w = getWaiter()
+			e.sendq.pushBack(w)
+			if !*waited {
+				*waited = true
+				e.st.Waited++
+			}
+		} else if progress {
+			// Woken, sent part of the batch, full again: queue behind the
+			// senders that waited meanwhile.
+			e.sendq.pushBack(w)
+		} else {
+			// Woken but beaten to the room: keep our place at the front.
+			e.sendq.pushFront(w)
+		}
+		w.need = int64(qs[i].size)
+		progress = false
+		if pushed {
+			e.wakeReceiverLocked()
+			pushed = false
+		}
+		// What we admitted so far may have a receiver to wake; it must not
+		// wait for the rest of the batch (it may be what makes room).
+		wr := e.wakeRecv
+		e.wakeRecv = nil
+		e.mu.Unlock()
+		if wr != nil {
+			wr.ch <- struct{}{}
+		}
+		if w.wait(ctx.Done()) {
+			e.mu.Lock()
+			continue
+		}
+		e.mu.Lock()
+		e.abandonLocked(&e.sendq, w)
+		// Our wake-up may have been meant for room another sender can use.
+		e.wakeSendersLocked()
+		err = ctx.Err()
+		break
+	}
+	if err != nil {
+		e.st.Rejected++
+	}
+	if pushed {
+		e.wakeReceiverLocked()
+	}
+	if !e.sendq.empty() {
+		// Room may remain for the next waiting sender (wakes chain).
+		e.wakeSendersLocked()
+	}
+	wr := e.wakeRecv
+	e.wakeRecv = nil
+	e.mu.Unlock()
+	if wr != nil {
+		wr.ch <- struct{}{}
+	}
+	if w != nil {
+		putWaiter(w)
+	}
+	return i, err
+}

@@ -1,0 +1,63 @@
+package message
+
+import (
+	"context"
+	"math"
+	"time"
+)
+
+// DeadlineAt converts t, a time from Go's clocks (time.Now().Add(d), a
+// context's deadline, a parsed wall-clock time), to the Now() clock of
+// Header.Deadline. A time with a monotonic reading (anything derived from
+// time.Now) converts exactly on the monotonic clock, so setting the system
+// clock does not move it; a wall-clock-only time is converted through the
+// wall clock. The zero time means no deadline and returns 0. A time
+// before the process started returns 1, a deadline that has passed; the
+// result is never 0 for a non-zero t.
+func DeadlineAt(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	// Now() is time.Since(epoch) + 1: the same offset here. Sub saturates at
+	// the extreme durations, which only the checks below have to handle.
+	d := t.Sub(epoch)
+	if d <= 0 {
+		return 1
+	}
+	if d == math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(d) + 1
+}
+
+// DeadlineFromContext returns ctx's deadline on the Now() clock and true,
+// or 0 and false when ctx has no deadline (or is nil). A message created
+// on behalf of a request can carry the request's deadline:
+//
+//	h.Deadline, _ = message.DeadlineFromContext(ctx)
+//
+// (0 when there is none, which means no deadline.)
+func DeadlineFromContext(ctx context.Context) (int64, bool) {
+	if ctx == nil {
+		return 0, false
+	}
+	t, ok := ctx.Deadline()
+	if !ok {
+		return 0, false
+	}
+	return DeadlineAt(t), true
+}
+
+// SetDeadline sets h.Deadline to t (see DeadlineAt); the zero time clears
+// it.
+func (h *Header) SetDeadline(t time.Time) { h.Deadline = DeadlineAt(t) }
+
+// DeadlineTime converts h.Deadline back to a time.Time with a monotonic
+// reading, for context.WithDeadline or time.Until; it reports false when h
+// has no deadline.
+func (h *Header) DeadlineTime() (time.Time, bool) {
+	if h.Deadline == 0 {
+		return time.Time{}, false
+	}
+	return epoch.Add(time.Duration(h.Deadline - 1)), true
+}
