@@ -343,6 +343,45 @@ func (s *Set) Push(home int, idx uint32) {
 	s.pushChain(&s.shards[home], idx, idx)
 }
 
+// Detach takes shard's whole freelist with one CAS, for a caller that works
+// on the free slots themselves (Trim) and then gives every one of them back
+// with Reattach. It returns the first index of the chain (follow it with
+// Next); ok is false if the freelist was empty.
+//
+// Between Detach and Reattach the slots are in the caller's hands like a
+// thief's batch: Detach counts a steal in progress, so a Pop that finds the
+// Set empty meanwhile reports Busy, not empty. Every Detach that returns ok
+// must be followed by Reattach; one that returns !ok has nothing to give
+// back and has already ended its steal.
+func (s *Set) Detach(shard int) (first uint32, ok bool) {
+	st := &s.shards[shard]
+	s.steals.Add(1)
+	for {
+		old := st.head.Load()
+		top := uint32(old)
+		if top == 0 {
+			s.steals.Add(^uint64(0))
+			return 0, false
+		}
+		if st.head.CompareAndSwap(old, (old>>32+1)<<32) {
+			return top - 1, true
+		}
+	}
+}
+
+// Next returns the index after idx in a chain taken by Detach.
+func (s *Set) Next(idx uint32) (next uint32, ok bool) {
+	n := atomic.LoadUint32(s.link(idx))
+	return n - 1, n != 0
+}
+
+// Reattach pushes the chain first → … → last that Detach took back onto
+// shard's freelist and ends the steal Detach began.
+func (s *Set) Reattach(shard int, first, last uint32) {
+	s.pushChain(&s.shards[shard], first, last)
+	s.steals.Add(stealDone - 1)
+}
+
 // popList pops one index from st's freelist.
 func (s *Set) popList(st *shardState) (uint32, bool) {
 	for {

@@ -557,3 +557,65 @@ func BenchmarkSetPopEmpty(b *testing.B) {
 		})
 	}
 }
+
+// Detach takes a whole freelist, counts as a steal in progress until
+// Reattach (a Pop that finds nothing meanwhile reports Busy, not empty),
+// and Reattach gives every slot back.
+func TestSetDetachReattach(t *testing.T) {
+	links := make([]uint32, 8)
+	s := shard.New(8, 1, unsafe.Pointer(&links[0]), 4)
+	var got []uint32
+	for {
+		idx, _, ok := s.Pop(0)
+		if !ok {
+			break
+		}
+		got = append(got, idx)
+	}
+	if len(got) != 8 {
+		t.Fatalf("popped %d of 8", len(got))
+	}
+	for _, idx := range got[:5] {
+		s.Push(0, idx)
+	}
+	first, ok := s.Detach(0)
+	if !ok {
+		t.Fatal("Detach of a freelist of 5 found nothing")
+	}
+	chain := []uint32{first}
+	last := first
+	for {
+		n, ok := s.Next(last)
+		if !ok {
+			break
+		}
+		chain = append(chain, n)
+		last = n
+	}
+	if len(chain) != 5 {
+		t.Fatalf("chain of %d, want 5", len(chain))
+	}
+	if _, src, ok := s.Pop(0); ok || src != shard.Busy {
+		t.Fatalf("Pop while the slots are detached: ok=%v src=%v, want Busy", ok, src)
+	}
+	s.Reattach(0, first, last)
+	n := 0
+	for {
+		if _, _, ok := s.Pop(0); !ok {
+			break
+		}
+		n++
+	}
+	if n != 5 {
+		t.Fatalf("after Reattach popped %d, want 5", n)
+	}
+	if _, src, ok := s.Pop(0); ok || src == shard.Busy {
+		t.Fatalf("quiet empty Set: ok=%v src=%v, want empty", ok, src)
+	}
+	if _, ok := s.Detach(0); ok {
+		t.Fatal("Detach of an empty freelist")
+	}
+	if _, src, ok := s.Pop(0); ok || src == shard.Busy {
+		t.Fatalf("an empty Detach left a steal in progress: ok=%v src=%v", ok, src)
+	}
+}
