@@ -45,31 +45,46 @@
 //
 // # Hot-path budget
 //
-// In the default build, Alloc is: pin to the P (no atomic), one load of the
-// closed flag, then — when the P's one-slot cache holds a freed slot, which
-// it does in any alloc/free loop — one CAS on that slot's state word to claim
-// it, a plain clear of the cache word, a plain increment of a per-P counter,
-// unpin. Free is: pin, one CAS on the state word, a plain store of the slot
-// into the P's cache if it is empty (else one CAS to push onto the shard's
-// freelist), a plain per-P increment, unpin. So an Alloc+Free pair is two
-// locked instructions, both on the slot's own line. When the cache is empty,
-// Alloc pops the shard's freelist with one CAS (or advances its frontier)
-// and claims the slot with one plain store of the state word. Load takes
-// and drops a hold with one CAS and one atomic add on the state word, and
-// copies the value once, straight into its result; View and Update do the
-// same around the callback. Nothing on these paths allocates; ErrFull and
-// ErrClosed are returned bare so that back-pressure does not allocate either.
+// Locked instructions (CAS, XADD, XCHG) are what an allocator pays for on
+// a machine with expensive atomics (about 5-10 ns each on this project's
+// build machines; sync.Pool's fast path has none). The budget, in the
+// default build:
 //
-// The per-P cache stays reachable by every other P (see cache.go): a slot
-// is claimed from a cache only by a CAS of its state word from the exact
-// free state the cache recorded, and Alloc scans every cache before it
-// reports ErrFull, so "full" still means full, with no wait on the cache's
-// owner and no stop-the-world.
+//   - Alloc from the P's cache: pin (no atomic), one load of the closed
+//     flag, the cache word cleared with a plain store, the P's steal word
+//     read with a plain load, the slot claimed with a plain store of its
+//     state word, a plain per-P counter, unpin. No locked instruction (see
+//     cache.go for why thieves cannot take the same slot).
+//   - Free: pin, one CAS on the state word (it checks the generation,
+//     advances it, sees holders, and lets one of two racing Frees win), the
+//     slot parked in the P's cache with plain stores, unpin. One locked
+//     instruction, so an Alloc+Free pair has one.
+//   - Alloc with an empty cache: one CAS to pop the shard's freelist (or
+//     advance its frontier) and a plain store to claim the slot.
+//   - Load: pin, read the state word and the slot's version, copy, read
+//     both again (a seqlock), unpin. No write to shared memory, no locked
+//     instruction; it copies again only if an Update ran meanwhile. Values
+//     over 4 KiB (and every value under the race detector) are copied under
+//     a reader hold instead (two locked instructions), so Updates cannot
+//     starve a long copy.
+//   - View: one CAS to take a reader hold (pinned), the callback, one XADD
+//     to drop it (unpinned: the hold is what keeps Close waiting). Update:
+//     one CAS to set the writer bit, the callback, a plain version bump,
+//     one XADD to drop the bit. sync.RWMutex pays one XADD each way.
+//   - LoadInto: Load into a temporary and one copy out for values up to
+//     256 bytes; one copy under a reader hold above.
+//
+// Nothing on these paths allocates, whatever the size of T (values over
+// 4 KiB are cleared and copied through byte views, because a typed
+// temporary of more than 128 KiB would be put on the heap); ErrFull and
+// ErrClosed are returned bare so that back-pressure does not allocate
+// either.
 //
 // A dry shard steals (a batch of 32) under a shared steal word that counts
-// steals in progress and completed; an Alloc that found every shard empty
-// while slots were in a thief's hands looks again instead of reporting
-// ErrFull. That word is written only by steals, never on the fast path.
+// steals in progress and completed; that word is written only by steals,
+// never on the fast path. An Alloc that finds every shard and every cache
+// empty decides ErrFull with a double collect (see cache.go), and looks
+// again, instead of reporting ErrFull, while slots were moving.
 //
 // # NUMA
 //
