@@ -34,8 +34,9 @@ type core struct {
 	// Read on every call; written only by New and Close.
 	gate     shard.Gate // by value: one pointer hop less on every call
 	set      *shard.Set
-	base     unsafe.Pointer // slot 0's state word
-	stride   uintptr        // bytes per slot: header + payload
+	base     unsafe.Pointer // slot 0's payload
+	meta     unsafe.Pointer // slot 0's metadata: state, link, version (slot.go)
+	stride   uintptr        // payload bytes per slot: T's size
 	slots    uint32
 	firstGen uint32         // generation of a never-used slot
 	perP     unsafe.Pointer // nP pCounters, off-heap
@@ -43,7 +44,8 @@ type core struct {
 
 	class    memclass.Class
 	nodes    *nodeLayout      // per-node arenas only
-	region   *memclass.Region // the slots
+	region   *memclass.Region // the payloads
+	metaRgn  *memclass.Region // the slots' metadata
 	counters *memclass.Region // the per-P counters
 
 	_       atomicx.Pad
@@ -70,16 +72,19 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	if err := checkPointerFree(typ); err != nil {
 		return nil, err
 	}
-	if typ.Align() > headerSize {
+	if typ.Align() > maxAlign {
 		return nil, fmt.Errorf("%w: %s needs %d-byte alignment, at most %d is supported",
-			ErrInvalidConfig, typ, typ.Align(), headerSize)
+			ErrInvalidConfig, typ, typ.Align(), maxAlign)
 	}
-	stride := (headerSize + typ.Size() + 7) &^ 7
-	hi, total := bits.Mul64(uint64(cfg.Slots), uint64(stride))
+	// Payloads are packed at T's own size (a multiple of its alignment);
+	// the slots' metadata lives in a region of its own (slot.go).
+	stride := typ.Size()
+	hi, total := bits.Mul64(uint64(cfg.Slots), uint64(stride+metaSize))
 	if hi != 0 || total > 1<<47 {
 		return nil, fmt.Errorf("%w: Slots = %d of %d-byte %s needs more address space than the machine has",
 			ErrInvalidConfig, cfg.Slots, stride, typ)
 	}
+	payloadBytes := max(uintptr(cfg.Slots)*stride, 1) // a zero-size T still gets a mapping
 	var (
 		region *memclass.Region
 		layout *nodeLayout
@@ -89,15 +94,21 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 			region, err = memclass.MapNodes(cfg.Class, layout.nodes, layout.sizes)
 		}
 	} else {
-		region, err = memclass.Map(cfg.Class, uintptr(total))
+		region, err = memclass.Map(cfg.Class, payloadBytes)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
+	}
+	meta, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*metaSize)
+	if err != nil {
+		region.Unmap()
+		return nil, fmt.Errorf("arena: reserving the metadata of %d slots: %w", cfg.Slots, err)
 	}
 	nP := min(max(runtime.GOMAXPROCS(0), runtime.NumCPU()), maxCachedPs)
 	counters, err := memclass.Map(memclass.Host(), uintptr(nP)*unsafe.Sizeof(pCounters{}))
 	if err != nil {
 		region.Unmap()
+		meta.Unmap()
 		return nil, fmt.Errorf("arena: mapping per-P counters: %w", err)
 	}
 	if firstGen == 0 {
@@ -106,8 +117,9 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		firstGen = 1 + rand.Uint32N(1<<30)
 	}
 	a := &Arena[T]{core: core{
-		set:      newSet(cfg, shards, layout, unsafe.Add(region.Base(), linkOffset), stride),
+		set:      newSet(cfg, shards, layout, unsafe.Add(meta.Base(), linkOffset), metaSize),
 		base:     region.Base(),
+		meta:     meta.Base(),
 		stride:   stride,
 		slots:    uint32(cfg.Slots),
 		firstGen: firstGen,
@@ -116,6 +128,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		class:    cfg.Class,
 		nodes:    layout,
 		region:   region,
+		metaRgn:  meta,
 		counters: counters,
 	}}
 	a.gate.Init()
@@ -129,14 +142,37 @@ func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, st
 	return shard.New(uint32(cfg.Slots), shards, links, stride)
 }
 
+// metaClass is the class of the metadata region: the payload's placement
+// and locking, but never hugetlb pages (the region is small, and reserved
+// huge pages are scarce), never a provider's memory (which may not take
+// atomics), and for per-node arenas plain host memory, first touched by the
+// goroutines that allocate there, which are mostly on the slot's node.
+func metaClass(c memclass.Class) memclass.Class {
+	switch c.Kind() {
+	case memclass.KindPerNode, memclass.KindDevice, memclass.KindPinnedHost, memclass.KindShared:
+	default:
+		if !c.HugeTLB() {
+			return c
+		}
+	}
+	m := memclass.Host()
+	if c.IsLocked() {
+		m = m.Locked()
+	}
+	if c.IsPrefault() {
+		m = m.Prefault()
+	}
+	return m
+}
+
 // state returns slot idx's state word.
 func (c *core) state(idx uint32) *uint64 {
-	return (*uint64)(unsafe.Add(c.base, uintptr(idx)*c.stride))
+	return (*uint64)(unsafe.Add(c.meta, uintptr(idx)*metaSize))
 }
 
 // version returns slot idx's version word, advanced by every Update.
 func (c *core) version(idx uint32) *uint32 {
-	return (*uint32)(unsafe.Add(c.base, uintptr(idx)*c.stride+versionOffset))
+	return (*uint32)(unsafe.Add(c.meta, uintptr(idx)*metaSize+versionOffset))
 }
 
 // payload returns slot idx's value.
@@ -146,7 +182,7 @@ func (a *Arena[T]) payload(idx uint32) *T {
 
 // slot returns the first byte of slot idx's payload.
 func (c *core) slot(idx uint32) unsafe.Pointer {
-	return unsafe.Add(c.base, uintptr(idx)*c.stride+headerSize)
+	return unsafe.Add(c.base, uintptr(idx)*c.stride)
 }
 
 // check splits t and reports whether it could have been issued by an arena

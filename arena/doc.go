@@ -9,14 +9,17 @@
 //
 // # Memory layout
 //
-// New maps one anonymous region of Slots × stride bytes with memclass.Map.
-// Nothing is committed until a slot is used. Each slot is a 16-byte header
-// and the payload:
+// New maps two anonymous regions with memclass.Map: the payloads, Slots ×
+// sizeof(T) bytes in the arena's class, packed at T's own size; and the
+// metadata, 16 bytes per slot:
 //
-//	+--------------+-------------+----------+------------------------+
-//	| state uint64 | link uint32 | (unused) | payload T ...          |
-//	+--------------+-------------+----------+------------------------+
-//	0              8             12         16                  stride
+//	payload region:  | T slot 0 | T slot 1 | T slot 2 | ...
+//	metadata region: | state uint64 | link uint32 | version uint32 | ...  (per slot)
+//
+// Nothing is committed until a slot is used. Keeping the metadata apart lets
+// Trim hand the payload pages of free slots back to the kernel while their
+// generations (stale detection) and freelist links stay, and packs the
+// state words densely for the scans of Close, Tokens and Trim.
 //
 // The payload type must hold no Go pointers (New checks it with reflect): the
 // garbage collector never scans this memory, which is the point — millions of

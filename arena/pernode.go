@@ -66,7 +66,7 @@ func planNodes(cfg Config, shards int, stride uintptr) (*nodeLayout, error) {
 		l.partOfNode[node.ID] = len(l.parts)
 		l.nodes = append(l.nodes, node.ID)
 		l.parts = append(l.parts, shard.Part{Slots: uint32(k), Shards: max(ns, 1), Node: node.ID})
-		l.sizes = append(l.sizes, uintptr(k)*stride)
+		l.sizes = append(l.sizes, max(uintptr(k)*stride, 1)) // a zero-size T still maps a page
 		left -= k
 		l.partEnd = append(l.partEnd, uint32(uint64(cfg.Slots)-left))
 	}

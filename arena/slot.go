@@ -1,11 +1,18 @@
 package arena
 
-// Slot layout. Every slot is one stride of the arena's mapping:
+// Slot layout. A slot is its payload, a T in the payload region at
+// index × sizeof(T), and 16 bytes of metadata in a region of its own at
+// index × 16:
 //
-//	offset 0   state  uint64   lifecycle word (below)
-//	offset 8   link   uint32   freelist link (index+1 of the next free slot)
+//	offset 0   state   uint64  lifecycle word (below)
+//	offset 8   link    uint32  freelist link (index+1 of the next free slot)
 //	offset 12  version uint32  advanced by every Update (the seqlock below)
-//	offset 16  payload T       (aligned to T; stride rounds up to 8)
+//
+// Keeping the metadata apart is what lets Trim give a free slot's payload
+// pages back to the kernel (they come back zero) without forgetting the
+// slot's generation or its place on a freelist, and it packs the state
+// words of four slots per cache line for scans (Close, Tokens, Trim). The
+// price is a second cache line per slot touched on the fast path.
 //
 // The state word is the only synchronisation a slot has:
 //
@@ -46,9 +53,13 @@ const (
 	// retiredGen is the generation of a retired slot; never issued.
 	retiredGen = 1<<32 - 1
 
-	headerSize    = 16
+	metaSize      = 16
 	linkOffset    = 8
 	versionOffset = 12
+
+	// maxAlign is the largest payload alignment New accepts (the regions
+	// are page aligned, and payloads are packed at T's size).
+	maxAlign = 4096
 )
 
 func genOf(state uint64) uint32 { return uint32(state >> genShift) }

@@ -12,7 +12,7 @@ import (
 	"github.com/cella-go/cella/token"
 )
 
-type pageVal [4096 - headerSize]byte // stride is exactly one 4 KiB page
+type pageVal [4096]byte // stride is exactly one 4 KiB page
 
 // settle retries f until it reports true or d passes; the runtime may map or
 // start something of its own at any moment, so counts are compared with a
@@ -55,6 +55,7 @@ func TestTeardownMappingsGone(t *testing.T) {
 		arenas = append(arenas, a)
 		ranges = append(ranges,
 			rng{uintptr(a.region.Base()), a.region.Len()},
+			rng{uintptr(a.metaRgn.Base()), a.metaRgn.Len()},
 			rng{uintptr(a.counters.Base()), a.counters.Len()})
 		// Touch a few slots so the mappings have resident pages.
 		for j := 0; j < 10; j++ {
