@@ -52,6 +52,7 @@ type core struct {
 	spill   spillCounters // for P ids ≥ nP and for the purego build
 	retired atomic.Uint64
 	final   atomic.Pointer[Stats] // published by Close
+	trim    trimState             // Trim's lock and scratch (trim.go)
 }
 
 // New reserves an arena of cfg.Slots slots of T. It commits no memory: a

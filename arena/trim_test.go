@@ -1,0 +1,201 @@
+package arena
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cella-go/cella/token"
+)
+
+// residentPayload counts the resident bytes of a's payload region (mincore).
+func residentPayload(t *testing.T, c *core) int64 {
+	t.Helper()
+	page := uintptr(os.Getpagesize())
+	n := (c.region.Len() + page - 1) / page
+	vec := make([]byte, n)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(c.base), n*page, uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatalf("mincore: %v", errno)
+	}
+	var r int64
+	for _, v := range vec {
+		r += int64(v & 1)
+	}
+	return r * int64(page)
+}
+
+// A burst of live slots, then 99% freed: Trim gives their payload pages
+// back, stale tokens stay stale, recycled slots come back zeroed, and the
+// arena is whole.
+func TestTrimReleasesFreeSlots(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"64B", func(t *testing.T) { trimBurst[[64]byte](t, 1<<20, 4) }},
+		{"4KiB", func(t *testing.T) { trimBurst[[4096]byte](t, 1<<14, 4) }},
+		{"5000B", func(t *testing.T) { trimBurst[[5000]byte](t, 1<<13, 2) }},
+	} {
+		t.Run(tc.name, tc.run)
+	}
+}
+
+func trimBurst[T any](t *testing.T, n, shards int) {
+	a, err := New[T](Config{Slots: n, Shards: shards})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	size := int64(unsafe.Sizeof(*new(T)))
+	toks := make([]token.Token, 0, n)
+	for i := 0; i < n; i++ {
+		tok, p, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := unsafe.Slice((*byte)(unsafe.Pointer(p)), size)
+		b[0], b[len(b)-1] = 0xAA, 0xBB
+		toks = append(toks, tok)
+	}
+	peak := residentPayload(t, &a.core)
+	keep := n / 100
+	for _, tok := range toks[keep:] { // the oldest 1% stay live
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	released, err := a.Trim()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := residentPayload(t, &a.core)
+	live := int64(keep) * size
+	t.Logf("payload resident: peak %d KiB, after Trim %d KiB (%.1f%%), live %d KiB, released %d KiB",
+		peak>>10, after>>10, 100*float64(after)/float64(peak), live>>10, released>>10)
+	// What stays: the live slots' pages, at most one page shared at each
+	// end of the live run, and the slots parked in P caches.
+	slack := int64(2*os.Getpagesize()) + int64(a.nP)*(size+int64(os.Getpagesize()))
+	if after > live+slack {
+		t.Fatalf("after Trim %d bytes of payload are resident for %d live bytes", after, live)
+	}
+	if released < peak-after-slack {
+		t.Fatalf("Trim reported %d bytes released, resident fell from %d to %d", released, peak, after)
+	}
+	// Stale tokens stay stale, live ones keep their bytes.
+	if _, err := a.Load(toks[n-1]); !errors.Is(err, ErrStale) {
+		t.Fatalf("Load of a freed, trimmed slot's token: %v", err)
+	}
+	for _, tok := range toks[:keep] {
+		a.View(tok, func(p *T) {
+			b := unsafe.Slice((*byte)(unsafe.Pointer(p)), size)
+			if b[0] != 0xAA || b[len(b)-1] != 0xBB {
+				t.Fatalf("live slot %v lost its bytes", tok)
+			}
+		})
+	}
+	// Every slot comes back, zeroed.
+	var again []token.Token
+	for {
+		tok, p, err := a.Alloc()
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := unsafe.Slice((*byte)(unsafe.Pointer(p)), size)
+		if b[0] != 0 || b[len(b)-1] != 0 {
+			t.Fatalf("recycled slot %v not zeroed", tok)
+		}
+		again = append(again, tok)
+	}
+	if len(again) != n-keep {
+		t.Fatalf("after Trim %d slots could be allocated, want %d", len(again), n-keep)
+	}
+	for _, tok := range append(again, toks[:keep]...) {
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Available() != a.Capacity() {
+		t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
+	}
+}
+
+// Trim runs while other goroutines allocate and free and while Close comes:
+// no slot is lost or handed out twice, no Alloc reports ErrFull while a slot
+// is free only because Trim held it, and nothing faults.
+func TestTrimConcurrent(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		a, err := New[[512]byte](Config{Slots: 64, Shards: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var held []token.Token
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						for _, tok := range held {
+							a.Free(tok)
+						}
+						return
+					default:
+					}
+					if len(held) < 8 { // 4 goroutines hold at most 32 of 64: never full
+						tok, p, err := a.Alloc()
+						if errors.Is(err, ErrClosed) {
+							return
+						}
+						if err != nil {
+							t.Errorf("Alloc with free slots: %v", err)
+							return
+						}
+						if p[0] != 0 || p[511] != 0 {
+							t.Errorf("slot %v not zeroed", tok)
+						}
+						p[0], p[511] = 1, 1
+						held = append(held, tok)
+					} else {
+						if err := a.Free(held[0]); err != nil && !errors.Is(err, ErrClosed) {
+							t.Error(err)
+						}
+						held = held[1:]
+					}
+				}
+			}()
+		}
+		for i := 0; i < 50; i++ {
+			if _, err := a.Trim(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if round%2 == 0 {
+			go a.Trim()
+			if err := a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			close(stop)
+			wg.Wait()
+			if _, err := a.Trim(); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Trim after Close: %v", err)
+			}
+			continue
+		}
+		close(stop)
+		wg.Wait()
+		if a.Available() != a.Capacity() {
+			t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
+		}
+		a.Close()
+	}
+}
