@@ -1,8 +1,8 @@
 package arena
 
 import (
+	"math/bits"
 	"os"
-	"slices"
 	"sync"
 	"unsafe"
 
@@ -18,14 +18,16 @@ import (
 // stale token stays stale; a released payload page reads as zeros when it
 // is next touched, and Alloc zeroes a recycled slot anyway.
 //
-// Trim takes each shard's whole freelist with one CAS (shard.Set.Detach),
-// sorts the indices, finds the runs of consecutive free slots and releases
-// every whole page inside each run with madvise(MADV_DONTNEED); then it puts
-// the list back. While it holds a list, the shard set counts a steal in
-// progress, so an Alloc that finds nothing else looks again instead of
-// reporting ErrFull: exactness holds. Close waits for a running Trim before
-// it unmaps anything (trimMu), so Trim needs no gate section, and the
-// syscalls run unpinned.
+// Trim takes every shard's whole freelist, one CAS each
+// (shard.Set.Detach), marks the indices in a bitmap, finds the runs of
+// consecutive free slots and releases every whole page inside each run with
+// madvise(MADV_DONTNEED); then it puts the lists back. The lists are taken
+// all at once because Free returns a slot to the freeing P's shard, so the
+// slots of one page are often spread over several lists. While Trim holds
+// them the shard set counts steals in progress, so an Alloc that finds
+// nothing else looks again instead of reporting ErrFull: exactness holds.
+// Close waits for a running Trim before it unmaps anything (trimMu), so Trim
+// needs no gate section, and the syscalls run unpinned.
 //
 // Not released: slots parked in a P's one-slot cache, slots still held by a
 // View or Update callback after Free, and payload pages shared with a live
@@ -34,16 +36,14 @@ import (
 
 // trimState serialises Trim calls and lets Close wait for one.
 type trimState struct {
-	mu  sync.Mutex
-	idx []uint32 // scratch: one shard's free slots
-	vec []byte   // scratch: mincore's answer
+	mu sync.Mutex
 }
 
 // Trim returns to the OS the payload memory of free slots and reports how
 // many bytes were resident and released. It is safe to call while other
-// goroutines use the arena; they may see it only as a short delay of an
-// Alloc that would otherwise have found the arena full. After Close it
-// returns ErrClosed.
+// goroutines use the arena; an Alloc that would otherwise have found the
+// arena full waits for it (it holds the free slots for the length of its
+// madvise calls). After Close it returns ErrClosed.
 func (c *core) Trim() (released int64, err error) {
 	c.trim.mu.Lock()
 	defer c.trim.mu.Unlock()
@@ -53,31 +53,39 @@ func (c *core) Trim() (released int64, err error) {
 	if !c.trimmable() {
 		return 0, nil
 	}
-	page := uintptr(os.Getpagesize())
+	var touched uint32
 	for sh := 0; sh < c.set.Len(); sh++ {
-		if c.gate.Closed() {
-			return released, ErrClosed
-		}
+		_, frontier := c.set.Touched(sh)
+		touched = max(touched, frontier)
+	}
+	type chain struct {
+		shard       int
+		first, last uint32
+	}
+	var (
+		chains []chain
+		free   = make([]uint64, (touched+63)/64) // bit i: slot i is in our hands
+	)
+	for sh := 0; sh < c.set.Len(); sh++ {
 		first, ok := c.set.Detach(sh)
 		if !ok {
 			continue
 		}
-		idx := append(c.trim.idx[:0], first)
 		last := first
+		free[first/64] |= 1 << (first % 64)
 		for {
 			next, ok := c.set.Next(last)
 			if !ok {
 				break
 			}
-			idx = append(idx, next)
+			free[next/64] |= 1 << (next % 64)
 			last = next
 		}
-		released += c.releaseRuns(idx, page)
-		c.set.Reattach(sh, first, last)
-		c.trim.idx = idx[:0]
+		chains = append(chains, chain{sh, first, last})
 	}
-	if cap(c.trim.idx) > 1<<16 {
-		c.trim.idx = nil // do not keep a burst's worth of scratch
+	released = c.releaseRuns(free, uintptr(os.Getpagesize()))
+	for _, ch := range chains {
+		c.set.Reattach(ch.shard, ch.first, ch.last)
 	}
 	return released, nil
 }
@@ -91,20 +99,34 @@ func (c *core) trimmable() bool {
 	return c.stride > 0 && !c.class.IsLocked() && !c.class.HugeTLB()
 }
 
-// releaseRuns releases the whole pages inside each run of consecutive
-// indices of idx (free slots in the caller's hands) and returns the bytes
-// that were resident.
-func (c *core) releaseRuns(idx []uint32, page uintptr) (released int64) {
-	slices.Sort(idx)
-	for i := 0; i < len(idx); {
-		j := i + 1
-		for j < len(idx) && idx[j] == idx[j-1]+1 {
-			j++
+// releaseRuns releases the whole pages inside each run of consecutive set
+// bits of free (slots in the caller's hands) and returns the bytes that were
+// resident.
+func (c *core) releaseRuns(free []uint64, page uintptr) (released int64) {
+	var vec []byte
+	n := uint32(len(free) * 64)
+	for i := uint32(0); i < n; {
+		w := free[i/64] >> (i % 64)
+		if w == 0 {
+			i = (i/64 + 1) * 64 // nothing more in this word
+			continue
 		}
-		lo := (uintptr(idx[i])*c.stride + page - 1) &^ (page - 1)
-		hi := (uintptr(idx[j-1]) + 1) * c.stride &^ (page - 1)
+		i += uint32(bits.TrailingZeros64(w)) // the run starts here
+		j := i
+		for j < n {
+			w := ^free[j/64] >> (j % 64) // ones where slots are not free
+			if w == 0 {
+				j = (j/64 + 1) * 64
+				continue
+			}
+			j += uint32(bits.TrailingZeros64(w))
+			break
+		}
+		j = min(j, n) // the run is [i, j)
+		lo := (uintptr(i)*c.stride + page - 1) &^ (page - 1)
+		hi := uintptr(j) * c.stride &^ (page - 1)
 		if hi > lo {
-			released += c.release(lo, hi-lo, page)
+			released += c.release(lo, hi-lo, page, &vec)
 		}
 		i = j
 	}
@@ -113,21 +135,18 @@ func (c *core) releaseRuns(idx []uint32, page uintptr) (released int64) {
 
 // release counts the resident pages of [off, off+n) of the payload region
 // and gives the range back to the kernel.
-func (c *core) release(off, n, page uintptr) int64 {
+func (c *core) release(off, n, page uintptr, scratch *[]byte) int64 {
 	addr := unsafe.Add(c.base, off)
 	pages := int(n / page)
-	if cap(c.trim.vec) < pages {
-		c.trim.vec = make([]byte, pages)
+	if cap(*scratch) < pages {
+		*scratch = make([]byte, pages)
 	}
-	vec := c.trim.vec[:pages]
+	vec := (*scratch)[:pages]
 	resident := 0
 	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(addr), n, uintptr(unsafe.Pointer(&vec[0]))); errno == 0 {
 		for _, v := range vec {
 			resident += int(v & 1)
 		}
-	}
-	if cap(c.trim.vec) > 1<<20 {
-		c.trim.vec = nil
 	}
 	if err := unix.Madvise(unsafe.Slice((*byte)(addr), n), unix.MADV_DONTNEED); err != nil {
 		return 0
