@@ -36,6 +36,9 @@ func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 				// a.drop(p, idx, 1), spelled out: drop does not inline.
 				if ns := atomic.AddUint64(st, ^uint64(0)); ns&(allocBit|holders) == 0 {
 					a.recycle(p, idx, ns)
+					a.gate.Exit(p)
+					a.freed() // issue 11: wake a waiter (wait.go)
+					return v, nil
 				}
 				a.gate.Exit(p)
 				return v, nil
@@ -154,14 +157,20 @@ func (c *core) drainReaders(idx, gen uint32, t token.Token, op string) error {
 // is waiting, because Close waits for exactly these holds.
 func (c *core) unlock(idx uint32, hold uint64) {
 	p := c.gate.EnterAny()
-	c.drop(p, idx, hold)
+	recycled := c.drop(p, idx, hold)
 	c.gate.Exit(p)
+	if recycled {
+		c.freed() // issue 11: wake a waiter (wait.go)
+	}
 }
 
-// drop subtracts hold from idx's state inside a gate section.
-func (c *core) drop(p int, idx uint32, hold uint64) {
+// drop subtracts hold from idx's state inside a gate section, and reports
+// whether it recycled the slot.
+func (c *core) drop(p int, idx uint32, hold uint64) bool {
 	ns := atomic.AddUint64(c.state(idx), -hold)
 	if ns&(allocBit|holders) == 0 {
 		c.recycle(p, idx, ns)
+		return true // issue 11: the caller wakes a waiter after Exit
 	}
+	return false
 }

@@ -167,12 +167,16 @@ func (c *core) Free(t token.Token) error {
 				if genOf(ns) != retiredGen && c.cachePut(pc, idx, ns) {
 					pc.frees++
 					c.gate.Exit(p)
+					c.freed() // issue 11: wake a waiter (wait.go)
 					return nil
 				}
 				c.recycle(p, idx, ns)
 			}
 			c.countFree(p)
 			c.gate.Exit(p)
+			if ns&holders == 0 {
+				c.freed() // issue 11: wake a waiter (wait.go)
+			}
 			return nil
 		}
 	}

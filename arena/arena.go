@@ -44,12 +44,15 @@ type core struct {
 	class    memclass.Class
 	nodes    *nodeLayout      // per-node arenas only
 	region   *memclass.Region // the slots
+	regionRO memclass.Region  // issue 11 item 6: copy of *region that Unmap never clears, for Residency (pernode.go)
 	counters *memclass.Region // the per-P counters
 
 	_       atomicx.Pad
 	spill   spillCounters // for P ids ≥ nP and for the purego build
 	retired atomic.Uint64
 	final   atomic.Pointer[Stats] // published by Close
+
+	waitq waitQueue // issue 11: goroutines parked in AllocWait/StoreWait (wait.go)
 }
 
 // New reserves an arena of cfg.Slots slots of T. It commits no memory: a
@@ -118,6 +121,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		region:   region,
 		counters: counters,
 	}}
+	a.regionRO = *region // issue 11 item 6
 	a.gate.Init()
 	return a, nil
 }
