@@ -140,7 +140,12 @@ func TestAllocWaitWokenByFree(t *testing.T) {
 	if err := a.Free(held); err != nil {
 		t.Fatal(err)
 	}
-	r := <-got
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Free did not wake the waiter")
+	}
 	if r.err != nil || r.tok.Index() != held.Index() {
 		t.Fatalf("waiter got %v, %v", r.tok, r.err)
 	}
@@ -226,44 +231,48 @@ func TestAllocWaitKeepsPlaceWhenBarged(t *testing.T) {
 	}()
 	waitParked(t, a, 2)
 
-	// Free, and take the slot back at once with a plain Alloc. Whether the
-	// woken first waiter lost the race or never got to retry, it must still
-	// be first in line.
-	for {
-		if err := a.Free(held); err != nil {
-			t.Fatal(err)
-		}
-		var err error
-		held, _, err = a.Alloc()
-		if err == nil {
-			break
-		}
-		// The first waiter won this round: fine, but then it is done.
-		r := <-first
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		t.Skip("the waiter beat the plain Alloc; barging not exercised this run")
+	// Free, and take the slot with a plain Alloc before the wake-up is
+	// sent: the queue's mutex holds Free's wake-up back meanwhile.
+	q := &a.waitq
+	q.mu.Lock()
+	freed := make(chan error, 1)
+	go func(tok token.Token) { freed <- a.Free(tok) }(held)
+	waitUntil(t, "the slot is free", func() bool { return a.Available() == 1 })
+	held, _, err := a.Alloc()
+	q.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := <-freed; err != nil {
+		t.Fatal(err)
+	}
+	// The first waiter was woken, lost, and parked again.
 	waitParked(t, a, 2)
 	if err := a.Free(held); err != nil {
 		t.Fatal(err)
 	}
-	r := <-first
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
+	var r result
 	select {
+	case r = <-first:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
 	case r2 := <-second:
 		t.Fatalf("the later waiter was served first: %v", r2)
-	default:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Free woke nobody")
 	}
 	if err := a.Free(r.tok); err != nil {
 		t.Fatal(err)
 	}
-	r2 := <-second
-	if r2.err != nil {
-		t.Fatal(r2.err)
+	var r2 result
+	select {
+	case r2 = <-second:
+		if r2.err != nil {
+			t.Fatal(r2.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the second waiter was not served")
 	}
 	_ = a.Free(r2.tok)
 	if a.Available() != a.Capacity() {
