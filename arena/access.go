@@ -233,6 +233,9 @@ func (c *core) recycleLate(idx uint32, state uint64) {
 	switch {
 	case !c.gate.Closed():
 		c.recycle(p, idx, state)
+		c.gate.Exit(p)
+		c.freed() // wake a waiter, if any (wait.go)
+		return
 	case genOf(state) == retiredGen:
 		c.retired.Add(1)
 	}
@@ -251,12 +254,4 @@ func (c *core) unlockWriter(idx uint32) {
 		*ver++
 	}
 	c.unlock(idx, writerBit)
-}
-
-// drop subtracts hold from idx's state inside a gate section.
-func (c *core) drop(p int, idx uint32, hold uint64) {
-	ns := atomic.AddUint64(c.state(idx), -hold)
-	if ns&(allocBit|holders) == 0 {
-		c.recycle(p, idx, ns)
-	}
 }

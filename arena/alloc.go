@@ -204,12 +204,16 @@ func (c *core) Free(t token.Token) error {
 				if genOf(ns) != retiredGen && c.cachePut(pc, idx, ns) {
 					pc.frees++
 					c.gate.Exit(p)
+					c.freed() // wake a waiter, if any (wait.go)
 					return nil
 				}
 				c.recycle(p, idx, ns)
 			}
 			c.countFree(p)
 			c.gate.Exit(p)
+			if ns&holders == 0 {
+				c.freed() // wake a waiter, if any (wait.go)
+			}
 			return nil
 		}
 	}

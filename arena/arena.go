@@ -45,6 +45,7 @@ type core struct {
 	class    memclass.Class
 	nodes    *nodeLayout      // per-node arenas only
 	region   *memclass.Region // the payloads
+	regionRO memclass.Region  // a copy of *region that Unmap never clears, for Residency (pernode.go)
 	metaRgn  *memclass.Region // the slots' metadata
 	counters *memclass.Region // the per-P counters
 
@@ -53,6 +54,8 @@ type core struct {
 	retired atomic.Uint64
 	final   atomic.Pointer[Stats] // published by Close
 	trim    trimState             // Trim's lock and scratch (trim.go)
+
+	waitq waitQueue // goroutines parked in AllocWait/StoreWait (wait.go)
 }
 
 // New reserves an arena of cfg.Slots slots of T. It commits no memory: a
@@ -132,6 +135,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		metaRgn:  meta,
 		counters: counters,
 	}}
+	a.regionRO = *region
 	a.gate.Init()
 	return a, nil
 }

@@ -3,7 +3,6 @@ package arena
 import (
 	"sync/atomic"
 
-	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/shard"
 )
 
@@ -47,9 +46,9 @@ import (
 // An owner that is not on a CPU during the barrier is covered by the full
 // barrier of its context switch.
 //
-// Where membarrier is not available (old kernels, seccomp), the thief waits
-// for a grace period instead (Gate.Quiesce: a brief stop-the-world, which
-// cannot complete while the owner is pinned), which orders it just as well.
+// Where membarrier is not available (old kernels, seccomp), barrier stops
+// the world briefly instead, which cannot complete while the owner is
+// pinned and orders the thief just as well.
 //
 // # Cooling
 //
@@ -235,9 +234,7 @@ func (c *core) stealCached() (p int, idx, gen uint32, puts uint64, res stealResu
 	// Fence: from here every owner either has left its cache alone or
 	// sees our mark.
 	c.spill.drains.Add(1)
-	if !atomicx.ProcessBarrier() {
-		c.gate.Quiesce()
-	}
+	barrier()
 
 	// Claim from the first cache that still holds a free slot, then leave.
 	p = c.gate.EnterAny()

@@ -26,6 +26,7 @@ func (c *core) Close() error {
 	c.trim.mu.Lock()
 	c.trim.mu.Unlock()
 
+	c.waitq.close() // issue 11: wake AllocWait/StoreWait; they return ErrClosed
 	// From here no new section starts, and the grace period has let every
 	// old one end: the counters are final, apart from retirements that the
 	// callbacks still running may cause when they release.

@@ -104,6 +104,17 @@
 // pinned), waits for View and Update callbacks still running to return, waits
 // one more grace period, and unmaps. No call can fault on unmapped memory.
 //
+// # Waiting for a slot, iterating live slots
+//
+// AllocWait and StoreWait park a caller that finds the arena full in a FIFO
+// of waiters (a mutex and one channel per waiter, made only when it waits).
+// Every operation that makes a slot free again loads one counter of waiters
+// after its gate section ends, and takes the slow path (wake the first waiter)
+// only when it is non-zero; the waiter side pays for the memory ordering with
+// one membarrier(2) per wait. See wait.go for the lost wake-up argument.
+// Tokens reads state words a chunk at a time inside gate sections, only in
+// the part of each shard ever handed out, and yields unpinned (tokens.go).
+//
 // # Stats
 //
 // Counters are per P, in off-heap memory, and incremented without atomics by

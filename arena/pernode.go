@@ -175,6 +175,9 @@ func (c *core) Residency() (memclass.Residency, error) {
 	}
 	c.gate.Exit(p) // the call below makes syscalls: not while pinned
 	// Close could unmap between here and the query; move_pages and
-	// numa_maps report unmapped pages as errors, never a fault.
-	return c.region.Residency()
+	// numa_maps report unmapped pages as errors, never a fault. The query
+	// reads the copy New made, which Unmap does not clear (reading *c.region
+	// here would race with Close, and a pinned section is no
+	// synchronisation the race detector sees).
+	return c.regionRO.Residency()
 }
