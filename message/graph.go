@@ -22,7 +22,10 @@ type RefStore interface {
 
 // SourceFunc produces messages: it Puts them in the store and hands them to
 // out.Emit until it is done (return nil) or ctx is done (the graph is
-// stopping: return promptly). Returning an error aborts the graph.
+// stopping: return promptly). Returning an error aborts the graph, so a
+// source should Put with Store.PutWait(ctx, ...), which waits for a free
+// slot while the store is full and returns ctx's error when the graph
+// stops, rather than Put, whose arena.ErrFull would abort the graph.
 type SourceFunc func(ctx context.Context, out *Emitter) error
 
 // StageFunc handles one token from the stage's input edge. It owns t: it

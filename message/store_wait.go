@@ -1,9 +1,3 @@
-//go:build cellawait
-
-// This file is built against the arena's AllocWait, Tokens and Trim
-// (CONTRACT.md, Additions), which land on another branch; the build tag goes
-// once they are merged.
-
 package message
 
 import (

@@ -1,5 +1,3 @@
-//go:build cellawait
-
 package message
 
 import (

@@ -102,8 +102,13 @@ func run(dur time.Duration, slots int, urgent time.Duration) error {
 				h.QoS = message.LatencyCritical
 				h.SetDeadline(time.Now().Add(urgent))
 			}
-			t, err := store.Put(h, reading{Sensor: uint32(seq % 16), Value: float64(seq)})
+			// PutWait: a full store makes the source wait for a free
+			// slot (back-pressure) instead of failing the graph.
+			t, err := store.PutWait(ctx, h, reading{Sensor: uint32(seq % 16), Value: float64(seq)})
 			if err != nil {
+				if ctx.Err() != nil {
+					return nil // the graph is stopping
+				}
 				return err
 			}
 			if err := out.Emit(t); err != nil {

@@ -5,6 +5,7 @@ package contract
 
 import (
 	"context"
+	"iter"
 	"testing"
 
 	"github.com/cella-go/cella/arena"
@@ -67,6 +68,23 @@ var (
 	_ func(*message.Edge) message.EdgeStats                                             = (*message.Edge).Stats
 	_                                                                                   = []message.Admission{message.Block, message.DropNewest, message.DropOldest, message.DeadlineQoS}
 	_                                                                                   = []message.QoS{message.Background, message.BestEffort, message.LatencyCritical}
+)
+
+// The Additions section of the contract.
+var (
+	_ func(*arena.Arena[payload], context.Context) (token.Token, *payload, error) = (*arena.Arena[payload]).AllocWait
+	_ func(*arena.Arena[payload], context.Context, payload) (token.Token, error)  = (*arena.Arena[payload]).StoreWait
+	_ func(*arena.Arena[payload], token.Token, *payload) error                    = (*arena.Arena[payload]).LoadInto
+	_ func(*arena.Arena[payload]) iter.Seq[token.Token]                           = (*arena.Arena[payload]).Tokens
+	_ func(*arena.Arena[payload]) (int64, error)                                  = (*arena.Arena[payload]).Trim
+
+	_ func(*message.Store[payload], context.Context, message.Header, payload) (token.Token, error) = (*message.Store[payload]).PutWait
+	_ func(*message.Store[payload]) iter.Seq[token.Token]                                          = (*message.Store[payload]).Tokens
+	_ func(*message.Store[payload]) (int64, error)                                                 = (*message.Store[payload]).Trim
+	_ func(*message.Edge, context.Context, []token.Token) (int, error)                             = (*message.Edge).SendBatch
+	_ func(*message.Edge, context.Context, []token.Token) (int, error)                             = (*message.Edge).RecvBatch
+	_ func(*message.Edge, context.Context) iter.Seq[token.Token]                                   = (*message.Edge).All
+	_ func(context.Context, message.RefStore, token.Token, ...*message.Edge) (int, error)          = message.SendAll
 )
 
 // The values the contract fixes.
