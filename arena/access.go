@@ -31,6 +31,9 @@ func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 		err = a.badToken("Load", t)
 		return
 	}
+	if err = a.checkNested(idx, "Load", t); err != nil {
+		return
+	}
 	st, ver := a.state(idx), a.version(idx)
 	src := a.payload(idx)
 	var bo atomicx.Backoff
@@ -107,6 +110,13 @@ func (c *core) readHold(t token.Token, dst unsafe.Pointer, n uintptr, op string)
 // View runs fn with shared access to t's value. Other View calls on the slot
 // may run at the same time; Update calls wait. fn must not keep the pointer.
 // A panic in fn propagates after the slot is released.
+//
+// fn must not read or write the same token (Load, LoadInto, View, Update):
+// once an Update waits for the slot, new readers wait for it, and the
+// Update waits for fn, so a nested access deadlocks (and Close, which waits
+// for fn, with it). Free of the token inside fn is fine (the slot is
+// recycled when fn returns); other slots are fine. Builds with -tags
+// cella_debug report a nested access as ErrNestedAccess instead.
 func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 	if fn == nil {
 		return a.nilFunc("View", t)
@@ -115,6 +125,7 @@ func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
+	a.noteHold(idx, false) // cella_debug builds only (nested.go)
 	defer a.unlockRead(idx)
 	fn(a.payload(idx))
 	return nil
@@ -123,6 +134,11 @@ func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 // Update runs fn with exclusive access to t's value: no View, Load or other
 // Update on the slot runs at the same time. fn must not keep the pointer.
 // A panic in fn propagates after the slot is released.
+//
+// fn must not read or write the same token (Load, LoadInto, View, Update):
+// they wait for fn to end, and fn would wait for them. Free of the token
+// inside fn is fine; other slots are fine. Builds with -tags cella_debug
+// report a nested access as ErrNestedAccess instead of hanging.
 func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 	if fn == nil {
 		return a.nilFunc("Update", t)
@@ -131,6 +147,7 @@ func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
+	a.noteHold(idx, true) // cella_debug builds only (nested.go)
 	defer a.unlockWriter(idx)
 	fn(a.payload(idx))
 	return nil
@@ -152,6 +169,9 @@ func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
 	idx, gen, ok := c.check(t)
 	if !ok {
 		return 0, c.badToken(op, t)
+	}
+	if err := c.checkNested(idx, op, t); err != nil {
+		return 0, err
 	}
 	st := c.state(idx)
 	var bo atomicx.Backoff
@@ -221,6 +241,7 @@ func (c *core) unlock(idx uint32, hold uint64) {
 
 // unlockRead is unlock(idx, 1), small enough to inline.
 func (c *core) unlockRead(idx uint32) {
+	c.dropHold(idx)
 	if ns := atomic.AddUint64(c.state(idx), ^uint64(0)); ns&(allocBit|holders) == 0 {
 		c.recycleLate(idx, ns)
 	}
@@ -247,6 +268,7 @@ func (c *core) recycleLate(idx uint32, state uint64) {
 // and copies again (slot.go). Only the writer writes the version, so a
 // plain increment is enough; the atomic drop that follows publishes it.
 func (c *core) unlockWriter(idx uint32) {
+	c.dropHold(idx)
 	ver := c.version(idx)
 	if raceEnabled {
 		atomic.AddUint32(ver, 1)

@@ -25,6 +25,10 @@ var (
 	ErrPointerType = errors.New("arena: payload type holds Go pointers")
 	// ErrNilFunc means View or Update was given a nil callback.
 	ErrNilFunc = errors.New("arena: nil callback")
+	// ErrNestedAccess means a View, Update, Load or LoadInto of a slot
+	// from inside a View or Update callback on the same slot: it would
+	// deadlock. Only builds with -tags cella_debug detect it.
+	ErrNestedAccess = errors.New("arena: nested access to a slot from its own callback")
 	// ErrNilPointer means LoadInto was given a nil destination.
 	ErrNilPointer = errors.New("arena: nil destination pointer")
 )

@@ -404,6 +404,12 @@ func (s *Store[P]) Header(t token.Token) (Header, error) {
 // at the same time. fn must not keep the pointer, and must not call Update
 // on t or Close on the store (both wait for fn). A Close that starts while
 // fn runs waits for it.
+//
+// Nor should fn View t again: once an Update of t is waiting, a nested View
+// waits for it, and the Update waits for fn, so the three deadlock (and a
+// Close with them). Free, Retain and Header of t inside fn are fine, as is
+// any access to other tokens. Builds with -tags cella_debug report a nested
+// access as arena.ErrNestedAccess instead of hanging.
 func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 	if s.gate.Closed() {
 		return arena.ErrClosed
@@ -428,10 +434,12 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 }
 
 // Update runs fn with exclusive access to t's message. fn must not keep the
-// pointer, and must not call View, Header or Update on t or Close on the
-// store. With fan-out, every holder sees the update: copy first (Put a new
-// message) if the holders must not. Edges that already hold t keep the
-// Deadline, QoS, Flags and Size they read when it was sent.
+// pointer, and must not call View or Update on t (they wait for fn, which
+// waits for them: a deadlock; builds with -tags cella_debug report it as
+// arena.ErrNestedAccess) or Close on the store. With fan-out, every holder
+// sees the update: copy first (Put a new message) if the holders must not.
+// Edges that already hold t keep the Deadline, QoS, Flags and Size they
+// read when it was sent.
 func (s *Store[P]) Update(t token.Token, fn func(*Message[P])) error {
 	if s.gate.Closed() {
 		return arena.ErrClosed
