@@ -405,10 +405,10 @@ func (s *Store[P]) Header(t token.Token) (Header, error) {
 // on t or Close on the store (both wait for fn). A Close that starts while
 // fn runs waits for it.
 //
-// Nor should fn View t again: once an Update of t is waiting, a nested View
-// waits for it, and the Update waits for fn, so the three deadlock (and a
-// Close with them). Free, Retain and Header of t inside fn are fine, as is
-// any access to other tokens. Builds with -tags cella_debug report a nested
+// Nor should fn View t again, or read its Header: once an Update of t is
+// waiting, a nested read waits for it, and the Update waits for fn, so the
+// three deadlock (and a Close with them). Free and Retain of t inside fn
+// are fine, as is any access to other tokens. Builds with -tags cella_debug report a nested
 // access as arena.ErrNestedAccess instead of hanging.
 func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 	if s.gate.Closed() {
@@ -434,9 +434,9 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 }
 
 // Update runs fn with exclusive access to t's message. fn must not keep the
-// pointer, and must not call View or Update on t (they wait for fn, which
-// waits for them: a deadlock; builds with -tags cella_debug report it as
-// arena.ErrNestedAccess) or Close on the store. With fan-out, every holder
+// pointer, and must not call View, Header or Update on t (they wait for fn,
+// which waits for them: a deadlock; builds with -tags cella_debug report it
+// as arena.ErrNestedAccess) or Close on the store. With fan-out, every holder
 // sees the update: copy first (Put a new message) if the holders must not.
 // Edges that already hold t keep the Deadline, QoS, Flags and Size they
 // read when it was sent.
