@@ -25,7 +25,8 @@ var families = []struct{ name, what string }{
 	{"Pair", "Alloc+Free (Get+Put) back to back on one goroutine."},
 	{"PairParallel", "The same pair from every goroutine of RunParallel; goroutines above GOMAXPROCS are 4x oversubscribed. " +
 		"ns/op is wall time over all operations of all goroutines: it falls as an implementation scales, stays flat or rises when it does not."},
-	{"StoreLoadFree", "Copy a value in, copy it out, free (cella: Store, Load, Free)."},
+	{"StoreLoadFree", "Copy a value in, copy it out, free (cella: Store, Load, Free; cella-into: Store, LoadInto, Free)."},
+	{"Load", "Copy a live value out, one goroutine (cella: Load, LoadInto, which write nothing to shared memory; rwmutex: RLock, copy, RUnlock; plain: an unsynchronised copy, the floor)."},
 	{"View", "Shared read of a live object (cella: View; rwmutex: RLock; plain: unsynchronised read, the floor)."},
 	{"Update", "Exclusive write of a live object (cella: Update; rwmutex: Lock; plain: unsynchronised write, the floor)."},
 	{"CrossP", "One goroutine allocates, another frees (handles passed in batches of 64): the remote-free path. Per object."},
@@ -204,6 +205,13 @@ func renderTargets(b *strings.Builder, in pageInput, byFam map[string][]*summary
 	ratio("Store+Load+Free (1 KiB) at or below 1.0x sync.Pool with a copy in and out",
 		ns(find(slf, "BenchmarkStoreLoadFree/impl=cella/payload=1024")), ns(find(slf, "BenchmarkStoreLoadFree/impl=syncpool/payload=1024")),
 		func(r float64) bool { return r <= 1 }, "%.2fx sync.Pool")
+	if l := find(byFam["Load"], "BenchmarkLoad/impl=cella/payload=64"); l != nil {
+		v := "no"
+		if ns(l) <= 6 {
+			v = "yes"
+		}
+		rows = append(rows, row{"Load (64 B) at or below 6 ns", fmtNs(ns(l)), v})
+	}
 	for _, fam := range []string{"View", "Update"} {
 		rows := byFam[fam]
 		ratio(fmt.Sprintf("%s (64 B, one goroutine per P) at or below 1.0x sync.RWMutex", fam),
