@@ -21,15 +21,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 			pc.allocs++
 			idx, gen := cacheSlot(w)
 			v := a.payload(idx)
-			// A cached slot is always a recycled one. Past bigValue
-			// bytes the zero goes through a byte view: `var zero T`
-			// of more than 128 KiB would be put on the heap.
-			if unsafe.Sizeof(*v) > bigValue {
-				clearBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
-			} else {
-				var zero T
-				*v = zero
-			}
+			zeroValue(v) // a cached slot is always a recycled one
 			a.gate.Exit(p)
 			return token.New(idx, gen), v, nil
 		}
@@ -41,12 +33,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	}
 	v := a.payload(idx)
 	if res == tookRecycled {
-		if unsafe.Sizeof(*v) > bigValue {
-			clearBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
-		} else {
-			var zero T
-			*v = zero
-		}
+		zeroValue(v)
 	}
 	a.gate.Exit(p)
 	return token.New(idx, gen), v, nil

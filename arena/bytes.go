@@ -17,6 +17,17 @@ const bigValue = 4 << 10
 // compiler's unrolled 16-byte ones.
 const typedCopyMax = 256
 
+// zeroValue zeroes *v; past bigValue bytes through a byte view, because
+// `var zero T` of more than 128 KiB would be put on the heap.
+func zeroValue[T any](v *T) {
+	if unsafe.Sizeof(*v) > bigValue {
+		clearBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
+		return
+	}
+	var zero T
+	*v = zero
+}
+
 // clearBytes zeroes n bytes at p.
 func clearBytes(p unsafe.Pointer, n uintptr) {
 	clear(unsafe.Slice((*byte)(p), n))
