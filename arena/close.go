@@ -21,10 +21,10 @@ func (c *core) Close() error {
 		return ErrClosed
 	}
 	// A running Trim holds detached freelists and reads their links: let
-	// it finish (it sees the closed gate between shards and stops).
-	//lint:ignore SA2001 an empty critical section: waiting for Trim is the point
+	// it finish. One that starts later waits for Close and then sees the
+	// closed gate.
 	c.trim.mu.Lock()
-	c.trim.mu.Unlock()
+	defer c.trim.mu.Unlock()
 
 	c.waitq.close() // issue 11: wake AllocWait/StoreWait; they return ErrClosed
 	// From here no new section starts, and the grace period has let every

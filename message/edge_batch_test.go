@@ -142,7 +142,7 @@ func TestSendBatchStopsAtRefusal(t *testing.T) {
 	s := newStore[payload](t, 128)
 	full := mustEdge(t, s, Policy{MaxItems: 50, Admission: DropNewest})
 	ts := putN(t, s, 100, BestEffort)
-	n, err := full.SendBatch(nil, ts)
+	n, err := full.SendBatch(nilCtx, ts)
 	if n != 50 || !errors.Is(err, ErrEdgeFull) || !errors.Is(err, ErrRejected) {
 		t.Fatalf("SendBatch of 100 into 50 = %d, %v", n, err)
 	}
@@ -154,17 +154,17 @@ func TestSendBatchStopsAtRefusal(t *testing.T) {
 	e := mustEdge(t, s, Policy{})
 	expired, _ := s.Put(Header{Deadline: 1}, payload{})
 	mixed := []token.Token{ts[50], ts[51], expired, ts[52]}
-	n, err = e.SendBatch(nil, mixed)
+	n, err = e.SendBatch(nilCtx, mixed)
 	if n != 2 || !errors.Is(err, ErrExpired) || !errors.Is(err, ErrRejected) {
 		t.Fatalf("SendBatch with an expired third = %d, %v", n, err)
 	}
 	mixed = []token.Token{ts[52], token.Nil, ts[53]}
-	n, err = e.SendBatch(nil, mixed)
+	n, err = e.SendBatch(nilCtx, mixed)
 	if n != 1 || err == nil {
 		t.Fatalf("SendBatch with a Nil second = %d, %v", n, err)
 	}
 	e.Close()
-	n, err = e.SendBatch(nil, ts[53:55])
+	n, err = e.SendBatch(nilCtx, ts[53:55])
 	if n != 0 || !errors.Is(err, ErrEdgeClosed) {
 		t.Fatalf("SendBatch on a closed edge = %d, %v", n, err)
 	}
@@ -183,11 +183,11 @@ func TestSendBatchDropOldest(t *testing.T) {
 	s := newStore[payload](t, 16)
 	e := mustEdge(t, s, Policy{MaxItems: 4, Admission: DropOldest})
 	ts := putN(t, s, 10, BestEffort)
-	if n, err := e.SendBatch(nil, ts); n != 10 || err != nil {
+	if n, err := e.SendBatch(nilCtx, ts); n != 10 || err != nil {
 		t.Fatalf("SendBatch = %d, %v", n, err)
 	}
 	var dst [8]token.Token
-	n, err := e.RecvBatch(nil, dst[:])
+	n, err := e.RecvBatch(nilCtx, dst[:])
 	if n != 4 || err != nil {
 		t.Fatalf("RecvBatch = %d, %v", n, err)
 	}
@@ -256,7 +256,7 @@ func TestRecvBatchLanesAndLimits(t *testing.T) {
 	e.TrySend(soon)
 	time.Sleep(2 * time.Millisecond)
 	var dst [3]token.Token
-	n, err := e.RecvBatch(nil, dst[:])
+	n, err := e.RecvBatch(nilCtx, dst[:])
 	if n != 3 || err != nil {
 		t.Fatalf("RecvBatch = %d, %v", n, err)
 	}
@@ -265,7 +265,7 @@ func TestRecvBatchLanesAndLimits(t *testing.T) {
 		got = append(got, seqOf(t, s, tok))
 	}
 	freeAll(t, s, dst[:n])
-	n, err = e.RecvBatch(nil, dst[:])
+	n, err = e.RecvBatch(nilCtx, dst[:])
 	for _, tok := range dst[:n] {
 		got = append(got, seqOf(t, s, tok))
 	}
@@ -288,7 +288,7 @@ func TestRecvBatchLanesAndLimits(t *testing.T) {
 		t.Fatalf("RecvBatch on an empty edge = %d, %v", n, err)
 	}
 	e.Close()
-	if n, err := e.RecvBatch(nil, dst[:]); n != 0 || !errors.Is(err, ErrEdgeClosed) {
+	if n, err := e.RecvBatch(nilCtx, dst[:]); n != 0 || !errors.Is(err, ErrEdgeClosed) {
 		t.Fatalf("RecvBatch on a closed empty edge = %d, %v", n, err)
 	}
 	if s.Available() != s.Capacity() {
@@ -314,7 +314,7 @@ func TestSendBatchWakesReceiverOnce(t *testing.T) {
 		res <- n
 	}()
 	waitFor(t, func() bool { return e.recvq.linked.Load() == 1 })
-	if n, err := e.SendBatch(nil, ts); n != 16 || err != nil {
+	if n, err := e.SendBatch(nilCtx, ts); n != 16 || err != nil {
 		t.Fatalf("SendBatch = %d, %v", n, err)
 	}
 	if n := <-res; n != 16 {
@@ -414,3 +414,7 @@ func TestBatchNoAllocs(t *testing.T) {
 		t.Fatalf("SendBatch+RecvBatch of 16: %v allocs", allocs)
 	}
 }
+
+// nilCtx is a nil context.Context, for the tests of "a nil ctx waits like
+// Background" (a variable, so that linters do not flag a literal nil).
+var nilCtx context.Context

@@ -173,7 +173,7 @@ func TestEdgeAll(t *testing.T) {
 		t.Fatalf("after break: got %v, Len %d", got, e.Len())
 	}
 	e.Close()
-	for tok := range e.All(nil) {
+	for tok := range e.All(nilCtx) {
 		got = append(got, seqOf(t, s, tok))
 		s.Free(tok)
 	}

@@ -14,7 +14,7 @@ import (
 
 func TestPutWaitReturnsAtOnceWhenFree(t *testing.T) {
 	s := newStore[payload](t, 2)
-	tok, err := s.PutWait(nil, Header{Seq: 3}, payload{A: 9})
+	tok, err := s.PutWait(nilCtx, Header{Seq: 3}, payload{A: 9})
 	if err != nil {
 		t.Fatal(err)
 	}
