@@ -125,7 +125,10 @@ func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
-	a.noteHold(idx, false) // cella_debug builds only (nested.go)
+	if debugNested {
+		a.noteHold(idx, false)
+		defer a.dropHold(idx)
+	}
 	defer a.unlockRead(idx)
 	fn(a.payload(idx))
 	return nil
@@ -147,7 +150,10 @@ func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 	if err != nil {
 		return err
 	}
-	a.noteHold(idx, true) // cella_debug builds only (nested.go)
+	if debugNested {
+		a.noteHold(idx, true)
+		defer a.dropHold(idx)
+	}
 	defer a.unlockWriter(idx)
 	fn(a.payload(idx))
 	return nil
@@ -241,7 +247,6 @@ func (c *core) unlock(idx uint32, hold uint64) {
 
 // unlockRead is unlock(idx, 1), small enough to inline.
 func (c *core) unlockRead(idx uint32) {
-	c.dropHold(idx)
 	if ns := atomic.AddUint64(c.state(idx), ^uint64(0)); ns&(allocBit|holders) == 0 {
 		c.recycleLate(idx, ns)
 	}
@@ -268,7 +273,6 @@ func (c *core) recycleLate(idx uint32, state uint64) {
 // and copies again (slot.go). Only the writer writes the version, so a
 // plain increment is enough; the atomic drop that follows publishes it.
 func (c *core) unlockWriter(idx uint32) {
-	c.dropHold(idx)
 	ver := c.version(idx)
 	if raceEnabled {
 		atomic.AddUint32(ver, 1)

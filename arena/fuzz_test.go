@@ -272,6 +272,7 @@ func fuzzArenaModel(t *testing.T, data []byte) {
 	}
 	slots := fzSlotChoices[int(data[0])%len(fzSlotChoices)]
 	shards := fzShardChoices[int(data[1])%len(fzShardChoices)]
+	churnProcs := data[1]&0x80 != 0
 	var firstGen uint32
 	if data[2]%4 == 0 {
 		// Near the wrap: every slot can be allocated 1..4 times, then retires.
@@ -293,7 +294,7 @@ func fuzzArenaModel(t *testing.T, data []byte) {
 	}
 	r := newFzRun(a)
 	defer r.stop()
-	if data[1]&0x80 != 0 {
+	if churnProcs {
 		// GOMAXPROCS moves under the workers: P ids above the per-P
 		// table, caches left behind on Ps that stop running, and thieves
 		// draining them while their owners come and go.
