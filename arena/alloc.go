@@ -151,10 +151,12 @@ func (c *core) take(p int) (idx, gen uint32, res takeResult) {
 		}
 		return 0, 0, full
 	}
-	s := atomic.LoadUint64(c.state(idx))
+	// A never-used slot has generation 0 (its low half may hold a link,
+	// if a thief moved it between shards); a used one has its next
+	// generation.
 	gen, res = c.firstGen, took
-	if s != 0 {
-		gen, res = genOf(s), tookRecycled
+	if g := genOf(atomic.LoadUint64(c.state(idx))); g != 0 {
+		gen, res = g, tookRecycled
 	}
 	claim(c.state(idx), uint64(gen)<<genShift|allocBit)
 	c.countAlloc(p, src == shard.FromSteal)

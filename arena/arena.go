@@ -35,7 +35,8 @@ type core struct {
 	gate     shard.Gate // by value: one pointer hop less on every call
 	set      *shard.Set
 	base     unsafe.Pointer // slot 0's payload
-	meta     unsafe.Pointer // slot 0's metadata: state, link, version (slot.go)
+	states   unsafe.Pointer // slot 0's state word (slot.go)
+	versions unsafe.Pointer // slot 0's version (slot.go)
 	stride   uintptr        // payload bytes per slot: T's size
 	slots    uint32
 	firstGen uint32         // generation of a never-used slot
@@ -46,7 +47,8 @@ type core struct {
 	nodes    *nodeLayout      // per-node arenas only
 	region   *memclass.Region // the payloads
 	regionRO memclass.Region  // a copy of *region that Unmap never clears, for Residency (pernode.go)
-	metaRgn  *memclass.Region // the slots' metadata
+	stateRgn *memclass.Region // the state words
+	verRgn   *memclass.Region // the versions
 	counters *memclass.Region // the per-P counters
 
 	_       atomicx.Pad
@@ -83,7 +85,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	// Payloads are packed at T's own size (a multiple of its alignment);
 	// the slots' metadata lives in a region of its own (slot.go).
 	stride := typ.Size()
-	hi, total := bits.Mul64(uint64(cfg.Slots), uint64(stride+metaSize))
+	hi, total := bits.Mul64(uint64(cfg.Slots), uint64(stride+stateSize+versionSize))
 	if hi != 0 || total > 1<<47 {
 		return nil, fmt.Errorf("%w: Slots = %d of %d-byte %s needs more address space than the machine has",
 			ErrInvalidConfig, cfg.Slots, stride, typ)
@@ -103,16 +105,23 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
 	}
-	meta, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*metaSize)
+	states, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*stateSize)
 	if err != nil {
 		region.Unmap()
-		return nil, fmt.Errorf("arena: reserving the metadata of %d slots: %w", cfg.Slots, err)
+		return nil, fmt.Errorf("arena: reserving the state words of %d slots: %w", cfg.Slots, err)
+	}
+	versions, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*versionSize)
+	if err != nil {
+		region.Unmap()
+		states.Unmap()
+		return nil, fmt.Errorf("arena: reserving the versions of %d slots: %w", cfg.Slots, err)
 	}
 	nP := min(max(runtime.GOMAXPROCS(0), runtime.NumCPU()), maxCachedPs)
 	counters, err := memclass.Map(memclass.Host(), uintptr(nP)*unsafe.Sizeof(pCounters{}))
 	if err != nil {
 		region.Unmap()
-		meta.Unmap()
+		states.Unmap()
+		versions.Unmap()
 		return nil, fmt.Errorf("arena: mapping per-P counters: %w", err)
 	}
 	if firstGen == 0 {
@@ -121,9 +130,10 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		firstGen = 1 + rand.Uint32N(1<<30)
 	}
 	a := &Arena[T]{core: core{
-		set:      newSet(cfg, shards, layout, unsafe.Add(meta.Base(), linkOffset), metaSize),
+		set:      newSet(cfg, shards, layout, unsafe.Add(states.Base(), linkOffset()), stateSize),
 		base:     region.Base(),
-		meta:     meta.Base(),
+		states:   states.Base(),
+		versions: versions.Base(),
 		stride:   stride,
 		slots:    uint32(cfg.Slots),
 		firstGen: firstGen,
@@ -132,9 +142,11 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		class:    cfg.Class,
 		nodes:    layout,
 		region:   region,
-		metaRgn:  meta,
+		stateRgn: states,
+		verRgn:   versions,
 		counters: counters,
 	}}
+	a.set.SetLinkFlag(uint32(linkedBit))
 	a.regionRO = *region
 	a.gate.Init()
 	return a, nil
@@ -147,7 +159,18 @@ func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, st
 	return shard.New(uint32(cfg.Slots), shards, links, stride)
 }
 
-// metaClass is the class of the metadata region: the payload's placement
+// linkOffset is where the low half of a state word lives, the half that
+// holds a free slot's freelist link: byte 0 on little-endian machines, byte
+// 4 on big-endian ones.
+func linkOffset() uintptr {
+	x := uint64(1)
+	if *(*byte)(unsafe.Pointer(&x)) == 1 {
+		return 0
+	}
+	return 4
+}
+
+// metaClass is the class of the metadata regions: the payload's placement
 // and locking, but never hugetlb pages (the region is small, and reserved
 // huge pages are scarce), never a provider's memory (which may not take
 // atomics), and for per-node arenas plain host memory, first touched by the
@@ -172,12 +195,12 @@ func metaClass(c memclass.Class) memclass.Class {
 
 // state returns slot idx's state word.
 func (c *core) state(idx uint32) *uint64 {
-	return (*uint64)(unsafe.Add(c.meta, uintptr(idx)*metaSize))
+	return (*uint64)(unsafe.Add(c.states, uintptr(idx)*stateSize))
 }
 
 // version returns slot idx's version word, advanced by every Update.
 func (c *core) version(idx uint32) *uint32 {
-	return (*uint32)(unsafe.Add(c.meta, uintptr(idx)*metaSize+versionOffset))
+	return (*uint32)(unsafe.Add(c.versions, uintptr(idx)*versionSize))
 }
 
 // payload returns slot idx's value.

@@ -36,7 +36,7 @@ func (c *core) Close() error {
 	c.gate.Quiesce() // the releases that dropped the last holds have returned
 	last := c.sum()
 	c.final.Store(&last)
-	return errors.Join(c.region.Unmap(), c.metaRgn.Unmap(), c.counters.Unmap())
+	return errors.Join(c.region.Unmap(), c.stateRgn.Unmap(), c.verRgn.Unmap(), c.counters.Unmap())
 }
 
 // waitHolders waits until no slot has a reader or writer hold. After the
@@ -47,7 +47,7 @@ func (c *core) waitHolders() {
 	for sh := 0; sh < c.set.Len(); sh++ {
 		lo, hi := c.set.Touched(sh)
 		for idx := lo; idx < hi; idx++ {
-			for atomic.LoadUint64(c.state(idx))&holders != 0 {
+			for held(atomic.LoadUint64(c.state(idx))) {
 				bo.Wait()
 			}
 		}

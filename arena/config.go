@@ -21,8 +21,9 @@ type Config struct {
 	Class memclass.Class
 }
 
-// MaxSlots is the largest capacity an arena supports.
-const MaxSlots = shard.MaxSlots
+// MaxSlots is the largest capacity an arena supports: a free slot keeps its
+// freelist link (index+1) in 29 bits of its state word (slot.go).
+const MaxSlots = 1<<29 - 1
 
 // MaxShards is the largest shard count an arena supports.
 const MaxShards = shard.MaxShards

@@ -9,17 +9,20 @@
 //
 // # Memory layout
 //
-// New maps two anonymous regions with memclass.Map: the payloads, Slots ×
-// sizeof(T) bytes in the arena's class, packed at T's own size; and the
-// metadata, 16 bytes per slot:
+// New maps three anonymous regions with memclass.Map: the payloads, Slots ×
+// sizeof(T) bytes in the arena's class, packed at T's own size; the state
+// words, 8 bytes per slot; and the versions, 4 bytes per slot:
 //
-//	payload region:  | T slot 0 | T slot 1 | T slot 2 | ...
-//	metadata region: | state uint64 | link uint32 | version uint32 | ...  (per slot)
+//	payloads: | T slot 0 | T slot 1 | T slot 2 | ...
+//	states:   | gen | alloc | writer | linked | readers or freelist link |  (uint64 per slot)
+//	versions: | uint32 per slot, advanced by Update (Load's seqlock)
 //
-// Nothing is committed until a slot is used. Keeping the metadata apart lets
-// Trim hand the payload pages of free slots back to the kernel while their
-// generations (stale detection) and freelist links stay, and packs the
-// state words densely for the scans of Close, Tokens and Trim.
+// Nothing is committed until a slot is used. Keeping them apart lets Trim
+// hand the payload and version pages of free slots back to the kernel while
+// their state words (generation: stale detection; freelist link) stay, and
+// packs the state words densely for the scans of Close, Tokens and Trim.
+// After a burst of 64-byte slots is 99% freed, Trim leaves 8 bytes per slot
+// and the live slots resident.
 //
 // The payload type must hold no Go pointers (New checks it with reflect): the
 // garbage collector never scans this memory, which is the point — millions of

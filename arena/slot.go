@@ -1,35 +1,45 @@
 package arena
 
-// Slot layout. A slot is its payload, a T in the payload region at
-// index × sizeof(T), and 16 bytes of metadata in a region of its own at
-// index × 16:
+// Slot layout. A slot is three things, each in a region of its own:
 //
-//	offset 0   state   uint64  lifecycle word (below)
-//	offset 8   link    uint32  freelist link (index+1 of the next free slot)
-//	offset 12  version uint32  advanced by every Update (the seqlock below)
+//	payload region:  T at index × sizeof(T)
+//	state region:    uint64 state word at index × 8
+//	version region:  uint32 version at index × 4, advanced by every Update
 //
-// Keeping the metadata apart is what lets Trim give a free slot's payload
-// pages back to the kernel (they come back zero) without forgetting the
-// slot's generation or its place on a freelist, and it packs the state
-// words of four slots per cache line for scans (Close, Tokens, Trim). The
-// price is a second cache line per slot touched on the fast path.
+// Keeping them apart is what lets Trim give memory back without losing a
+// guarantee: the state words (generation, holders, freelist link) are never
+// released, while the payload and version pages of runs of free slots are
+// (a version only has to hold still during one allocation's life, and a
+// released page reads as zero). The state words of eight slots share a
+// cache line, which keeps the scans of Close, Tokens and Trim dense; the
+// price is that the fast path touches two or three lines per slot, not one.
 //
 // The state word is the only synchronisation a slot has:
 //
-//	 63                 32   31      30      29                         0
-//	+---------------------+-------+--------+----------------------------+
-//	|     generation      | alloc | writer |          readers           |
-//	+---------------------+-------+--------+----------------------------+
+//	 63                 32   31      30       29       28                 0
+//	+---------------------+-------+--------+--------+-------------------+
+//	|     generation      | alloc | writer | linked |  readers or link  |
+//	+---------------------+-------+--------+--------+-------------------+
 //
-// A slot that was never used has state 0. Alloc sets alloc and keeps the
-// generation (the arena's first generation for a never-used slot). A token
-// is valid while its generation equals the slot's and alloc is set.
+// A slot that was never used has generation 0 (state 0, or linked). Alloc
+// sets alloc and the generation (the arena's first generation for a
+// never-used slot). A token is valid while its generation equals the slot's
+// and alloc is set.
 //
 // Free clears alloc and advances the generation in one CAS, so every copy of
 // the old token is stale from that instant. If readers or the writer bit are
 // set at that moment, the slot is not recycled yet: whoever drops the last
 // reader or the writer bit, and sees alloc clear, pushes it to a freelist.
 // Exactly one goroutine sees that transition, so a slot is recycled once.
+//
+// A free slot on a freelist keeps its link (index+1 of the next free slot,
+// 0 at the end) in the low 29 bits, with the linked bit set (the shard set
+// writes both; see shard.Set.SetLinkFlag). The linked bit is what tells it
+// from a freed slot whose callbacks still run (alloc clear, holders set):
+// readers never reach 2^29. Links must fit in 29 bits, hence MaxSlots.
+// Nothing else writes a free slot's state word (a View or Load of any token
+// sees alloc clear and backs off), and Alloc overwrites the link when it
+// claims the slot.
 //
 // Load takes no hold: it reads the state word (valid, no writer) and the
 // version, copies the payload, and reads both again; if the generation,
@@ -44,7 +54,8 @@ package arena
 // generation is set to 2^32-1, which no token carries, and it is never pushed
 // to a freelist again. So no token can ever match a slot a second time.
 const (
-	readerMask uint64 = 1<<30 - 1
+	readerMask uint64 = 1<<29 - 1
+	linkedBit  uint64 = 1 << 29
 	writerBit  uint64 = 1 << 30
 	allocBit   uint64 = 1 << 31
 	genShift          = 32
@@ -53,9 +64,8 @@ const (
 	// retiredGen is the generation of a retired slot; never issued.
 	retiredGen = 1<<32 - 1
 
-	metaSize      = 16
-	linkOffset    = 8
-	versionOffset = 12
+	stateSize   = 8
+	versionSize = 4
 
 	// maxAlign is the largest payload alignment New accepts (the regions
 	// are page aligned, and payloads are packed at T's size).
@@ -63,6 +73,13 @@ const (
 )
 
 func genOf(state uint64) uint32 { return uint32(state >> genShift) }
+
+// held reports whether a View or Update callback holds the slot: readers or
+// the writer bit, on a slot that is not on a freelist (whose low half is a
+// link, not holders).
+func held(state uint64) bool {
+	return state&linkedBit == 0 && state&holders != 0
+}
 
 // valid reports whether state belongs to a live allocation of generation gen.
 func valid(state uint64, gen uint32) bool {

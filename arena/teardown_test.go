@@ -58,7 +58,8 @@ func TestTeardownMappingsGone(t *testing.T) {
 		arenas = append(arenas, a)
 		ranges = append(ranges,
 			rng{uintptr(a.region.Base()), a.region.Len()},
-			rng{uintptr(a.metaRgn.Base()), a.metaRgn.Len()},
+			rng{uintptr(a.stateRgn.Base()), a.stateRgn.Len()},
+			rng{uintptr(a.verRgn.Base()), a.verRgn.Len()},
 			rng{uintptr(a.counters.Base()), a.counters.Len()})
 		// Touch a few slots so the mappings have resident pages.
 		for j := 0; j < 10; j++ {

@@ -13,10 +13,12 @@ import (
 
 // Trim: giving the memory of free slots back to the kernel.
 //
-// Only payload pages go back. A slot's metadata (its generation, freelist
-// link and version) lives in a region of its own (slot.go) and stays, so a
-// stale token stays stale; a released payload page reads as zeros when it
-// is next touched, and Alloc zeroes a recycled slot anyway.
+// Payload pages and version pages go back; state words stay (slot.go). A
+// state word holds the generation, so a stale token stays stale, and a free
+// slot's freelist link. A released payload page reads as zeros when it is
+// next touched (Alloc zeroes a recycled slot anyway); a released version
+// page restarts the versions of slots nobody holds, and a version only has
+// to stand still for the life of one allocation.
 //
 // Trim takes every shard's whole freelist, one CAS each
 // (shard.Set.Detach), marks the indices in a bitmap, finds the runs of
@@ -40,7 +42,8 @@ type trimState struct {
 }
 
 // Trim returns to the OS the payload memory of free slots and reports how
-// many bytes were resident and released. It is safe to call while other
+// many bytes of payload were resident and released (version pages, one
+// per 1024 slots, go back too and are not counted). It is safe to call while other
 // goroutines use the arena; an Alloc that would otherwise have found the
 // arena full waits for it (it holds the free slots for the length of its
 // madvise calls). After Close it returns ErrClosed.
@@ -99,9 +102,9 @@ func (c *core) trimmable() bool {
 	return c.stride > 0 && !c.class.IsLocked() && !c.class.HugeTLB()
 }
 
-// releaseRuns releases the whole pages inside each run of consecutive set
-// bits of free (slots in the caller's hands) and returns the bytes that were
-// resident.
+// releaseRuns releases the whole payload and version pages inside each run
+// of consecutive set bits of free (slots in the caller's hands) and returns
+// the payload bytes that were resident.
 func (c *core) releaseRuns(free []uint64, page uintptr) (released int64) {
 	var vec []byte
 	n := uint32(len(free) * 64)
@@ -123,20 +126,23 @@ func (c *core) releaseRuns(free []uint64, page uintptr) (released int64) {
 			break
 		}
 		j = min(j, n) // the run is [i, j)
-		lo := (uintptr(i)*c.stride + page - 1) &^ (page - 1)
-		hi := uintptr(j) * c.stride &^ (page - 1)
-		if hi > lo {
-			released += c.release(lo, hi-lo, page, &vec)
-		}
+		released += releaseRange(c.base, c.stride, i, j, page, &vec)
+		releaseRange(c.versions, versionSize, i, j, page, &vec)
 		i = j
 	}
 	return released
 }
 
-// release counts the resident pages of [off, off+n) of the payload region
-// and gives the range back to the kernel.
-func (c *core) release(off, n, page uintptr, scratch *[]byte) int64 {
-	addr := unsafe.Add(c.base, off)
+// releaseRange gives back the whole pages of the slots [i, j) of a region
+// that holds stride bytes per slot from base, and returns how many bytes of
+// them were resident.
+func releaseRange(base unsafe.Pointer, stride uintptr, i, j uint32, page uintptr, scratch *[]byte) int64 {
+	lo := (uintptr(i)*stride + page - 1) &^ (page - 1)
+	hi := uintptr(j) * stride &^ (page - 1)
+	if hi <= lo {
+		return 0
+	}
+	addr, n := unsafe.Add(base, lo), hi-lo
 	pages := int(n / page)
 	if cap(*scratch) < pages {
 		*scratch = make([]byte, pages)

@@ -45,11 +45,12 @@ const StealBatch = 32
 // links + i*stride for slot i), because that memory belongs with the slots:
 // off the Go heap and committed only when a slot is first used.
 type Set struct {
-	shards []shardState
-	parts  []part
-	links  unsafe.Pointer
-	stride uintptr
-	n      int
+	shards   []shardState
+	parts    []part
+	links    unsafe.Pointer
+	stride   uintptr
+	n        int
+	linkFlag uint32 // ORed into every link written (SetLinkFlag)
 
 	_ atomicx.Pad
 	// steals counts steals in progress (low 32 bits) and steals completed
@@ -205,6 +206,31 @@ func (s *Set) Untouched() uint64 {
 func (s *Set) link(idx uint32) *uint32 {
 	return (*uint32)(unsafe.Add(s.links, uintptr(idx)*s.stride))
 }
+
+// loadLink reads slot idx's link (index+1 of the next free slot, 0 = end),
+// without the Set's link flag.
+func (s *Set) loadLink(idx uint32) uint32 {
+	return atomic.LoadUint32(s.link(idx)) &^ s.linkFlag
+}
+
+// storeLink writes slot idx's link, with the Set's link flag. Nobody reads
+// the link of a slot the caller is linking until a CAS on a freelist head
+// publishes it, so a plain store is enough (atomic under the race detector,
+// which sees readers of the whole word the link may share, see LinkFlag).
+func (s *Set) storeLink(idx, next uint32) {
+	if raceEnabled {
+		atomic.StoreUint32(s.link(idx), next|s.linkFlag)
+		return
+	}
+	*s.link(idx) = next | s.linkFlag
+}
+
+// SetLinkFlag makes the Set OR flag into every link it writes and mask it
+// out of every link it reads. The arena keeps a free slot's link in the low
+// half of its state word, and the flag tells a linked free slot apart from
+// a freed slot that callbacks still hold (whose low half counts them). Call
+// it before the Set is used; links (index+1) must stay below flag.
+func (s *Set) SetLinkFlag(flag uint32) { s.linkFlag = flag }
 
 // Pop takes a free slot for a caller whose home shard is home: from the home
 // freelist, else the home frontier, else by stealing a batch from the other
@@ -371,7 +397,7 @@ func (s *Set) Detach(shard int) (first uint32, ok bool) {
 
 // Next returns the index after idx in a chain taken by Detach.
 func (s *Set) Next(idx uint32) (next uint32, ok bool) {
-	n := atomic.LoadUint32(s.link(idx))
+	n := s.loadLink(idx)
 	return n - 1, n != 0
 }
 
@@ -392,7 +418,7 @@ func (s *Set) popList(st *shardState) (uint32, bool) {
 		}
 		// The link may be rewritten under us if top is popped and pushed
 		// again by another goroutine; the tag makes our CAS fail then.
-		next := atomic.LoadUint32(s.link(top - 1))
+		next := s.loadLink(top - 1)
 		if st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(next)) {
 			return top - 1, true
 		}
@@ -402,12 +428,11 @@ func (s *Set) popList(st *shardState) (uint32, bool) {
 // pushChain pushes the chain first → … → last (already linked through the
 // link words) onto st's freelist.
 func (s *Set) pushChain(st *shardState, first, last uint32) {
-	lastLink := s.link(last)
 	for {
 		old := st.head.Load()
-		// A plain store: nobody can read last's link until the CAS below
-		// publishes it, and the CAS orders it before the publication.
-		*lastLink = uint32(old)
+		// Nobody can read last's link until the CAS below publishes it,
+		// and the CAS orders the store before the publication.
+		s.storeLink(last, uint32(old))
 		if st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(first+1)) {
 			return
 		}
@@ -476,7 +501,7 @@ func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
 	if idx, n, ok := takeFresh(victim, StealBatch); ok {
 		if n > 1 {
 			for j := idx + 1; j < idx+n-1; j++ {
-				*s.link(j) = j + 2 // j → j+1, stored as index+1
+				s.storeLink(j, j+2) // j → j+1, stored as index+1
 			}
 			s.pushChain(me, idx+1, idx+n-1)
 		}
@@ -501,7 +526,7 @@ func (s *Set) stealMore(me, victim *shardState) {
 		if got == 0 {
 			last = idx
 		} else {
-			*s.link(idx) = first + 1
+			s.storeLink(idx, first+1)
 		}
 		first = idx
 		got++
