@@ -48,12 +48,22 @@ type trimState struct {
 // arena full waits for it (it holds the free slots for the length of its
 // madvise calls). After Close it returns ErrClosed.
 func (c *core) Trim() (released int64, err error) {
+	return c.TrimWith(nil)
+}
+
+// TrimWith is Trim for a layer that keeps per-slot memory of its own next
+// to the arena (message.Store keeps reference counts): release, if not nil,
+// is called for every run [first, end) of consecutive free slots while Trim
+// holds them, so no Alloc can hand one of them out meanwhile; it may give
+// that memory back (for example with madvise), and must not call into the
+// arena.
+func (c *core) TrimWith(release func(first, end uint32)) (released int64, err error) {
 	c.trim.mu.Lock()
 	defer c.trim.mu.Unlock()
 	if c.gate.Closed() {
 		return 0, ErrClosed
 	}
-	if !c.trimmable() {
+	if !c.trimmable() && release == nil {
 		return 0, nil
 	}
 	var touched uint32
@@ -86,7 +96,7 @@ func (c *core) Trim() (released int64, err error) {
 		}
 		chains = append(chains, chain{sh, first, last})
 	}
-	released = c.releaseRuns(free, uintptr(os.Getpagesize()))
+	released = c.releaseRuns(free, uintptr(os.Getpagesize()), release)
 	for _, ch := range chains {
 		c.set.Reattach(ch.shard, ch.first, ch.last)
 	}
@@ -103,10 +113,11 @@ func (c *core) trimmable() bool {
 }
 
 // releaseRuns releases the whole payload and version pages inside each run
-// of consecutive set bits of free (slots in the caller's hands) and returns
-// the payload bytes that were resident.
-func (c *core) releaseRuns(free []uint64, page uintptr) (released int64) {
+// of consecutive set bits of free (slots in the caller's hands), calls also
+// (if set) for each run, and returns the payload bytes that were resident.
+func (c *core) releaseRuns(free []uint64, page uintptr, also func(first, end uint32)) (released int64) {
 	var vec []byte
+	own := c.trimmable()
 	n := uint32(len(free) * 64)
 	for i := uint32(0); i < n; {
 		w := free[i/64] >> (i % 64)
@@ -126,8 +137,13 @@ func (c *core) releaseRuns(free []uint64, page uintptr) (released int64) {
 			break
 		}
 		j = min(j, n) // the run is [i, j)
-		released += releaseRange(c.base, c.stride, i, j, page, &vec)
-		releaseRange(c.versions, versionSize, i, j, page, &vec)
+		if own {
+			released += releaseRange(c.base, c.stride, i, j, page, &vec)
+			releaseRange(c.versions, versionSize, i, j, page, &vec)
+		}
+		if also != nil {
+			also(i, j)
+		}
 		i = j
 	}
 	return released

@@ -3,6 +3,10 @@ package message
 import (
 	"context"
 	"iter"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
@@ -63,14 +67,26 @@ func (s *Store[P]) Tokens() iter.Seq[token.Token] {
 }
 
 // Trim gives the memory of free message slots back to the operating system
-// (see arena.Arena.Trim) and reports how many bytes it released. Tokens stay
-// exactly as stale as before, and a recycled slot still comes back zeroed.
-// The store's metadata (24 bytes per slot ever used) is not trimmed: it
-// holds the reference counts that the lock-free Free and Retain read. After
-// Close, Trim returns arena.ErrClosed.
+// (see arena.Arena.Trim) and reports how many bytes of payload it released.
+// Tokens stay exactly as stale as before, and a recycled slot still comes
+// back zeroed. The store's own metadata pages (24 bytes per slot: reference
+// count, deadline, admission info) go back too where every slot on the page
+// is free: a free slot's reference count is zero, which is what a released
+// page reads as, so every check of a stale token still fails. After Close,
+// Trim returns arena.ErrClosed.
 func (s *Store[P]) Trim() (released int64, err error) {
 	if s.gate.Closed() {
 		return 0, arena.ErrClosed
 	}
-	return s.a.Trim()
+	page := uintptr(os.Getpagesize())
+	return s.a.TrimWith(func(first, end uint32) {
+		// The arena holds slots [first, end): nobody can publish one of
+		// them meanwhile, and a stale token's Free or Retain only reads
+		// their zero counts. Close waits for this Trim before it unmaps.
+		lo := (uintptr(first)*metaSize + page - 1) &^ (page - 1)
+		hi := uintptr(end) * metaSize &^ (page - 1)
+		if hi > lo {
+			unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(s.meta, lo)), hi-lo), unix.MADV_DONTNEED)
+		}
+	})
 }

@@ -3,7 +3,11 @@ package message
 import (
 	"context"
 	"errors"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -243,4 +247,81 @@ func TestStoreTrim(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Free(tok)
+}
+
+// After a burst of 64-byte messages is 99% freed, Store.Trim brings the
+// store's resident memory (messages, the arena's state words and versions,
+// the store's own metadata) to at most 15% of its peak.
+func TestStoreTrimBurstRSS(t *testing.T) {
+	const n = 1 << 20
+	toks := make([]token.Token, n)
+	for i := range toks {
+		toks[i] = token.Token(i) // touch it now, so it is in the baseline
+	}
+	runtime.GC()
+	base := rssKiB(t)
+	s, err := NewStore[[64]byte](arena.Config{Slots: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range toks {
+		if toks[i], err = s.Put(Header{}, [64]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peak := rssKiB(t)
+	for _, tok := range toks[n/100:] {
+		if err := s.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	after := rssKiB(t)
+	share := float64(after-base) / float64(peak-base)
+	t.Logf("RSS: base %d KiB, peak %d KiB, after Trim %d KiB: %.1f%% of the store's peak", base, peak, after, 100*share)
+	if share > 0.15 {
+		t.Fatalf("after Trim the store keeps %.1f%% of its peak resident, want at most 15%%", 100*share)
+	}
+	// Stale tokens stay stale; the live ones are intact.
+	if _, err := s.Header(toks[n-1]); !errors.Is(err, arena.ErrStale) {
+		t.Fatalf("Header of a freed, trimmed message: %v", err)
+	}
+	if err := s.Free(toks[n-1]); !errors.Is(err, arena.ErrStale) {
+		t.Fatalf("Free of a freed, trimmed message: %v", err)
+	}
+	for _, tok := range toks[:n/100] {
+		if err := s.View(tok, func(m *Message[[64]byte]) {
+			if m.Payload[0] != 1 {
+				t.Fatalf("message %v lost its payload", tok)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Available() != s.Capacity() {
+		t.Fatalf("Available %d, Capacity %d", s.Available(), s.Capacity())
+	}
+}
+
+// rssKiB is the process's resident set (VmRSS).
+func rssKiB(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("needs /proc/self/status")
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	t.Skip("no VmRSS")
+	return 0
 }
