@@ -203,6 +203,9 @@ func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
 		case write && s&writerBit == 0:
 			if atomic.CompareAndSwapUint64(st, s, s|writerBit) {
 				c.gate.Exit(p)
+				if s&readerMask == 0 {
+					return idx, nil // nobody was reading: nothing to wait for
+				}
 				return idx, c.drainReaders(idx, gen, t, op)
 			}
 			c.gate.Exit(p)
