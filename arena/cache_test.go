@@ -85,3 +85,78 @@ func TestCacheStealFindsParkedSlot(t *testing.T) {
 		t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
 	}
 }
+
+// A thief that drains a P's cache leaves the P cooling: the P's frees skip
+// its cache (so the next thief finds them on a freelist, with no fence)
+// until coolFrees of them have passed, and then it caches again. An owner
+// that finds a thief's mark after clearing its cache claims with a CAS,
+// and loses cleanly to the thief.
+func TestCacheCooling(t *testing.T) {
+	if !shard.Pinned {
+		t.Skip("the purego build has no per-P cache")
+	}
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	a, err := New[uint64](Config{Slots: 4, Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.nP < 2 {
+		t.Skip("needs a per-P table of at least two Ps")
+	}
+	var toks []token.Token
+	for i := 0; i < 4; i++ {
+		tok, _, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks = append(toks, tok)
+	}
+	// Park toks[0] in P1's cache, as if P1 had freed it.
+	if err := a.Free(toks[0]); err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := a.pc(0), a.pc(1)
+	p1.cache, p0.cache = p0.cache, 0
+	parked := p1.cache
+	drains := a.Stats().Drains
+	tok, _, err := a.Alloc() // shards and P0's cache are empty: drain P1
+	if err != nil || tok.Index() != toks[0].Index() {
+		t.Fatalf("Alloc = %v, %v: want the slot parked in P1's cache", tok, err)
+	}
+	if a.Stats().Drains != drains+1 {
+		t.Fatal("claiming from another P's cache must fence (count a drain)")
+	}
+	if p1.steal != coolingBit {
+		t.Fatalf("P1's steal word after the drain = %#x, want cooling and no thief inside", p1.steal)
+	}
+	// P1's owner comes back: its cache entry is stale, its claim (a CAS,
+	// since the mark is set) fails, and the entry is gone.
+	if w := a.takeCached(p1); w != 0 || p1.cache != 0 {
+		t.Fatalf("the owner took a slot a thief had claimed: %#x (cache %#x, was %#x)", w, p1.cache, parked)
+	}
+	// While cooling, P1 does not cache; after coolFrees frees it does.
+	if err := a.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+	idx, gen := tok.Index(), tok.Generation()
+	free := uint64(gen+1) << genShift
+	for i := 1; i < coolFrees; i++ {
+		if a.cachePut(p1, idx, free) {
+			t.Fatalf("free %d of a cooling P went to its cache", i)
+		}
+	}
+	if !a.cachePut(p1, idx, free) {
+		t.Fatal("after coolFrees frees the P must cache again")
+	}
+	if p1.steal != 0 {
+		t.Fatalf("steal word %#x after cooling, want 0", p1.steal)
+	}
+	setCache(p1, 0) // the entry above was a probe, not a real free
+	for _, x := range toks[1:] {
+		if err := a.Free(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
