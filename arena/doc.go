@@ -104,8 +104,9 @@
 // Every call that touches the memory runs inside a shard.Gate section (a
 // pinned stretch of code). Close marks the gate closed, waits one grace
 // period (a brief stop-the-world, which cannot complete while a goroutine is
-// pinned), waits for View and Update callbacks still running to return, waits
-// one more grace period, and unmaps. No call can fault on unmapped memory.
+// pinned), waits for a running Trim and for View and Update callbacks still
+// running to return, waits one more grace period, and unmaps. No call can
+// fault on unmapped memory.
 //
 // # Waiting for a slot, iterating live slots
 //
