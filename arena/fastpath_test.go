@@ -271,60 +271,6 @@ func TestCloseDuringDrains(t *testing.T) {
 	}
 }
 
-// Load never returns a torn value while Updates rewrite the slot: every
-// word of the copy must be equal. (Under the race detector Load copies
-// under a reader hold; without it, optimistically. CI runs both.)
-func TestLoadNeverTornOptimistic(t *testing.T) {
-	type wide [32]uint64
-	a := refArena[wide](t, 4, 1)
-	tok, err := a.Store(wide{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	var writers sync.WaitGroup
-	for w := 0; w < 2; w++ {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			for n := uint64(1); ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				a.Update(tok, func(v *wide) {
-					for i := range v {
-						v[i] = n
-					}
-				})
-			}
-		}()
-	}
-	deadline := time.Now().Add(300 * time.Millisecond)
-	loads := 0
-	for time.Now().Before(deadline) {
-		var v wide
-		if loads%2 == 0 {
-			v, err = a.Load(tok)
-		} else {
-			err = a.LoadInto(tok, &v)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range v {
-			if v[i] != v[0] {
-				close(stop)
-				t.Fatalf("torn read after %d loads: word 0 = %d, word %d = %d", loads, v[0], i, v[i])
-			}
-		}
-		loads++
-	}
-	close(stop)
-	writers.Wait()
-}
-
 func TestLoadInto(t *testing.T) {
 	type cell struct{ A, B uint64 }
 	a := refArena[cell](t, 4, 1)
