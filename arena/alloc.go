@@ -119,6 +119,9 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 		case stealClosed:
 			return 0, 0, 0, full, ErrClosed
 		}
+		if testHookAfterCacheScan != nil {
+			testHookAfterCacheScan()
+		}
 		// Look at the shards again, then check that no cache gained a
 		// slot meanwhile.
 		p = c.gate.EnterAny()
@@ -139,6 +142,11 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 		bo.Wait() // slots were moving: look again, unpinned
 	}
 }
+
+// testHookAfterCacheScan, when a test sets it, runs in takeSlow between
+// the scan of the caches and the second look at the shards: the window the
+// double collect guards (cache.go, "Exact ErrFull").
+var testHookAfterCacheScan func()
 
 // take pops a free slot for P p from the shards and marks it allocated.
 // Runs inside a gate section. It reports full or retry (slots were moving

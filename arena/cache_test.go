@@ -160,3 +160,48 @@ func TestCacheCooling(t *testing.T) {
 		}
 	}
 }
+
+// The double collect: a slot freed into a P cache after the caches were
+// scanned and before the shards are looked at again must not let Alloc
+// report ErrFull (the cache's put counter moved, so Alloc looks again and
+// finds it).
+func TestErrFullDoubleCollect(t *testing.T) {
+	if !shard.Pinned {
+		t.Skip("the purego build has no per-P cache")
+	}
+	a, err := New[uint64](Config{Slots: 1, Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	held, _, err := a.Alloc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fired := false
+	testHookAfterCacheScan = func() {
+		if fired {
+			return
+		}
+		fired = true
+		// The only slot becomes free, into this P's cache, in the
+		// window between the two collects.
+		if err := a.Free(held); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookAfterCacheScan = nil }()
+	tok, _, err := a.Alloc()
+	if !fired {
+		t.Fatal("the hook did not run: the arena was not full")
+	}
+	if err != nil {
+		t.Fatalf("Alloc = %v while the slot freed during its scan sat in a cache", err)
+	}
+	if tok.Index() != held.Index() {
+		t.Fatalf("got slot %v, want %v", tok, held)
+	}
+	if err := a.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -415,18 +415,22 @@ func bigZero(t *testing.T, what string, fn func()) {
 //go:noinline
 func zeroOf[T any]() (v T, err error) { return }
 
-// ErrFull only when no slot is free: a mover keeps at least one slot free at
-// every instant while it shuttles slots between Ps (through their caches
-// and shards), and a scanner's Alloc, holding nothing, must never fail.
+// ErrFull only when no slot is free. Capacity 3: a mover shuttles its one
+// or two slots between Ps (alloc one, free the other, change P), a freer
+// on yet another goroutine frees what the scanner allocated, and the
+// scanner allocates only once its last slot is freed. So at every instant
+// a slot is free while the scanner allocates, but the free slots move
+// between P caches and shards all the time, and the scanner's own cache is
+// empty (it never frees): every Alloc of the scanner takes the slow path.
+// None of them may report ErrFull.
 func TestNoFalseErrFullWhileSlotsMove(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(8))
-	const slots = 3 // the mover holds at most 2; the scanner at most 1, never while it allocates
-	a := refArena[uint64](t, slots, 0)
+	// Many shards make a scan long, so slots have time to move behind it.
+	a := refArena[uint64](t, 3, 4096)
 	iters := 20000
 	if testing.Short() {
 		iters = 3000
 	}
-	var scanning sync.Mutex // held by the scanner while it holds its slot
 	stop := make(chan struct{})
 	moved := make(chan error, 1)
 	go func() {
@@ -438,11 +442,9 @@ func TestNoFalseErrFullWhileSlotsMove(t *testing.T) {
 				return
 			default:
 			}
-			// Take a second slot only while the scanner holds none, so
-			// one slot stays free; then give the older one back.
-			scanning.Lock()
+			// The mover holds one slot here and the scanner at most one:
+			// a slot is free, so ErrFull would be false too.
 			next, _, e := a.Alloc()
-			scanning.Unlock()
 			if e != nil {
 				err = e
 				break
@@ -455,6 +457,29 @@ func TestNoFalseErrFullWhileSlotsMove(t *testing.T) {
 		}
 		moved <- err
 	}()
+	// The freer spins on a word rather than a channel: a channel hand-off
+	// would run it on the scanner's P, and its frees would land in the
+	// scanner's own cache.
+	var handoff atomic.Uint64 // a token to free; 0 = none
+	var freeErr atomic.Value
+	freerDone := make(chan struct{})
+	go func() {
+		defer close(freerDone)
+		for spins := 0; ; spins++ {
+			tok := handoff.Load()
+			switch {
+			case tok == ^uint64(0):
+				return
+			case tok != 0:
+				if err := a.Free(token.Token(tok)); err != nil {
+					freeErr.CompareAndSwap(nil, err)
+				}
+				handoff.Store(0)
+			case spins%64 == 0:
+				runtime.Gosched()
+			}
+		}
+	}()
 	falseFull := 0
 	for i := 0; i < iters; i++ {
 		tok, _, err := a.Alloc()
@@ -465,11 +490,17 @@ func TestNoFalseErrFullWhileSlotsMove(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		scanning.Lock()
-		if err := a.Free(tok); err != nil {
-			t.Fatal(err)
+		handoff.Store(uint64(tok))
+		for spins := 0; handoff.Load() != 0; spins++ {
+			if spins%64 == 0 {
+				runtime.Gosched()
+			}
 		}
-		scanning.Unlock()
+	}
+	handoff.Store(^uint64(0))
+	<-freerDone
+	if err, _ := freeErr.Load().(error); err != nil {
+		t.Fatal(err)
 	}
 	close(stop)
 	if err := <-moved; err != nil {
