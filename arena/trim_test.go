@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cella-go/cella/memclass"
 	"github.com/cella-go/cella/token"
 )
 
@@ -240,5 +241,105 @@ func TestTrimConcurrent(t *testing.T) {
 			t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
 		}
 		a.Close()
+	}
+}
+
+// Trim on the other memory classes: per-node and THP arenas give pages back
+// like host ones; a locked arena keeps its pages (they are pinned) and says
+// so by releasing nothing; a zero-size T has nothing to release. None of
+// them loses a slot or a stale token.
+func TestTrimClasses(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		class   memclass.Class
+		release bool
+	}{
+		{"host", memclass.Host(), true},
+		{"pernode", memclass.PerNode(), true},
+		{"thp", memclass.Host().WithTHP().BestEffort(), true},
+		{"locked", memclass.Host().Locked().BestEffort(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := New[[4096]byte](Config{Slots: 256, Class: tc.class})
+			if err != nil {
+				t.Skipf("New(%s): %v", tc.class, err)
+			}
+			defer a.Close()
+			var toks []token.Token
+			for i := 0; i < 256; i++ {
+				tok, p, err := a.Alloc()
+				if err != nil {
+					t.Fatal(err)
+				}
+				p[0] = 1
+				toks = append(toks, tok)
+			}
+			for _, tok := range toks[8:] {
+				if err := a.Free(tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			released, err := a.Trim()
+			if err != nil {
+				t.Fatal(err)
+			}
+			locked := a.Class().IsLocked()
+			switch {
+			case tc.release && !locked && released < 200*4096:
+				t.Fatalf("released %d bytes of ~248 free 4 KiB slots", released)
+			case locked && released != 0:
+				t.Fatalf("a locked arena released %d bytes", released)
+			}
+			if _, err := a.Load(toks[100]); !errors.Is(err, ErrStale) {
+				t.Fatalf("stale token after Trim: %v", err)
+			}
+			for _, tok := range toks[:8] {
+				if err := a.Free(tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			checkFillAll(t, a, 256)
+		})
+	}
+	z, err := New[struct{}](Config{Slots: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.Close()
+	tok, _, _ := z.Alloc()
+	z.Free(tok)
+	if released, err := z.Trim(); released != 0 || err != nil {
+		t.Fatalf("Trim of a zero-size arena = %d, %v", released, err)
+	}
+}
+
+// checkFillAll allocates every slot (each must come back zeroed), then
+// frees them all and checks the arena is whole.
+func checkFillAll(t *testing.T, a *Arena[[4096]byte], n int) {
+	t.Helper()
+	var toks []token.Token
+	for {
+		tok, p, err := a.Alloc()
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p[0] != 0 {
+			t.Fatalf("slot %v not zeroed", tok)
+		}
+		toks = append(toks, tok)
+	}
+	if len(toks) != n {
+		t.Fatalf("allocated %d of %d", len(toks), n)
+	}
+	for _, tok := range toks {
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Available() != a.Capacity() {
+		t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
 	}
 }
