@@ -57,6 +57,17 @@
 // and a producer/consumer pair on two Ps then costs one steal per batch
 // instead of one contended CAS on the producer's head per free.
 //
+// # Links, and handing lists out
+//
+// A free slot's link (index+1 of the next one, 0 at the end) is a uint32 in
+// memory the caller lends: the arena gives the low half of each slot's
+// state word and a flag bit (SetLinkFlag) that the Set ORs into every link
+// it writes, so the arena can tell a linked free slot from a freed one that
+// callbacks still hold. Detach takes a shard's whole list for a caller that
+// works on the free slots themselves (the arena's Trim) and Reattach gives
+// it back; in between, the Set counts a steal in progress, so Pop reports
+// Busy rather than empty.
+//
 // # Gate
 //
 // A Gate makes it safe to unmap memory while other goroutines may still be
