@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"runtime"
 	"sync/atomic"
@@ -47,8 +48,7 @@ type core struct {
 	nodes    *nodeLayout      // per-node arenas only
 	region   *memclass.Region // the payloads
 	regionRO memclass.Region  // a copy of *region that Unmap never clears, for Residency (pernode.go)
-	stateRgn *memclass.Region // the state words
-	verRgn   *memclass.Region // the versions
+	meta     metaRegions      // the state words, versions (and links) (slot.go)
 	counters *memclass.Region // the per-P counters
 
 	_       atomicx.Pad
@@ -105,23 +105,16 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("arena: reserving %d slots of %s: %w", cfg.Slots, typ, err)
 	}
-	states, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*stateSize)
+	meta, err := mapMeta(cfg.Class, cfg.Slots)
 	if err != nil {
 		region.Unmap()
-		return nil, fmt.Errorf("arena: reserving the state words of %d slots: %w", cfg.Slots, err)
-	}
-	versions, err := memclass.Map(metaClass(cfg.Class), uintptr(cfg.Slots)*versionSize)
-	if err != nil {
-		region.Unmap()
-		states.Unmap()
-		return nil, fmt.Errorf("arena: reserving the versions of %d slots: %w", cfg.Slots, err)
+		return nil, err
 	}
 	nP := min(max(runtime.GOMAXPROCS(0), runtime.NumCPU()), maxCachedPs)
 	counters, err := memclass.Map(memclass.Host(), uintptr(nP)*unsafe.Sizeof(pCounters{}))
 	if err != nil {
 		region.Unmap()
-		states.Unmap()
-		versions.Unmap()
+		meta.unmap()
 		return nil, fmt.Errorf("arena: mapping per-P counters: %w", err)
 	}
 	if firstGen == 0 {
@@ -130,10 +123,10 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		firstGen = 1 + rand.Uint32N(1<<30)
 	}
 	a := &Arena[T]{core: core{
-		set:      newSet(cfg, shards, layout, unsafe.Add(states.Base(), linkOffset()), stateSize),
+		set:      newSet(cfg, shards, layout, meta.links, meta.linkStride),
 		base:     region.Base(),
-		states:   states.Base(),
-		versions: versions.Base(),
+		states:   meta.states,
+		versions: meta.versions,
 		stride:   stride,
 		slots:    uint32(cfg.Slots),
 		firstGen: firstGen,
@@ -142,11 +135,10 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		class:    cfg.Class,
 		nodes:    layout,
 		region:   region,
-		stateRgn: states,
-		verRgn:   versions,
+		meta:     meta,
 		counters: counters,
 	}}
-	a.set.SetLinkFlag(uint32(linkedBit))
+	a.set.SetLinkFlag(meta.linkFlag)
 	a.regionRO = *region
 	a.gate.Init()
 	return a, nil
@@ -158,6 +150,52 @@ func newSet(cfg Config, shards int, layout *nodeLayout, links unsafe.Pointer, st
 	}
 	return shard.New(uint32(cfg.Slots), shards, links, stride)
 }
+
+// metaRegions is the slots' metadata (slot.go): one mapping holding, each
+// part page aligned so that Trim can release pages of one part alone, the
+// state words, the versions and, for arenas too large for links in the
+// state words, the freelist links.
+type metaRegions struct {
+	rgn              *memclass.Region
+	states, versions unsafe.Pointer
+	// links is where the shard set keeps freelist links, linkStride apart,
+	// with linkFlag ORed in: the low halves of the state words, flagged
+	// linked, for arenas of at most maxLinkedSlots; else a part of its
+	// own, unflagged.
+	links      unsafe.Pointer
+	linkStride uintptr
+	linkFlag   uint32
+}
+
+// maxLinkedSlots is the largest arena whose freelist links fit in the state
+// words: index+1 must stay below the linked bit.
+const maxLinkedSlots = int(linkedBit) - 1
+
+// mapMeta maps the metadata of an arena of slots slots.
+func mapMeta(class memclass.Class, slots int) (m metaRegions, err error) {
+	page := uintptr(os.Getpagesize())
+	part := func(bytes uintptr) uintptr { return (bytes + page - 1) &^ (page - 1) }
+	n := uintptr(slots)
+	size := part(n*stateSize) + part(n*versionSize)
+	wide := slots > maxLinkedSlots
+	if wide {
+		size += part(n * 4)
+	}
+	if m.rgn, err = memclass.Map(metaClass(class), size); err != nil {
+		return m, fmt.Errorf("arena: reserving the metadata of %d slots: %w", slots, err)
+	}
+	m.states = m.rgn.Base()
+	m.versions = unsafe.Add(m.states, part(n*stateSize))
+	if !wide {
+		m.links, m.linkStride, m.linkFlag = unsafe.Add(m.states, linkOffset()), stateSize, uint32(linkedBit)
+		return m, nil
+	}
+	m.links, m.linkStride = unsafe.Add(m.versions, part(n*versionSize)), 4
+	return m, nil
+}
+
+// unmap unmaps the metadata.
+func (m metaRegions) unmap() error { return m.rgn.Unmap() }
 
 // linkOffset is where the low half of a state word lives, the half that
 // holds a free slot's freelist link: byte 0 on little-endian machines, byte

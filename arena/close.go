@@ -36,7 +36,7 @@ func (c *core) Close() error {
 	c.gate.Quiesce() // the releases that dropped the last holds have returned
 	last := c.sum()
 	c.final.Store(&last)
-	return errors.Join(c.region.Unmap(), c.stateRgn.Unmap(), c.verRgn.Unmap(), c.counters.Unmap())
+	return errors.Join(c.region.Unmap(), c.meta.unmap(), c.counters.Unmap())
 }
 
 // waitHolders waits until no slot has a reader or writer hold. After the

@@ -21,9 +21,10 @@ type Config struct {
 	Class memclass.Class
 }
 
-// MaxSlots is the largest capacity an arena supports: a free slot keeps its
-// freelist link (index+1) in 29 bits of its state word (slot.go).
-const MaxSlots = 1<<29 - 1
+// MaxSlots is the largest capacity an arena supports. Up to 2^29-1 slots a
+// free slot keeps its freelist link in its state word; larger arenas keep
+// links in a region of their own, 4 more bytes per slot (slot.go).
+const MaxSlots = shard.MaxSlots
 
 // MaxShards is the largest shard count an arena supports.
 const MaxShards = shard.MaxShards

@@ -9,9 +9,11 @@
 //
 // # Memory layout
 //
-// New maps three anonymous regions with memclass.Map: the payloads, Slots ×
-// sizeof(T) bytes in the arena's class, packed at T's own size; the state
-// words, 8 bytes per slot; and the versions, 4 bytes per slot:
+// New maps two anonymous regions with memclass.Map: the payloads, Slots ×
+// sizeof(T) bytes in the arena's class, packed at T's own size; and the
+// metadata, in two page-aligned parts, the state words (8 bytes per slot)
+// and the versions (4 bytes per slot), plus the freelist links (4 bytes per
+// slot) for arenas too large to keep them in the state words:
 //
 //	payloads: | T slot 0 | T slot 1 | T slot 2 | ...
 //	states:   | gen | alloc | writer | linked | readers or freelist link |  (uint64 per slot)

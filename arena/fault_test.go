@@ -619,10 +619,9 @@ func TestFaultAbsurdCapacity(t *testing.T) {
 	if !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("New(MaxSlots+1) = %v, want ErrInvalidConfig", err)
 	}
-	// About 2^46 bytes: within the arena's limit, so the kernel decides.
-	// Either it maps (reserve only, nothing committed) or it refuses with
-	// ErrMap.
-	a, err := New[[1<<17 - 16]byte](Config{Slots: 1<<29 - 1})
+	// 2^46 bytes: within the arena's limit, so the kernel decides. Either
+	// it maps (reserve only, nothing committed) or it refuses with ErrMap.
+	a, err := New[[1<<15 - 16]byte](Config{Slots: 1 << 31})
 	switch {
 	case err == nil:
 		if err := a.Close(); err != nil {

@@ -1,10 +1,12 @@
 package arena
 
-// Slot layout. A slot is three things, each in a region of its own:
+// Slot layout. A slot is three things, each in a region of its own (the
+// state words and versions are two page-aligned parts of one metadata
+// mapping):
 //
 //	payload region:  T at index × sizeof(T)
-//	state region:    uint64 state word at index × 8
-//	version region:  uint32 version at index × 4, advanced by every Update
+//	state words:     uint64 state word at index × 8
+//	versions:        uint32 version at index × 4, advanced by every Update
 //
 // Keeping them apart is what lets Trim give memory back without losing a
 // guarantee: the state words (generation, holders, freelist link) are never
@@ -36,7 +38,10 @@ package arena
 // 0 at the end) in the low 29 bits, with the linked bit set (the shard set
 // writes both; see shard.Set.SetLinkFlag). The linked bit is what tells it
 // from a freed slot whose callbacks still run (alloc clear, holders set):
-// readers never reach 2^29. Links must fit in 29 bits, hence MaxSlots.
+// readers never reach 2^29. Links must fit in 29 bits, so an arena of more
+// than 2^29-1 slots keeps its links in a part of the metadata of their own,
+// 4 bytes per slot, unflagged, and its free slots' low halves stay zero
+// (held still reads them right: the linked bit is never set).
 // Nothing else writes a free slot's state word (a View or Load of any token
 // sees alloc clear and backs off), and Alloc overwrites the link when it
 // claims the slot.

@@ -3,6 +3,7 @@ package arena
 import (
 	"errors"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -23,8 +24,7 @@ func residentPayload(t *testing.T, c *core) int64 {
 // payloads, state words and versions.
 func residentArena(t *testing.T, c *core) int64 {
 	return resident(t, c.region.Base(), c.region.Len()) +
-		resident(t, c.stateRgn.Base(), c.stateRgn.Len()) +
-		resident(t, c.verRgn.Base(), c.verRgn.Len())
+		resident(t, c.meta.rgn.Base(), c.meta.rgn.Len())
 }
 
 func resident(t *testing.T, base unsafe.Pointer, size uintptr) int64 {
@@ -333,6 +333,77 @@ func checkFillAll(t *testing.T, a *Arena[[4096]byte], n int) {
 	}
 	if len(toks) != n {
 		t.Fatalf("allocated %d of %d", len(toks), n)
+	}
+	for _, tok := range toks {
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Available() != a.Capacity() {
+		t.Fatalf("Available %d, Capacity %d", a.Available(), a.Capacity())
+	}
+}
+
+// An arena of more than 2^29-1 slots keeps its freelist links in a region
+// of their own (the state words have no room for them): allocation, reuse
+// through freelists and steals, stale tokens, Trim and Close work the same.
+func TestWideArenaLinksOwnRegion(t *testing.T) {
+	// One P, so the frees and the Allocs use the same home shard (a home
+	// shard's fresh slots come before stealing).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	a, err := New[[64]byte](Config{Slots: maxLinkedSlots + 1, Shards: 4})
+	if err != nil {
+		t.Skipf("New of %d slots: %v", maxLinkedSlots+1, err)
+	}
+	defer a.Close()
+	if a.meta.linkStride != 4 || a.meta.linkFlag != 0 {
+		t.Fatal("a wide arena must keep its links in their own region, unflagged")
+	}
+	var toks []token.Token
+	for i := 0; i < 5000; i++ {
+		tok, p, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p[0] = byte(i)
+		toks = append(toks, tok)
+	}
+	for _, tok := range toks {
+		if err := a.Free(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Load(toks[42]); !errors.Is(err, ErrStale) {
+		t.Fatalf("stale token: %v", err)
+	}
+	if _, err := a.Trim(); err != nil {
+		t.Fatal(err)
+	}
+	// The freed slots come back through the freelists, zeroed, with new
+	// generations.
+	seen := map[uint32]bool{}
+	for _, tok := range toks {
+		seen[tok.Index()] = true
+	}
+	reused := 0
+	for i := 0; i < 5000; i++ {
+		tok, p, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[tok.Index()] {
+			reused++
+			if p[0] != 0 {
+				t.Fatalf("recycled slot %v not zeroed", tok)
+			}
+		}
+		if err := a.View(tok, func(*[64]byte) {}); err != nil {
+			t.Fatal(err)
+		}
+		toks[i] = tok
+	}
+	if reused < 4000 {
+		t.Fatalf("only %d of 5000 Allocs reused freed slots", reused)
 	}
 	for _, tok := range toks {
 		if err := a.Free(tok); err != nil {

@@ -51,7 +51,7 @@
 //     empty heap; also STW pause per cycle, live heap and RSS.
 //   - GCChurn: with the same live sets, replace one message per op; reports
 //     the GC's share of CPU and GC cycles per million ops.
-//   - NewClose: New and Close of 2^27 and 2^29 (MaxSlots) 64-byte slots; time and RSS
+//   - NewClose: New and Close of 2^27 and 2^30 64-byte slots; time and RSS
 //     growth (lazy capacity).
 //   - Machine: the machine's own costs, one goroutine: an uncontended locked
 //     instruction on a private word (op=locked-xadd, locked-cas,
