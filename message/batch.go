@@ -155,12 +155,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		}
 		// What we admitted so far may have a receiver to wake; it must not
 		// wait for the rest of the batch (it may be what makes room).
-		wr := e.wakeRecv
-		e.wakeRecv = nil
-		e.mu.Unlock()
-		if wr != nil {
-			wr.ch <- struct{}{}
-		}
+		e.unlockAndWake()
 		if w.wait(ctx.Done()) {
 			e.mu.Lock()
 			continue
@@ -182,12 +177,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// Room may remain for the next waiting sender (wakes chain).
 		e.wakeSendersLocked()
 	}
-	wr := e.wakeRecv
-	e.wakeRecv = nil
-	e.mu.Unlock()
-	if wr != nil {
-		wr.ch <- struct{}{}
-	}
+	e.unlockAndWake()
 	if w != nil {
 		putWaiter(w)
 	}

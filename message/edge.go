@@ -197,12 +197,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		// Room may remain for the next waiting sender (wakes chain).
 		e.wakeSendersLocked()
 	}
-	wr := e.wakeRecv
-	e.wakeRecv = nil
-	e.mu.Unlock()
-	if wr != nil {
-		wr.ch <- struct{}{}
-	}
+	e.unlockAndWake()
 	if w != nil {
 		putWaiter(w)
 	}
@@ -262,8 +257,20 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 	e.wakeReceiverLocked()
 }
 
+// unlockAndWake releases the edge's lock, then signals the receiver that
+// wakeReceiverLocked picked (if any): waking it after the unlock keeps it
+// from running straight into the held lock.
+func (e *Edge) unlockAndWake() {
+	wr := e.wakeRecv
+	e.wakeRecv = nil
+	e.mu.Unlock()
+	if wr != nil {
+		wr.ch <- struct{}{}
+	}
+}
+
 // wakeReceiverLocked unlinks the first parked receiver, if any, for the
-// sender to signal once it has released the lock (see send).
+// sender to signal once it has released the lock (unlockAndWake).
 func (e *Edge) wakeReceiverLocked() {
 	if w := e.recvq.head; w != nil && e.wakeRecv == nil {
 		// Unlink now, signal after unlocking: the receiver does not wake
