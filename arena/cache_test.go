@@ -13,38 +13,10 @@ import (
 // lowered) is still found before Alloc reports ErrFull, and a stale cache
 // entry can never hand its slot out a second time.
 func TestCacheStealFindsParkedSlot(t *testing.T) {
-	if !shard.Pinned {
-		t.Skip("the purego build has no per-P cache")
-	}
-	prev := runtime.GOMAXPROCS(1) // only P0 runs from here on
-	defer runtime.GOMAXPROCS(prev)
-	a, err := New[[4]uint64](Config{Slots: 4, Shards: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if a.nP < 2 {
-		t.Skip("needs a per-P table of at least two Ps")
-	}
-	var toks []token.Token
-	for i := 0; i < 4; i++ {
-		tok, p, err := a.Alloc()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p[0] = uint64(i + 1)
-		toks = append(toks, tok)
-	}
+	a, toks := fullOnP0(t)
 	// Free one slot: it lands in P0's cache. Move the entry to P1's cache,
 	// as if P1 had freed it and then stopped running.
-	if err := a.Free(toks[2]); err != nil {
-		t.Fatal(err)
-	}
-	p0, p1 := a.pc(0), a.pc(1)
-	if p0.cache == 0 {
-		t.Fatal("Free on P0 did not use P0's cache")
-	}
-	p1.cache, p0.cache = p0.cache, 0
+	p1 := parkInP1(t, a, toks[2])
 	stale := p1.cache
 
 	before := a.Stats().Steals
@@ -92,33 +64,9 @@ func TestCacheStealFindsParkedSlot(t *testing.T) {
 // that finds a thief's mark after clearing its cache claims with a CAS,
 // and loses cleanly to the thief.
 func TestCacheCooling(t *testing.T) {
-	if !shard.Pinned {
-		t.Skip("the purego build has no per-P cache")
-	}
-	prev := runtime.GOMAXPROCS(1)
-	defer runtime.GOMAXPROCS(prev)
-	a, err := New[uint64](Config{Slots: 4, Shards: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if a.nP < 2 {
-		t.Skip("needs a per-P table of at least two Ps")
-	}
-	var toks []token.Token
-	for i := 0; i < 4; i++ {
-		tok, _, err := a.Alloc()
-		if err != nil {
-			t.Fatal(err)
-		}
-		toks = append(toks, tok)
-	}
+	a, toks := fullOnP0(t)
 	// Park toks[0] in P1's cache, as if P1 had freed it.
-	if err := a.Free(toks[0]); err != nil {
-		t.Fatal(err)
-	}
-	p0, p1 := a.pc(0), a.pc(1)
-	p1.cache, p0.cache = p0.cache, 0
+	p1 := parkInP1(t, a, toks[0])
 	parked := p1.cache
 	drains := a.Stats().Drains
 	tok, _, err := a.Alloc() // shards and P0's cache are empty: drain P1
@@ -204,4 +152,48 @@ func TestErrFullDoubleCollect(t *testing.T) {
 	if err := a.Free(tok); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// fullOnP0 makes a full 4-slot, 1-shard arena with only P0 running (for the
+// rest of the test), slot i holding i+1, and returns it with its tokens.
+func fullOnP0(t *testing.T) (*Arena[[4]uint64], []token.Token) {
+	t.Helper()
+	if !shard.Pinned {
+		t.Skip("the purego build has no per-P cache")
+	}
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	a, err := New[[4]uint64](Config{Slots: 4, Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if a.nP < 2 {
+		t.Skip("needs a per-P table of at least two Ps")
+	}
+	var toks []token.Token
+	for i := 0; i < 4; i++ {
+		tok, p, err := a.Alloc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p[0] = uint64(i + 1)
+		toks = append(toks, tok)
+	}
+	return a, toks
+}
+
+// parkInP1 frees tok on P0 (into P0's cache) and moves the cache entry to
+// P1, as if P1 had freed the slot and then stopped running.
+func parkInP1(t *testing.T, a *Arena[[4]uint64], tok token.Token) (p1 *pCounters) {
+	t.Helper()
+	if err := a.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := a.pc(0), a.pc(1)
+	if p0.cache == 0 {
+		t.Fatal("Free on P0 did not use P0's cache")
+	}
+	p1.cache, p0.cache = p0.cache, 0
+	return p1
 }
