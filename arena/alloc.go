@@ -96,14 +96,9 @@ const (
 func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 	var bo atomicx.Backoff
 	for {
-		p = c.gate.EnterAny()
-		if c.gate.Closed() {
-			c.gate.Exit(p)
-			return 0, 0, 0, full, ErrClosed
-		}
-		idx, gen, res = c.take(p)
-		if res == took || res == tookRecycled {
-			return p, idx, gen, res, nil
+		p, idx, gen, res, err = c.enterTake()
+		if err != nil || res == took || res == tookRecycled {
+			return p, idx, gen, res, err
 		}
 		c.gate.Exit(p)
 		if res == retry {
@@ -124,14 +119,9 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 		}
 		// Look at the shards again, then check that no cache gained a
 		// slot meanwhile.
-		p = c.gate.EnterAny()
-		if c.gate.Closed() {
-			c.gate.Exit(p)
-			return 0, 0, 0, full, ErrClosed
-		}
-		idx, gen, res = c.take(p)
-		if res == took || res == tookRecycled {
-			return p, idx, gen, res, nil
+		p, idx, gen, res, err = c.enterTake()
+		if err != nil || res == took || res == tookRecycled {
+			return p, idx, gen, res, err
 		}
 		if res == full && c.cachePuts() == puts {
 			c.countFailed(p)
@@ -141,6 +131,19 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 		c.gate.Exit(p)
 		bo.Wait() // slots were moving: look again, unpinned
 	}
+}
+
+// enterTake enters a gate section and takes a slot from the shards. It
+// returns with the section open (P p) unless the arena is closed (ErrClosed,
+// section ended).
+func (c *core) enterTake() (p int, idx, gen uint32, res takeResult, err error) {
+	p = c.gate.EnterAny()
+	if c.gate.Closed() {
+		c.gate.Exit(p)
+		return 0, 0, 0, full, ErrClosed
+	}
+	idx, gen, res = c.take(p)
+	return p, idx, gen, res, nil
 }
 
 // testHookAfterCacheScan, when a test sets it, runs in takeSlow between
