@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"runtime"
 
+	"github.com/cella-go/cella/internal/ptrfree"
 	"github.com/cella-go/cella/memclass"
 	"github.com/cella-go/cella/shard"
 )
@@ -50,30 +51,8 @@ func (c Config) validate() (shards int, err error) {
 // checkPointerFree reports (wrapped ErrPointerType) the first place in t that
 // holds a Go pointer, walking nested structs and arrays.
 func checkPointerFree(t reflect.Type) error {
-	if path, ok := pointerPath(t, t.String()); ok {
+	if path, ok := ptrfree.Path(t, t.String()); ok {
 		return fmt.Errorf("%w: %s holds a %s", ErrPointerType, path, "Go pointer")
 	}
 	return nil
-}
-
-// pointerPath returns the path to the first pointer-holding part of t.
-func pointerPath(t reflect.Type, path string) (string, bool) {
-	switch t.Kind() {
-	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
-		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
-		return "", false
-	case reflect.Array:
-		return pointerPath(t.Elem(), path+"[]")
-	case reflect.Struct:
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if p, ok := pointerPath(f.Type, path+"."+f.Name); ok {
-				return p, true
-			}
-		}
-		return "", false
-	default: // Pointer, UnsafePointer, Slice, String, Map, Chan, Func, Interface
-		return fmt.Sprintf("%s (%s)", path, t.Kind()), true
-	}
 }
