@@ -1,0 +1,168 @@
+package shm
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/token"
+)
+
+// Readers and writers share the state word: a View or Load adds one reader
+// while no writer holds the slot, an Update sets the writer bit while no
+// reader does. Load copies inside its section, so it needs no hold entry;
+// View and Update run the callback outside any section and write their hold
+// into the record first (see holdTable).
+
+// Load copies the slot's value out.
+func (a *Arena[T]) Load(t token.Token) (T, error) {
+	var v T
+	err := a.load(t, &v, "Load")
+	return v, err
+}
+
+// LoadInto copies the slot's value into *dst.
+func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
+	if dst == nil {
+		return ErrNilPointer
+	}
+	return a.load(t, dst, "LoadInto")
+}
+
+func (a *Arena[T]) load(t token.Token, dst *T, op string) error {
+	idx, err := a.index(t, op)
+	if err != nil {
+		return err
+	}
+	st := a.state(idx)
+	var wait waiter
+	for {
+		p, w, err := a.enter()
+		if err != nil {
+			return err
+		}
+		s := atomic.LoadUint64(st)
+		if !liveAs(s, t.Generation()) {
+			a.exit(p, w, 0)
+			return stale(op, t)
+		}
+		if s&writerBit == 0 && readersOf(s) < maxReaders && atomic.CompareAndSwapUint64(st, s, s+readerOne) {
+			*dst = *a.slot(idx)
+			a.unhold(p, w, idx, readerOne)
+			a.exit(p, w, 0)
+			return nil
+		}
+		a.exit(p, w, 0)
+		wait.wait(a)
+	}
+}
+
+// View runs fn with shared access to the slot; Views of one slot, in any
+// processes, run concurrently.
+func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
+	return a.access(t, fn, readerOne, holdRead, "View")
+}
+
+// Update runs fn with exclusive access to the slot.
+func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
+	return a.access(t, fn, writerBit, holdWrite, "Update")
+}
+
+func (a *Arena[T]) access(t token.Token, fn func(*T), add, kind uint64, op string) error {
+	if fn == nil {
+		return ErrNilFunc
+	}
+	idx, err := a.index(t, op)
+	if err != nil {
+		return err
+	}
+	e, err := a.holds.get()
+	if err != nil {
+		return err
+	}
+	defer a.holds.put(e)
+	st, entry := a.state(idx), &a.rec.holds[e]
+	var wait waiter
+	for {
+		p, w, err := a.enter()
+		if err != nil {
+			return err
+		}
+		s := atomic.LoadUint64(st)
+		if !liveAs(s, t.Generation()) {
+			a.exit(p, w, 0)
+			return stale(op, t)
+		}
+		free := s&writerBit == 0 && (add == readerOne && readersOf(s) < maxReaders || readersOf(s) == 0)
+		if free {
+			atomic.StoreUint64(entry, kind|uint64(idx+1))
+			if atomic.CompareAndSwapUint64(st, s, s+add) {
+				a.exit(p, w, 0)
+				break
+			}
+			atomic.StoreUint64(entry, 0)
+		}
+		a.exit(p, w, 0)
+		wait.wait(a)
+	}
+	defer a.release(idx, add, entry)
+	fn(a.slot(idx))
+	return nil
+}
+
+// release ends a callback's hold (also when fn panics). It needs no gate:
+// Close waits for every hold entry to come back before it unmaps.
+func (a *Arena[T]) release(idx uint32, add uint64, entry *uint64) {
+	p := a.gate.EnterAny() // only to pick this P's way
+	a.gate.Exit(p)
+	w := &a.rec.ways[uint(p)%cacheWays]
+	a.open(w)
+	a.unhold(p, w, idx, add)
+	atomic.StoreUint64(entry, 0)
+	a.close(w, 0)
+}
+
+// unhold drops one reader or the writer bit, inside a section, and recycles
+// the slot if it was freed meanwhile and this was the last hold.
+func (a *Arena[T]) unhold(p int, w *way, idx uint32, add uint64) {
+	st := a.state(idx)
+	for {
+		s := atomic.LoadUint64(st)
+		n := s - add
+		last := n&pendingBit != 0 && !held(n)
+		if last {
+			n &^= pendingBit
+		}
+		if atomic.CompareAndSwapUint64(st, s, n) {
+			if last && n&retiredBit == 0 {
+				a.recycle(p, w, idx)
+			}
+			return
+		}
+	}
+}
+
+// waiter backs off while a slot is held the other way, and after a while
+// checks whether the holder's process died (its hold then goes away in the
+// recovery this runs).
+type waiter struct {
+	b      atomicx.Backoff
+	since  time.Time
+	rounds int
+}
+
+const deadCheckAfter = 20 * time.Millisecond
+
+func (w *waiter) wait(a interface{ checkDead() }) {
+	w.b.Wait()
+	w.rounds++
+	if w.rounds%64 != 0 {
+		return
+	}
+	if w.since.IsZero() {
+		w.since = time.Now()
+	} else if time.Since(w.since) > deadCheckAfter {
+		w.since = time.Now()
+		a.checkDead()
+	}
+}

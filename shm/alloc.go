@@ -1,0 +1,316 @@
+package shm
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/cella-go/cella/token"
+)
+
+// Every operation that changes shared words runs inside a section: a
+// count on this process's way, opened before the words are touched and
+// closed after. Recovery raises the segment's recovering word and then waits
+// until every live record's sections are closed; an operation that opens a
+// section and then sees the word raised closes it again and waits. So the
+// recovering process rebuilds a segment no live process is changing, and
+// every multi-step operation (pop a slot then stamp its state; free a
+// state then push it) is either wholly before the rebuild or wholly after.
+// Steps a dead process left half done are repaired by the rebuild, which
+// derives the freelists and hold counts from the state words and the live
+// records, never from what the dead process might have meant to do.
+
+// open opens a section on w, waiting out any recovery first.
+func (a *Arena[T]) open(w *way) {
+	for {
+		atomic.AddUint64(&w.section, sectionOpen)
+		if atomic.LoadUint32(&a.hdr.recovering) == 0 {
+			return
+		}
+		atomic.AddUint64(&w.section, ^uint64(sectionOpen-1))
+		a.awaitRecovery(false)
+	}
+}
+
+// close closes a section on w, adding net to its allocation count.
+func (a *Arena[T]) close(w *way, net int64) {
+	atomic.AddUint64(&w.section, uint64(net*sectionNet-sectionOpen))
+}
+
+// enter starts an operation: the process gate (Close waits for it) and a
+// section on this P's way.
+func (a *Arena[T]) enter() (p int, w *way, err error) {
+	for {
+		p, ok := a.gate.Enter()
+		if !ok {
+			return 0, nil, ErrClosed
+		}
+		w = &a.rec.ways[uint(p)%cacheWays]
+		atomic.AddUint64(&w.section, sectionOpen)
+		if atomic.LoadUint32(&a.hdr.recovering) == 0 {
+			return p, w, nil
+		}
+		atomic.AddUint64(&w.section, ^uint64(sectionOpen-1))
+		a.gate.Exit(p)
+		a.awaitRecovery(false) // never while pinned
+	}
+}
+
+func (a *Arena[T]) exit(p int, w *way, net int64) {
+	a.close(w, net)
+	a.gate.Exit(p)
+}
+
+// index checks the parts of a token that need no shared memory.
+func (a *Arena[T]) index(t token.Token, op string) (uint32, error) {
+	switch {
+	case t.IsNil():
+		return 0, fmt.Errorf("shm: %s: %w: nil token", op, ErrBadToken)
+	case t.Index() >= a.capacity:
+		return 0, fmt.Errorf("shm: %s %v: %w: index out of range [0, %d)", op, t, ErrBadToken, a.capacity)
+	case t.Generation() == 0:
+		return 0, fmt.Errorf("shm: %s %v: %w: generation 0 is never issued", op, t, ErrBadToken)
+	}
+	return t.Index(), nil
+}
+
+func stale(op string, t token.Token) error {
+	return fmt.Errorf("shm: %s %v: %w", op, t, ErrStale)
+}
+
+// Alloc hands out a zeroed slot, owned by this process (see Adopt). It
+// returns ErrFull only when, at one instant, no freelist, frontier or
+// one-slot cache of any process held a free slot.
+func (a *Arena[T]) Alloc() (token.Token, *T, error) {
+	for {
+		p, w, err := a.enter()
+		if err != nil {
+			return token.Nil, nil, err
+		}
+		idx, ok := a.take(p, w)
+		if ok {
+			gen := a.stamp(idx)
+			a.exit(p, w, 1)
+			a.stats.add(p, statAllocs)
+			v := a.slot(idx)
+			var zero T
+			*v = zero
+			return token.New(idx, gen), v, nil
+		}
+		full := a.full()
+		a.exit(p, w, 0)
+		if full {
+			return token.Nil, nil, ErrFull
+		}
+	}
+}
+
+// Store allocates a slot and copies v into it.
+func (a *Arena[T]) Store(v T) (token.Token, error) {
+	t, p, err := a.Alloc()
+	if err != nil {
+		return token.Nil, err
+	}
+	*p = v
+	return t, nil
+}
+
+// stamp makes a taken slot live, owned by this process, and returns its
+// generation. A taken slot is not live, so nothing else writes its word.
+func (a *Arena[T]) stamp(idx uint32) uint32 {
+	st := a.state(idx)
+	gen := genOf(atomic.LoadUint64(st))
+	if gen == 0 {
+		gen = 1
+	}
+	atomic.StoreUint64(st, uint64(gen)|liveBit|ownerBits(a.me))
+	return gen
+}
+
+// take finds a free slot: this way's cache, the home shard, the other
+// shards, then every process's caches.
+func (a *Arena[T]) take(p int, w *way) (uint32, bool) {
+	if idx, ok := takeCache(&w.cache); ok {
+		return idx, true
+	}
+	home := a.home(p)
+	for i := uint32(0); i < a.shards; i++ {
+		s := home + i
+		if s >= a.shards {
+			s -= a.shards
+		}
+		if idx, ok := a.pop(a.shard(s)); ok {
+			if i > 0 {
+				a.stats.add(p, statSteals)
+			}
+			return idx, true
+		}
+	}
+	for r := range MaxProcs {
+		rec := a.record(r)
+		for k := range rec.ways {
+			if idx, ok := takeCache(&rec.ways[k].cache); ok {
+				a.stats.add(p, statSteals)
+				return idx, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func (a *Arena[T]) home(p int) uint32 {
+	return uint32((uint(a.me)*cacheWays + uint(p)) % uint(a.shards))
+}
+
+// full reports whether two censuses in a row saw every freelist, frontier
+// and cache empty with no change between them: every word they read only
+// grows (tags, frontiers, cache versions), so equal sums mean every word
+// held still, and at the instant the first census ended no slot was free.
+func (a *Arena[T]) full() bool {
+	s1, empty := a.census()
+	if !empty {
+		return false
+	}
+	s2, empty := a.census()
+	return empty && s1 == s2
+}
+
+func (a *Arena[T]) census() (sum uint64, empty bool) {
+	empty = true
+	for i := uint32(0); i < a.shards; i++ {
+		s := a.shard(i)
+		h, f := atomic.LoadUint64(&s.head), atomic.LoadUint32(&s.frontier)
+		sum += h>>32 + uint64(f)
+		if uint32(h) != 0 || f < s.end {
+			empty = false
+		}
+	}
+	for r := range MaxProcs {
+		rec := a.record(r)
+		for k := range rec.ways {
+			c := atomic.LoadUint64(&rec.ways[k].cache)
+			sum += c >> 32
+			if uint32(c) != 0 {
+				empty = false
+			}
+		}
+	}
+	return sum, empty
+}
+
+// pop takes a slot from a shard's freelist, or failing that from its
+// frontier of never-used slots.
+func (a *Arena[T]) pop(s *shardLine) (uint32, bool) {
+	for {
+		h := atomic.LoadUint64(&s.head)
+		top := uint32(h)
+		if top == 0 || top > a.capacity {
+			break
+		}
+		next := atomic.LoadUint32(a.link(top - 1))
+		if atomic.CompareAndSwapUint64(&s.head, h, (h>>32+1)<<32|uint64(next)) {
+			return top - 1, true
+		}
+	}
+	for {
+		f := atomic.LoadUint32(&s.frontier)
+		if f >= s.end {
+			return 0, false
+		}
+		if atomic.CompareAndSwapUint32(&s.frontier, f, f+1) {
+			return f, true
+		}
+	}
+}
+
+// push puts a free slot on a shard's freelist.
+func (a *Arena[T]) push(s *shardLine, idx uint32) {
+	for {
+		h := atomic.LoadUint64(&s.head)
+		atomic.StoreUint32(a.link(idx), uint32(h))
+		if atomic.CompareAndSwapUint64(&s.head, h, (h>>32+1)<<32|uint64(idx+1)) {
+			return
+		}
+	}
+}
+
+func takeCache(c *uint64) (uint32, bool) {
+	for {
+		v := atomic.LoadUint64(c)
+		if uint32(v) == 0 {
+			return 0, false
+		}
+		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32) {
+			return uint32(v) - 1, true
+		}
+	}
+}
+
+func putCache(c *uint64, idx uint32) bool {
+	v := atomic.LoadUint64(c)
+	return uint32(v) == 0 && atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32|uint64(idx+1))
+}
+
+// recycle puts a slot that just became reusable where the next Alloc on
+// this P finds it.
+func (a *Arena[T]) recycle(p int, w *way, idx uint32) {
+	if !putCache(&w.cache, idx) {
+		a.push(a.shard(a.home(p)), idx)
+	}
+}
+
+// Free ends the allocation t names; every later use of t is ErrStale, in
+// every process. If a callback still holds the slot, it is reused only
+// after the callback returns.
+func (a *Arena[T]) Free(t token.Token) error {
+	idx, err := a.index(t, "Free")
+	if err != nil {
+		return err
+	}
+	p, w, err := a.enter()
+	if err != nil {
+		return err
+	}
+	st := a.state(idx)
+	for {
+		s := atomic.LoadUint64(st)
+		if !liveAs(s, t.Generation()) {
+			a.exit(p, w, 0)
+			return stale("Free", t)
+		}
+		n := freed(s)
+		if atomic.CompareAndSwapUint64(st, s, n) {
+			if reusable(n) {
+				a.recycle(p, w, idx)
+			}
+			break
+		}
+	}
+	a.exit(p, w, -1)
+	a.stats.add(p, statFrees)
+	return nil
+}
+
+// Adopt makes this process the owner of t's allocation: if this process
+// dies, recovery frees it; if the process that allocated it dies, it
+// survives. Pass tokens between processes and Adopt them on arrival.
+func (a *Arena[T]) Adopt(t token.Token) error {
+	idx, err := a.index(t, "Adopt")
+	if err != nil {
+		return err
+	}
+	p, w, err := a.enter()
+	if err != nil {
+		return err
+	}
+	defer a.exit(p, w, 0)
+	st := a.state(idx)
+	for {
+		s := atomic.LoadUint64(st)
+		if !liveAs(s, t.Generation()) {
+			return stale("Adopt", t)
+		}
+		if atomic.CompareAndSwapUint64(st, s, s&^ownerMask|ownerBits(a.me)) {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,479 @@
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cella-go/cella/internal/ptrfree"
+	"github.com/cella-go/cella/shard"
+	"golang.org/x/sys/unix"
+)
+
+// Config describes a shared arena at Create. Attach takes the geometry from
+// the segment and uses only Dir and Watch.
+type Config struct {
+	// Slots is the capacity; required, 1 ≤ Slots ≤ MaxSlots.
+	Slots int
+	// Shards is how many freelists the segment has; 0 means 16. Each
+	// process's Ps start at different shards and steal from the others.
+	Shards int
+	// Dir is the directory of the segment file; "" means DefaultDir.
+	Dir string
+	// Perm is the file mode of a new segment; 0 means 0600.
+	Perm os.FileMode
+	// Watch is how often this process checks the others for death and
+	// recovers after them; 0 means 100ms, negative means never (call
+	// Recover yourself).
+	Watch time.Duration
+}
+
+const (
+	defaultShards = 16
+	defaultWatch  = 100 * time.Millisecond
+)
+
+// Arena is one process's handle on a shared arena of T. It has the methods
+// of arena.Arena, with the same guarantees across every process attached.
+type Arena[T any] struct {
+	path string
+	file *os.File // our own open file description: its OFD lock is our liveness
+	mem  []byte
+	base unsafe.Pointer
+
+	hdr      *header
+	me       int // our record index
+	rec      *record
+	capacity uint32
+	shards   uint32
+	stride   uintptr
+	states   unsafe.Pointer
+	links    unsafe.Pointer
+	shardsAt unsafe.Pointer
+	recsAt   unsafe.Pointer
+	recSize  uintptr
+	payload  unsafe.Pointer
+
+	gate   shard.Gate
+	closed atomic.Bool
+	holds  holdTable
+	stats  stats
+
+	watchStop chan struct{}
+	watchDone chan struct{}
+	closeMu   sync.Mutex
+	recoverMu sync.Mutex
+}
+
+// Create makes a new segment called name for slots of T and attaches this
+// process to it. A segment of that name left by processes that all died is
+// found, removed and made again; one that a live process uses is
+// ErrExists.
+func Create[T any](name string, cfg Config) (*Arena[T], error) {
+	typ := reflect.TypeFor[T]()
+	if path, ok := ptrfree.Path(typ, typ.String()); ok {
+		return nil, fmt.Errorf("%w: %s holds a Go pointer", ErrPointerType, path)
+	}
+	switch {
+	case cfg.Slots <= 0 || uint64(cfg.Slots) > MaxSlots:
+		return nil, fmt.Errorf("%w: Slots = %d, must be in [1, %d]", ErrInvalidConfig, cfg.Slots, uint64(MaxSlots))
+	case cfg.Shards < 0 || cfg.Shards > MaxShards:
+		return nil, fmt.Errorf("%w: Shards = %d, must be in [0, %d]", ErrInvalidConfig, cfg.Shards, MaxShards)
+	}
+	shards := cfg.Shards
+	if shards == 0 {
+		shards = defaultShards
+	}
+	shards = min(shards, cfg.Slots)
+	path, err := segmentPath(cfg.Dir, name)
+	if err != nil {
+		return nil, err
+	}
+	perm := cfg.Perm
+	if perm == 0 {
+		perm = 0o600
+	}
+	g := layoutFor(uint32(cfg.Slots), uint32(shards), uint64(typ.Size()), uint64(typ.Align()))
+	for range 8 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+		if err == nil {
+			return create[T](path, f, g, typ, cfg.Watch)
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("shm: create %s: %w", path, err)
+		}
+		if err := removeStale(path); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: %s keeps coming back", ErrExists, path)
+}
+
+// create initialises a segment in the new, empty file f.
+func create[T any](path string, f *os.File, g geometry, typ reflect.Type, watch time.Duration) (*Arena[T], error) {
+	fail := func(err error) (*Arena[T], error) {
+		_ = os.Remove(path)
+		_ = f.Close()
+		return nil, err
+	}
+	if err := flockFile(f, unix.LOCK_EX); err != nil {
+		return fail(fmt.Errorf("shm: lock %s: %w", path, err))
+	}
+	if err := f.Truncate(int64(g.size)); err != nil {
+		return fail(fmt.Errorf("shm: size %s to %d bytes: %w", path, g.size, err))
+	}
+	mem, err := mapFile(f, g.size)
+	if err != nil {
+		return fail(err)
+	}
+	a := newHandle[T](path, f, mem)
+	h := a.hdr
+	h.layout = layoutVersion
+	h.size = g.size
+	h.slotSize, h.slotAlign = g.slotSize, g.align
+	h.typeHash = fingerprint(typ)
+	copy(h.typeName[:], typ.String())
+	h.capacity, h.shards = g.capacity, g.shards
+	h.maxProcs, h.ways, h.holds = MaxProcs, cacheWays, holdsPerProc
+	h.recordsOff, h.recordSize = g.recordsOff, g.recordSize
+	h.shardsOff, h.statesOff, h.linksOff, h.payloadOff = g.shardsOff, g.statesOff, g.linksOff, g.payloadOff
+	h.stride = g.stride
+	h.magic = magic
+	a.bind()
+	for i := uint32(0); i < g.shards; i++ {
+		s := a.shard(i)
+		s.start = uint32(uint64(g.capacity) * uint64(i) / uint64(g.shards))
+		s.end = uint32(uint64(g.capacity) * uint64(i+1) / uint64(g.shards))
+		s.frontier = s.start
+	}
+	atomic.StoreUint32(&h.ready, 1)
+	if err := a.claimRecord(); err != nil {
+		_ = unix.Munmap(mem)
+		return fail(err)
+	}
+	_ = flockFile(f, unix.LOCK_UN)
+	a.start(watch)
+	return a, nil
+}
+
+// removeStale removes the segment at path if no live process has it
+// attached (every process died, or its creator died half-way).
+func removeStale(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // gone meanwhile: try to create again
+	}
+	if err != nil {
+		return fmt.Errorf("shm: open existing %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := flockFile(f, unix.LOCK_EX); err != nil {
+		return fmt.Errorf("shm: lock %s: %w", path, err)
+	}
+	defer flockFile(f, unix.LOCK_UN)
+	if !sameFile(f, path) {
+		return nil
+	}
+	if inUse(f) {
+		return fmt.Errorf("%w: %s", ErrExists, path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("shm: remove stale %s: %w", path, err)
+	}
+	return nil
+}
+
+// inUse reports whether the segment in f (flocked by the caller) is ready
+// and has a record whose process is alive.
+func inUse(f *os.File) bool {
+	var h header
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&h)), headerSize)
+	if n, _ := f.ReadAt(buf, 0); n < headerSize || h.magic != magic || h.ready != 1 {
+		return false // the creator died before finishing it
+	}
+	for i := range MaxProcs {
+		if recordLocked(f, i) {
+			return true
+		}
+	}
+	return false
+}
+
+// Attach attaches this process to the segment called name, made by Create
+// for the same T (same fields, offsets, size and alignment). Only cfg.Dir
+// and cfg.Watch are used.
+func Attach[T any](name string, cfg Config) (*Arena[T], error) {
+	typ := reflect.TypeFor[T]()
+	if path, ok := ptrfree.Path(typ, typ.String()); ok {
+		return nil, fmt.Errorf("%w: %s holds a Go pointer", ErrPointerType, path)
+	}
+	path, err := segmentPath(cfg.Dir, name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotExist, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("shm: open %s: %w", path, err)
+	}
+	a, err := attach[T](path, f, typ)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	_ = flockFile(f, unix.LOCK_UN)
+	a.start(cfg.Watch)
+	if a.anyDead() {
+		_, _ = a.Recover()
+	}
+	return a, nil
+}
+
+// attach maps and checks the segment in f and claims a record in it. It
+// returns with the flock held on success.
+func attach[T any](path string, f *os.File, typ reflect.Type) (*Arena[T], error) {
+	if err := flockFile(f, unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("shm: lock %s: %w", path, err)
+	}
+	unlockFail := func(err error) (*Arena[T], error) {
+		_ = flockFile(f, unix.LOCK_UN)
+		return nil, err
+	}
+	if !sameFile(f, path) {
+		return unlockFail(fmt.Errorf("%w: %s was removed", ErrNotExist, path))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return unlockFail(fmt.Errorf("shm: stat %s: %w", path, err))
+	}
+	var h header
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&h)), headerSize)
+	if n, _ := f.ReadAt(buf, 0); n < headerSize {
+		return unlockFail(fmt.Errorf("%w: %s has %d bytes, less than a header", ErrCorrupt, path, st.Size()))
+	}
+	if err := check(&h, uint64(st.Size()), typ); err != nil {
+		return unlockFail(fmt.Errorf("%s: %w", path, err))
+	}
+	mem, err := mapFile(f, h.size)
+	if err != nil {
+		return unlockFail(err)
+	}
+	a := newHandle[T](path, f, mem)
+	a.bind()
+	if err := a.claimRecord(); err != nil {
+		_ = unix.Munmap(mem)
+		return unlockFail(err)
+	}
+	return a, nil
+}
+
+// check compares a segment's header with what this process expects. The
+// geometry is recomputed from the header's own inputs, so a header that
+// was not written by this layout (garbage, a truncated file) is refused
+// before any offset in it is used.
+func check(h *header, fileSize uint64, typ reflect.Type) error {
+	switch {
+	case h.magic != magic:
+		return fmt.Errorf("%w: bad magic %#x", ErrCorrupt, h.magic)
+	case h.layout != layoutVersion:
+		return fmt.Errorf("%w: layout version %d, this build reads %d", ErrMismatch, h.layout, layoutVersion)
+	case h.ready != 1:
+		return fmt.Errorf("%w: its creator never finished it", ErrNotExist)
+	case h.capacity == 0 || uint64(h.capacity) > MaxSlots || h.shards == 0 || h.shards > MaxShards || h.shards > h.capacity:
+		return fmt.Errorf("%w: capacity %d, shards %d", ErrCorrupt, h.capacity, h.shards)
+	case h.maxProcs != MaxProcs || h.ways != cacheWays || h.holds != holdsPerProc:
+		return fmt.Errorf("%w: %d processes × %d ways × %d holds, this build has %d × %d × %d",
+			ErrMismatch, h.maxProcs, h.ways, h.holds, MaxProcs, cacheWays, holdsPerProc)
+	case h.slotSize != uint64(typ.Size()) || h.slotAlign != max(uint64(typ.Align()), 1):
+		return fmt.Errorf("%w: slots of %d bytes aligned to %d (%s), %s is %d aligned to %d", ErrMismatch,
+			h.slotSize, h.slotAlign, cstring(h.typeName[:]), typ, typ.Size(), typ.Align())
+	case h.typeHash != fingerprint(typ):
+		return fmt.Errorf("%w: payload type %s, not %s (fields differ)", ErrMismatch, cstring(h.typeName[:]), typ)
+	}
+	g := layoutFor(h.capacity, h.shards, h.slotSize, h.slotAlign)
+	if g.size != h.size || g.recordsOff != h.recordsOff || g.recordSize != h.recordSize || g.shardsOff != h.shardsOff ||
+		g.statesOff != h.statesOff || g.linksOff != h.linksOff || g.payloadOff != h.payloadOff || g.stride != h.stride {
+		return fmt.Errorf("%w: header offsets do not match its geometry", ErrCorrupt)
+	}
+	if fileSize < h.size {
+		return fmt.Errorf("%w: %d bytes, the header says %d", ErrCorrupt, fileSize, h.size)
+	}
+	return nil
+}
+
+func cstring(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+func newHandle[T any](path string, f *os.File, mem []byte) *Arena[T] {
+	a := &Arena[T]{path: path, file: f, mem: mem, base: unsafe.Pointer(unsafe.SliceData(mem))}
+	a.hdr = (*header)(a.base)
+	a.gate.Init()
+	return a
+}
+
+// bind caches the header's geometry in the handle.
+func (a *Arena[T]) bind() {
+	h := a.hdr
+	a.capacity, a.shards, a.stride = h.capacity, h.shards, uintptr(h.stride)
+	a.recsAt = unsafe.Add(a.base, h.recordsOff)
+	a.recSize = uintptr(h.recordSize)
+	a.shardsAt = unsafe.Add(a.base, h.shardsOff)
+	a.states = unsafe.Add(a.base, h.statesOff)
+	a.links = unsafe.Add(a.base, h.linksOff)
+	a.payload = unsafe.Add(a.base, h.payloadOff)
+}
+
+// claimRecord finds a record whose lock it can take and that no dead
+// process still occupies, and makes it this process's. The caller holds
+// the flock.
+func (a *Arena[T]) claimRecord() error {
+	for i := range MaxProcs {
+		ok, err := lockRecord(a.file, i)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		r := a.record(i)
+		if atomic.LoadUint32(&r.state) != recordFree {
+			unlockRecord(a.file, i) // a dead process's: recovery frees it
+			continue
+		}
+		r.pid = uint32(os.Getpid())
+		atomic.AddUint64(&r.incarnation, 1)
+		atomic.StoreUint32(&r.state, recordAlive)
+		a.me, a.rec = i, r
+		return nil
+	}
+	return fmt.Errorf("%w: all %d records are taken", ErrTooManyProcs, MaxProcs)
+}
+
+func (a *Arena[T]) record(i int) *record {
+	return (*record)(unsafe.Add(a.recsAt, uintptr(i)*a.recSize))
+}
+
+func (a *Arena[T]) shard(i uint32) *shardLine {
+	return (*shardLine)(unsafe.Add(a.shardsAt, uintptr(i)*unsafe.Sizeof(shardLine{})))
+}
+
+func (a *Arena[T]) state(idx uint32) *uint64 {
+	return (*uint64)(unsafe.Add(a.states, uintptr(idx)*8))
+}
+
+func (a *Arena[T]) link(idx uint32) *uint32 {
+	return (*uint32)(unsafe.Add(a.links, uintptr(idx)*4))
+}
+
+func (a *Arena[T]) slot(idx uint32) *T {
+	return (*T)(unsafe.Add(a.payload, uintptr(idx)*a.stride))
+}
+
+// Name returns the path of the segment file.
+func (a *Arena[T]) Path() string { return a.path }
+
+// Capacity returns the number of slots.
+func (a *Arena[T]) Capacity() int { return int(a.capacity) }
+
+// Available returns the number of free slots, across every process; exact
+// when no operation is in flight anywhere.
+func (a *Arena[T]) Available() int {
+	p, ok := a.gate.Enter()
+	if !ok {
+		return 0
+	}
+	defer a.gate.Exit(p)
+	live := atomic.LoadInt64(&a.hdr.base)
+	for i := range MaxProcs {
+		r := a.record(i)
+		for w := range r.ways {
+			live += int64(atomic.LoadUint64(&r.ways[w].section)) >> 16
+		}
+	}
+	return int(int64(a.capacity) - live)
+}
+
+// start launches the watcher, unless watch < 0.
+func (a *Arena[T]) start(watch time.Duration) {
+	if watch < 0 {
+		return
+	}
+	if watch == 0 {
+		watch = defaultWatch
+	}
+	a.watchStop, a.watchDone = make(chan struct{}), make(chan struct{})
+	go a.watch(watch)
+}
+
+func (a *Arena[T]) watch(every time.Duration) {
+	defer close(a.watchDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.watchStop:
+			return
+		case <-t.C:
+			if a.anyDead() {
+				_, _ = a.Recover()
+			}
+		}
+	}
+}
+
+// Close detaches this process. Slots it allocated and did not free stay
+// allocated (and no longer die with it); its one-slot caches go back to the
+// freelists. The last process to close removes the segment file. Close
+// waits for this process's callbacks to return; a second Close returns
+// ErrClosed.
+func (a *Arena[T]) Close() error {
+	a.closeMu.Lock()
+	defer a.closeMu.Unlock()
+	if !a.closed.CompareAndSwap(false, true) {
+		return ErrClosed
+	}
+	if a.watchStop != nil {
+		close(a.watchStop)
+		<-a.watchDone
+	}
+	a.holds.drain()
+	a.gate.Close()
+	_ = flockFile(a.file, unix.LOCK_EX)
+	a.detach()
+	last := true
+	for i := range MaxProcs {
+		if i != a.me && atomic.LoadUint32(&a.record(i).state) == recordAlive && recordLocked(a.file, i) {
+			last = false
+			break
+		}
+	}
+	if last && sameFile(a.file, a.path) {
+		_ = os.Remove(a.path)
+	}
+	_ = flockFile(a.file, unix.LOCK_UN)
+	a.recoverMu.Lock() // a Recover that began before Close finishes first
+	defer a.recoverMu.Unlock()
+	err := unix.Munmap(a.mem)
+	a.mem, a.base = nil, nil
+	if cerr := a.file.Close(); err == nil && cerr != nil && !errors.Is(cerr, io.EOF) {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("shm: close %s: %w", a.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,177 @@
+package shm
+
+import (
+	"unsafe"
+
+	"github.com/cella-go/cella/internal/atomicx"
+)
+
+// The segment, from offset 0:
+//
+//	header      one page: identity, geometry, offsets, the recovery word
+//	records     MaxProcs process records, page-aligned each
+//	shards      one 64-byte line per shard: freelist head, frontier, range
+//	states      one 8-byte state word per slot
+//	links       one 4-byte freelist link per slot
+//	payload     the slots, page-aligned, stride = sizeof(T) rounded to its alignment
+//
+// Every cross-reference is an offset or a slot index: a process maps the
+// segment wherever its kernel likes, and nothing in it is a Go pointer.
+
+const (
+	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
+	// layoutVersion changes whenever the bytes below change meaning.
+	layoutVersion = 1
+
+	// MaxProcs is how many processes may have one segment attached at once.
+	MaxProcs = 64
+	// cacheWays is how many one-slot caches (and section counters) each
+	// process record has; a P uses way p % cacheWays.
+	cacheWays = 16
+	// holdsPerProc bounds the View and Update callbacks one process can have
+	// running at once on a segment (further ones wait for a free entry).
+	holdsPerProc = 4096
+
+	// MaxShards bounds Config.Shards.
+	MaxShards = 4096
+	// MaxSlots bounds Config.Slots: indices and index+1 fit 32 bits.
+	MaxSlots = 1<<32 - 2
+
+	pageSize    = 4096
+	headerSize  = pageSize
+	typeNameLen = 128
+)
+
+// header is the first page of a segment. Its fields are written by the
+// creator before ready is set and never change afterwards, except the words
+// below the recovery line.
+type header struct {
+	magic      uint64
+	layout     uint32
+	ready      uint32 // 1 once the creator finished; read with atomics
+	size       uint64 // bytes in the segment
+	slotSize   uint64
+	slotAlign  uint64
+	typeHash   uint64
+	typeName   [typeNameLen]byte
+	capacity   uint32
+	shards     uint32
+	maxProcs   uint32
+	ways       uint32
+	holds      uint32
+	_          uint32
+	recordsOff uint64
+	recordSize uint64
+	shardsOff  uint64
+	statesOff  uint64
+	linksOff   uint64
+	payloadOff uint64
+	stride     uint64
+	_          [pageSize/2 - 256]byte
+
+	// recovering is 0, or the record index + 1 of the process that is
+	// rebuilding the segment after a death. Processes futex-wait on it.
+	recovering uint32
+	_          uint32
+	// recoveries counts completed recoveries.
+	recoveries uint64
+	// base is what Available subtracts besides the records' net counts:
+	// the allocations the last recovery counted, minus the live records'
+	// net counts at that moment.
+	base int64
+	_    [pageSize/2 - 24]byte
+}
+
+// record is one process's part of the segment. state and the OFD lock on
+// byte lockByte(i) of the segment file say who owns it: a record whose state
+// is alive but whose lock byte is free belongs to a dead process.
+type record struct {
+	state       uint32 // recordFree or recordAlive
+	pid         uint32 // for humans: ps, error messages
+	incarnation uint64 // bumped each time a process claims the record
+	_           [atomicx.CacheLine - 16]byte
+	ways        [cacheWays]way
+	// holds lists the slots this process's callbacks hold: 0, or
+	// holdRead|holdWrite in the top bits and index+1 in the low 32. Recovery
+	// recomputes every slot's reader count and writer bit from the live
+	// records' entries, so a dead process's holds simply vanish.
+	holds [holdsPerProc]uint64
+}
+
+// way is one cache line of a record: the section word and a one-slot cache.
+type way struct {
+	// section is net<<16 | open: open counts operations of this way
+	// inside a section (recovery waits for it to be 0 on every live record),
+	// net counts this way's allocations minus its frees (Available).
+	section uint64
+	// cache is version<<32 | index+1, or version<<32 when empty. Every
+	// change bumps version, so that two equal reads bracket an instant.
+	cache uint64
+	_     [atomicx.CacheLine - 16]byte
+}
+
+// shardLine is one freelist: a tagged Treiber stack of slot indices linked
+// through links[], plus a frontier of never-used slots.
+type shardLine struct {
+	// head is tag<<32 | index+1 (0 when empty); tag grows with each change.
+	head     uint64
+	frontier uint32 // slots in [frontier, end) were never handed out
+	start    uint32
+	end      uint32
+	_        [atomicx.CacheLine - 20]byte
+}
+
+const (
+	recordFree  = 0
+	recordAlive = 1
+
+	holdRead  = 1 << 62
+	holdWrite = 1 << 63
+
+	sectionOpen = 1
+	sectionNet  = 1 << 16
+)
+
+// geometry is the computed placement of every region for a capacity.
+type geometry struct {
+	capacity, shards uint32
+	slotSize, align  uint64
+	stride           uint64
+	recordsOff       uint64
+	recordSize       uint64
+	shardsOff        uint64
+	statesOff        uint64
+	linksOff         uint64
+	payloadOff       uint64
+	size             uint64
+}
+
+func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
+
+// layoutFor computes the geometry of a segment; it is a pure function of its
+// inputs, so an attaching process recomputes it to check the header.
+func layoutFor(capacity, shards uint32, slotSize, align uint64) geometry {
+	g := geometry{capacity: capacity, shards: shards, slotSize: slotSize, align: max(align, 1)}
+	g.stride = roundUp(max(slotSize, 1), g.align)
+	g.recordsOff = headerSize
+	g.recordSize = roundUp(uint64(unsafe.Sizeof(record{})), pageSize)
+	g.shardsOff = g.recordsOff + MaxProcs*g.recordSize
+	g.statesOff = roundUp(g.shardsOff+uint64(shards)*uint64(unsafe.Sizeof(shardLine{})), atomicx.CacheLine)
+	g.linksOff = roundUp(g.statesOff+8*uint64(capacity), atomicx.CacheLine)
+	g.payloadOff = roundUp(g.linksOff+4*uint64(capacity), max(pageSize, g.align))
+	g.size = roundUp(g.payloadOff+g.stride*uint64(capacity), pageSize)
+	return g
+}
+
+// lockByte is the byte of the segment file whose OFD lock says record i's
+// process is alive. Locks do not touch the bytes; any offset works.
+func lockByte(i int) int64 { return int64(i) }
+
+// The header is exactly one page, and the structs shared between processes
+// have the sizes the layout promises (a compile error otherwise).
+var (
+	_ [headerSize - unsafe.Sizeof(header{})]byte
+	_ [unsafe.Sizeof(header{}) - headerSize]byte
+	_ [atomicx.CacheLine - unsafe.Sizeof(way{})]byte
+	_ [atomicx.CacheLine - unsafe.Sizeof(shardLine{})]byte
+)

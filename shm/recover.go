@@ -1,0 +1,305 @@
+package shm
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/cella-go/cella/internal/atomicx"
+)
+
+// Recovery reports what one call of Recover cleaned up.
+type Recovery struct {
+	// Dead is how many dead processes' records were cleaned and freed.
+	Dead int
+	// Reclaimed is how many allocations owned by dead processes were freed.
+	Reclaimed int
+	// Holds is how many reader holds and writer bits were dropped because
+	// no live process held them.
+	Holds int
+}
+
+// Recover finds processes that died with the segment attached and cleans
+// up after them: their allocations are freed (their tokens are stale
+// everywhere), their holds dropped, their caches and any slot they left
+// half-moved go back on the freelists, and their records become free for
+// new processes. Survivors may call it at any time; the watcher calls it
+// when it sees a death, and a call that waits on a slot for long calls it
+// too. While it runs, every other operation on the segment waits.
+func (a *Arena[T]) Recover() (Recovery, error) {
+	a.recoverMu.Lock()
+	defer a.recoverMu.Unlock()
+	if a.closed.Load() {
+		return Recovery{}, ErrClosed
+	}
+	me := uint32(a.me + 1)
+	for {
+		if atomic.CompareAndSwapUint32(&a.hdr.recovering, 0, me) {
+			return a.lead(), nil
+		}
+		if a.awaitRecovery(true) {
+			return Recovery{}, nil // another process recovered
+		}
+	}
+}
+
+// checkDead runs a recovery if some process died.
+func (a *Arena[T]) checkDead() {
+	if a.anyDead() {
+		_, _ = a.Recover()
+	}
+}
+
+// anyDead reports whether a record is alive but unlocked: its process died.
+func (a *Arena[T]) anyDead() bool {
+	for i := range MaxProcs {
+		if i != a.me && atomic.LoadUint32(&a.record(i).state) != recordFree && !recordLocked(a.file, i) {
+			return true
+		}
+	}
+	return false
+}
+
+// awaitRecovery waits until no recovery is running. If the recovering
+// process died, this one takes the recovery over and finishes it. It
+// returns true when it waited (or led) a recovery to its end. haveMu says
+// the caller holds recoverMu already.
+func (a *Arena[T]) awaitRecovery(haveMu bool) bool {
+	word := &a.hdr.recovering
+	waited := false
+	for {
+		r := atomic.LoadUint32(word)
+		if r == 0 {
+			return waited
+		}
+		waited = true
+		futexWait(word, r, 10*time.Millisecond)
+		if atomic.LoadUint32(word) != r || int(r-1) == a.me || recordLocked(a.file, int(r-1)) {
+			continue
+		}
+		// The recovering process died: take over (with recoverMu, so that
+		// one goroutine of this process does it).
+		if !haveMu && !a.recoverMu.TryLock() {
+			continue
+		}
+		if atomic.CompareAndSwapUint32(word, r, uint32(a.me+1)) {
+			a.lead()
+		}
+		if !haveMu {
+			a.recoverMu.Unlock()
+		}
+	}
+}
+
+// lead runs a recovery; the caller has set the recovering word to its
+// record. It ends by clearing the word and waking the waiters.
+func (a *Arena[T]) lead() Recovery {
+	defer func() {
+		atomic.StoreUint32(&a.hdr.recovering, 0)
+		futexWake(&a.hdr.recovering)
+	}()
+	var dead [MaxProcs]bool
+	n := a.findDead(&dead)
+	if n == 0 {
+		return Recovery{}
+	}
+	a.quiesce(&dead)
+	rep := a.rebuild(&dead)
+	for i := range MaxProcs {
+		if dead[i] {
+			a.clearRecord(i)
+			rep.Dead++
+		}
+	}
+	atomic.AddUint64(&a.hdr.recoveries, 1)
+	return rep
+}
+
+// findDead takes the lock of every record whose process died, so that no
+// new process claims it before the rebuild is done.
+func (a *Arena[T]) findDead(dead *[MaxProcs]bool) (n int) {
+	for i := range MaxProcs {
+		if i == a.me || dead[i] || atomic.LoadUint32(&a.record(i).state) == recordFree {
+			continue
+		}
+		if ok, _ := lockRecord(a.file, i); ok {
+			dead[i] = true
+			n++
+		}
+	}
+	return n
+}
+
+// quiesce waits until no live record has an open section. A process that
+// dies while we wait is added to the dead.
+func (a *Arena[T]) quiesce(dead *[MaxProcs]bool) {
+	var b atomicx.Backoff
+	for i := range MaxProcs {
+		r := a.record(i)
+		for k := 0; k < cacheWays; k++ {
+			start := time.Now()
+			for !dead[i] && atomic.LoadUint32(&r.state) != recordFree &&
+				atomic.LoadUint64(&r.ways[k].section)&(sectionNet-1) != 0 {
+				b.Wait()
+				if time.Since(start) > deadCheckAfter {
+					a.findDead(dead)
+					start = time.Now()
+				}
+			}
+			b.Reset()
+		}
+	}
+}
+
+// rebuild makes the segment consistent again with no live process running
+// an operation: dead owners' allocations are freed, every slot's holds are
+// recomputed from the live hold entries, and every freelist is rebuilt from
+// the state words (minus the slots in live caches). It is idempotent, so a
+// recovery whose leader dies half-way is simply run again.
+func (a *Arena[T]) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
+	readers := map[uint32]uint64{}
+	writers := map[uint32]bool{}
+	cached := map[uint32]bool{}
+	var live int64
+	for i := range MaxProcs {
+		r := a.record(i)
+		if atomic.LoadUint32(&r.state) == recordFree {
+			continue
+		}
+		for k := range r.ways {
+			c := &r.ways[k].cache
+			v := atomic.LoadUint64(c)
+			switch {
+			case dead[i]:
+				atomic.StoreUint64(c, (v>>32+1)<<32) // its slot is relinked below
+			case uint32(v) != 0:
+				cached[uint32(v)-1] = true
+			}
+			if !dead[i] {
+				live += int64(atomic.LoadUint64(&r.ways[k].section)) >> 16
+			}
+		}
+		if dead[i] {
+			continue
+		}
+		for h := range r.holds {
+			e := atomic.LoadUint64(&r.holds[h])
+			idx := uint32(e) - 1
+			if uint32(e) == 0 || idx >= a.capacity {
+				continue
+			}
+			if e&holdWrite != 0 {
+				writers[idx] = true
+			} else {
+				readers[idx]++
+			}
+		}
+	}
+	var allocated int64
+	for sh := uint32(0); sh < a.shards; sh++ {
+		s := a.shard(sh)
+		var chain uint32
+		for idx := atomic.LoadUint32(&s.frontier); idx > s.start; {
+			idx--
+			st := a.state(idx)
+			old := atomic.LoadUint64(st)
+			n := old
+			if n&liveBit != 0 && ownerOf(n) >= 0 && ownerOf(n) < MaxProcs && dead[ownerOf(n)] {
+				n = freed(n)
+				rep.Reclaimed++
+			}
+			if genOf(n) == 0 {
+				n |= 1 // taken from the frontier, never stamped
+			}
+			r, w := readers[idx], writers[idx]
+			if r > readersOf(old) || w && old&writerBit == 0 {
+				// A live hold the word does not show cannot happen; keep
+				// the word's own count rather than invent holds.
+				r, w = readersOf(old), old&writerBit != 0
+			}
+			rep.Holds += int(readersOf(old) - r)
+			if old&writerBit != 0 && !w {
+				rep.Holds++
+			}
+			n &^= uint64(maxReaders)<<readerShift | writerBit | pendingBit
+			n |= r << readerShift
+			if w {
+				n |= writerBit
+			}
+			if n&(liveBit|retiredBit) == 0 && held(n) {
+				n |= pendingBit
+			}
+			atomic.StoreUint64(st, n)
+			switch {
+			case n&liveBit != 0:
+				allocated++
+			case reusable(n) && !cached[idx]:
+				atomic.StoreUint32(a.link(idx), chain)
+				chain = idx + 1
+			}
+		}
+		h := atomic.LoadUint64(&s.head)
+		atomic.StoreUint64(&s.head, (h>>32+1)<<32|uint64(chain))
+	}
+	atomic.StoreInt64(&a.hdr.base, allocated-live)
+	return rep
+}
+
+// clearRecord empties a dead process's record and releases its lock.
+func (a *Arena[T]) clearRecord(i int) {
+	r := a.record(i)
+	for h := range r.holds {
+		if atomic.LoadUint64(&r.holds[h]) != 0 {
+			atomic.StoreUint64(&r.holds[h], 0)
+		}
+	}
+	for k := range r.ways {
+		atomic.StoreUint64(&r.ways[k].section, 0)
+	}
+	r.pid = 0
+	atomic.StoreUint32(&r.state, recordFree)
+	unlockRecord(a.file, i)
+}
+
+// detach gives this process's record back (Close): caches to the
+// freelists, its net allocation count to the header, its ownership of
+// allocations to nobody.
+func (a *Arena[T]) detach() {
+	w := &a.rec.ways[0]
+	a.open(w)
+	for k := range a.rec.ways {
+		if idx, ok := takeCache(&a.rec.ways[k].cache); ok {
+			a.push(a.shard(a.home(k)), idx)
+		}
+	}
+	a.close(w, 0)
+	for sh := uint32(0); sh < a.shards; sh++ {
+		s := a.shard(sh)
+		a.open(w)
+		for idx := s.start; idx < atomic.LoadUint32(&s.frontier); idx++ {
+			st := a.state(idx)
+			for {
+				v := atomic.LoadUint64(st)
+				if v&liveBit == 0 || ownerOf(v) != a.me || atomic.CompareAndSwapUint64(st, v, v&^ownerMask) {
+					break
+				}
+			}
+		}
+		a.close(w, 0)
+	}
+	a.open(w)
+	var net int64
+	for k := range a.rec.ways {
+		v := atomic.LoadUint64(&a.rec.ways[k].section)
+		nk := int64(v) >> 16
+		if k == 0 {
+			nk = int64(v-sectionOpen) >> 16
+		}
+		net += nk
+		atomic.AddUint64(&a.rec.ways[k].section, uint64(-nk*sectionNet))
+	}
+	atomic.AddInt64(&a.hdr.base, net)
+	a.close(w, 0)
+	a.rec.pid = 0
+	atomic.StoreUint32(&a.rec.state, recordFree)
+	unlockRecord(a.file, a.me)
+}
