@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -17,7 +18,7 @@ import (
 // Load copies the slot's value out.
 func (a *Arena[T]) Load(t token.Token) (T, error) {
 	var v T
-	err := a.load(t, &v, "Load")
+	err := load(a.seg, t, &v, "Load")
 	return v, err
 }
 
@@ -26,10 +27,10 @@ func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
 	if dst == nil {
 		return ErrNilPointer
 	}
-	return a.load(t, dst, "LoadInto")
+	return load(a.seg, t, dst, "LoadInto")
 }
 
-func (a *Arena[T]) load(t token.Token, dst *T, op string) error {
+func load[T any](a *seg, t token.Token, dst *T, op string) error {
 	idx, err := a.index(t, op)
 	if err != nil {
 		return err
@@ -47,7 +48,7 @@ func (a *Arena[T]) load(t token.Token, dst *T, op string) error {
 			return stale(op, t)
 		}
 		if s&writerBit == 0 && readersOf(s) < maxReaders && atomic.CompareAndSwapUint64(st, s, s+readerOne) {
-			*dst = *a.slot(idx)
+			*dst = *(*T)(a.slotAt(idx))
 			a.unhold(p, w, idx, readerOne)
 			a.exit(p, w, 0)
 			return nil
@@ -60,15 +61,15 @@ func (a *Arena[T]) load(t token.Token, dst *T, op string) error {
 // View runs fn with shared access to the slot; Views of one slot, in any
 // processes, run concurrently.
 func (a *Arena[T]) View(t token.Token, fn func(*T)) error {
-	return a.access(t, fn, readerOne, holdRead, "View")
+	return access(a.seg, t, fn, readerOne, holdRead, "View")
 }
 
 // Update runs fn with exclusive access to the slot.
 func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
-	return a.access(t, fn, writerBit, holdWrite, "Update")
+	return access(a.seg, t, fn, writerBit, holdWrite, "Update")
 }
 
-func (a *Arena[T]) access(t token.Token, fn func(*T), add, kind uint64, op string) error {
+func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op string) error {
 	if fn == nil {
 		return ErrNilFunc
 	}
@@ -106,15 +107,15 @@ func (a *Arena[T]) access(t token.Token, fn func(*T), add, kind uint64, op strin
 		wait.wait(a)
 	}
 	defer a.release(idx, add, entry)
-	fn(a.slot(idx))
+	fn((*T)(a.slotAt(idx)))
 	return nil
 }
 
 // release ends a callback's hold (also when fn panics). It needs no gate:
 // Close waits for every hold entry to come back before it unmaps.
-func (a *Arena[T]) release(idx uint32, add uint64, entry *uint64) {
-	p := a.gate.EnterAny() // only to pick this P's way
-	a.gate.Exit(p)
+func (a *seg) release(idx uint32, add uint64, entry *uint64) {
+	p := shard.Pin() // only to pick this P's way
+	shard.Unpin()
 	w := &a.rec.ways[uint(p)%cacheWays]
 	a.open(w)
 	a.unhold(p, w, idx, add)
@@ -124,7 +125,7 @@ func (a *Arena[T]) release(idx uint32, add uint64, entry *uint64) {
 
 // unhold drops one reader or the writer bit, inside a section, and recycles
 // the slot if it was freed meanwhile and this was the last hold.
-func (a *Arena[T]) unhold(p int, w *way, idx uint32, add uint64) {
+func (a *seg) unhold(p int, w *way, idx uint32, add uint64) {
 	st := a.state(idx)
 	for {
 		s := atomic.LoadUint64(st)

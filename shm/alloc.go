@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/token"
 )
 
@@ -20,25 +21,27 @@ import (
 // records, never from what the dead process might have meant to do.
 
 // open opens a section on w, waiting out any recovery first.
-func (a *Arena[T]) open(w *way) {
+func (a *seg) open(w *way) {
 	for {
 		atomic.AddUint64(&w.section, sectionOpen)
 		if atomic.LoadUint32(&a.hdr.recovering) == 0 {
 			return
 		}
 		atomic.AddUint64(&w.section, ^uint64(sectionOpen-1))
-		a.awaitRecovery(false)
+		a.awaitRecovery(false, false)
 	}
 }
 
 // close closes a section on w, adding net to its allocation count.
-func (a *Arena[T]) close(w *way, net int64) {
+func (a *seg) close(w *way, net int64) {
 	atomic.AddUint64(&w.section, uint64(net*sectionNet-sectionOpen))
 }
 
-// enter starts an operation: the process gate (Close waits for it) and a
-// section on this P's way.
-func (a *Arena[T]) enter() (p int, w *way, err error) {
+// enter starts an operation: a section on this P's way. The process gate
+// is held only while the section opens (Close waits for the gate, then for
+// this process's sections), so an operation may block inside its section on
+// a process-local lock without pinning its P.
+func (a *seg) enter() (p int, w *way, err error) {
 	for {
 		p, ok := a.gate.Enter()
 		if !ok {
@@ -46,22 +49,30 @@ func (a *Arena[T]) enter() (p int, w *way, err error) {
 		}
 		w = &a.rec.ways[uint(p)%cacheWays]
 		atomic.AddUint64(&w.section, sectionOpen)
+		a.gate.Exit(p)
 		if atomic.LoadUint32(&a.hdr.recovering) == 0 {
 			return p, w, nil
 		}
-		atomic.AddUint64(&w.section, ^uint64(sectionOpen-1))
-		a.gate.Exit(p)
-		a.awaitRecovery(false) // never while pinned
+		a.close(w, 0) // our open section kept the mapping alive until here
+		a.awaitRecovery(false, true)
 	}
 }
 
-func (a *Arena[T]) exit(p int, w *way, net int64) {
-	a.close(w, net)
-	a.gate.Exit(p)
+func (a *seg) exit(_ int, w *way, net int64) { a.close(w, net) }
+
+// waitSections waits until no section of this process is open (Close,
+// after the gate is closed: no new one can open).
+func (a *seg) waitSections() {
+	var b atomicx.Backoff
+	for k := range a.rec.ways {
+		for atomic.LoadUint64(&a.rec.ways[k].section)&(sectionNet-1) != 0 {
+			b.Wait()
+		}
+	}
 }
 
 // index checks the parts of a token that need no shared memory.
-func (a *Arena[T]) index(t token.Token, op string) (uint32, error) {
+func (a *seg) index(t token.Token, op string) (uint32, error) {
 	switch {
 	case t.IsNil():
 		return 0, fmt.Errorf("shm: %s: %w: nil token", op, ErrBadToken)
@@ -116,7 +127,7 @@ func (a *Arena[T]) Store(v T) (token.Token, error) {
 
 // stamp makes a taken slot live, owned by this process, and returns its
 // generation. A taken slot is not live, so nothing else writes its word.
-func (a *Arena[T]) stamp(idx uint32) uint32 {
+func (a *seg) stamp(idx uint32) uint32 {
 	st := a.state(idx)
 	gen := genOf(atomic.LoadUint64(st))
 	if gen == 0 {
@@ -128,7 +139,7 @@ func (a *Arena[T]) stamp(idx uint32) uint32 {
 
 // take finds a free slot: this way's cache, the home shard, the other
 // shards, then every process's caches.
-func (a *Arena[T]) take(p int, w *way) (uint32, bool) {
+func (a *seg) take(p int, w *way) (uint32, bool) {
 	if idx, ok := takeCache(&w.cache); ok {
 		return idx, true
 	}
@@ -157,7 +168,7 @@ func (a *Arena[T]) take(p int, w *way) (uint32, bool) {
 	return 0, false
 }
 
-func (a *Arena[T]) home(p int) uint32 {
+func (a *seg) home(p int) uint32 {
 	return uint32((uint(a.me)*cacheWays + uint(p)) % uint(a.shards))
 }
 
@@ -165,7 +176,7 @@ func (a *Arena[T]) home(p int) uint32 {
 // and cache empty with no change between them: every word they read only
 // grows (tags, frontiers, cache versions), so equal sums mean every word
 // held still, and at the instant the first census ended no slot was free.
-func (a *Arena[T]) full() bool {
+func (a *seg) full() bool {
 	s1, empty := a.census()
 	if !empty {
 		return false
@@ -174,7 +185,7 @@ func (a *Arena[T]) full() bool {
 	return empty && s1 == s2
 }
 
-func (a *Arena[T]) census() (sum uint64, empty bool) {
+func (a *seg) census() (sum uint64, empty bool) {
 	empty = true
 	for i := uint32(0); i < a.shards; i++ {
 		s := a.shard(i)
@@ -199,7 +210,7 @@ func (a *Arena[T]) census() (sum uint64, empty bool) {
 
 // pop takes a slot from a shard's freelist, or failing that from its
 // frontier of never-used slots.
-func (a *Arena[T]) pop(s *shardLine) (uint32, bool) {
+func (a *seg) pop(s *shardLine) (uint32, bool) {
 	for {
 		h := atomic.LoadUint64(&s.head)
 		top := uint32(h)
@@ -223,7 +234,7 @@ func (a *Arena[T]) pop(s *shardLine) (uint32, bool) {
 }
 
 // push puts a free slot on a shard's freelist.
-func (a *Arena[T]) push(s *shardLine, idx uint32) {
+func (a *seg) push(s *shardLine, idx uint32) {
 	for {
 		h := atomic.LoadUint64(&s.head)
 		atomic.StoreUint32(a.link(idx), uint32(h))
@@ -252,16 +263,17 @@ func putCache(c *uint64, idx uint32) bool {
 
 // recycle puts a slot that just became reusable where the next Alloc on
 // this P finds it.
-func (a *Arena[T]) recycle(p int, w *way, idx uint32) {
+func (a *seg) recycle(p int, w *way, idx uint32) {
 	if !putCache(&w.cache, idx) {
 		a.push(a.shard(a.home(p)), idx)
 	}
+	a.notifyFree()
 }
 
 // Free ends the allocation t names; every later use of t is ErrStale, in
 // every process. If a callback still holds the slot, it is reused only
 // after the callback returns.
-func (a *Arena[T]) Free(t token.Token) error {
+func (a *seg) Free(t token.Token) error {
 	idx, err := a.index(t, "Free")
 	if err != nil {
 		return err
@@ -293,7 +305,7 @@ func (a *Arena[T]) Free(t token.Token) error {
 // Adopt makes this process the owner of t's allocation: if this process
 // dies, recovery frees it; if the process that allocated it dies, it
 // survives. Pass tokens between processes and Adopt them on arrival.
-func (a *Arena[T]) Adopt(t token.Token) error {
+func (a *seg) Adopt(t token.Token) error {
 	idx, err := a.index(t, "Adopt")
 	if err != nil {
 		return err

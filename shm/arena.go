@@ -42,6 +42,12 @@ const (
 // Arena is one process's handle on a shared arena of T. It has the methods
 // of arena.Arena, with the same guarantees across every process attached.
 type Arena[T any] struct {
+	*seg
+}
+
+// seg is a process's handle on a mapped segment: everything that does not
+// depend on the payload type (the Store and its edges use it too).
+type seg struct {
 	path string
 	file *os.File // our own open file description: its OFD lock is our liveness
 	mem  []byte
@@ -59,9 +65,14 @@ type Arena[T any] struct {
 	recsAt   unsafe.Pointer
 	recSize  uintptr
 	payload  unsafe.Pointer
+	store    *storeCore // nil for a plain Arena
 
 	gate   shard.Gate
 	closed atomic.Bool
+	// parked counts goroutines of this process that use the mapping outside
+	// any section: asleep on a futex word, or checking for dead processes
+	// between two attempts. Close waits for it to drop to 0.
+	parked atomic.Int32
 	holds  holdTable
 	stats  stats
 
@@ -77,33 +88,67 @@ type Arena[T any] struct {
 // ErrExists.
 func Create[T any](name string, cfg Config) (*Arena[T], error) {
 	typ := reflect.TypeFor[T]()
-	if path, ok := ptrfree.Path(typ, typ.String()); ok {
-		return nil, fmt.Errorf("%w: %s holds a Go pointer", ErrPointerType, path)
-	}
-	switch {
-	case cfg.Slots <= 0 || uint64(cfg.Slots) > MaxSlots:
+	if cfg.Slots <= 0 || uint64(cfg.Slots) > MaxSlots {
 		return nil, fmt.Errorf("%w: Slots = %d, must be in [1, %d]", ErrInvalidConfig, cfg.Slots, uint64(MaxSlots))
-	case cfg.Shards < 0 || cfg.Shards > MaxShards:
-		return nil, fmt.Errorf("%w: Shards = %d, must be in [0, %d]", ErrInvalidConfig, cfg.Shards, MaxShards)
 	}
-	shards := cfg.Shards
-	if shards == 0 {
-		shards = defaultShards
-	}
-	shards = min(shards, cfg.Slots)
-	path, err := segmentPath(cfg.Dir, name)
+	s, err := createSeg(name, segSpec{typ: typ, kind: kindArena, slots: cfg.Slots, shards: cfg.Shards,
+		dir: cfg.Dir, perm: cfg.Perm, watch: cfg.Watch})
 	if err != nil {
 		return nil, err
 	}
-	perm := cfg.Perm
+	return &Arena[T]{s}, nil
+}
+
+// Attach attaches this process to the segment called name, made by Create
+// for the same T (same fields, offsets, size and alignment). Only cfg.Dir
+// and cfg.Watch are used.
+func Attach[T any](name string, cfg Config) (*Arena[T], error) {
+	s, err := attachSeg(name, reflect.TypeFor[T](), kindArena, cfg.Dir, cfg.Watch)
+	if err != nil {
+		return nil, err
+	}
+	return &Arena[T]{s}, nil
+}
+
+// segSpec is what createSeg needs: the payload type and the geometry's
+// inputs, plus, for a Store, its shape and a hook that initialises its
+// part of the segment.
+type segSpec struct {
+	typ           reflect.Type
+	kind          uint32
+	slots, shards int
+	store         *storeShape
+	init          func(*seg, geometry)
+	dir           string
+	perm          os.FileMode
+	watch         time.Duration
+}
+
+func createSeg(name string, sp segSpec) (*seg, error) {
+	if path, ok := ptrfree.Path(sp.typ, sp.typ.String()); ok {
+		return nil, fmt.Errorf("%w: %s holds a Go pointer", ErrPointerType, path)
+	}
+	if sp.shards < 0 || sp.shards > MaxShards {
+		return nil, fmt.Errorf("%w: Shards = %d, must be in [0, %d]", ErrInvalidConfig, sp.shards, MaxShards)
+	}
+	shards := sp.shards
+	if shards == 0 {
+		shards = defaultShards
+	}
+	shards = min(shards, sp.slots)
+	path, err := segmentPath(sp.dir, name)
+	if err != nil {
+		return nil, err
+	}
+	perm := sp.perm
 	if perm == 0 {
 		perm = 0o600
 	}
-	g := layoutFor(uint32(cfg.Slots), uint32(shards), uint64(typ.Size()), uint64(typ.Align()))
+	g := layoutFor(uint32(sp.slots), uint32(shards), uint64(sp.typ.Size()), uint64(sp.typ.Align()), sp.store)
 	for range 8 {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
 		if err == nil {
-			return create[T](path, f, g, typ, cfg.Watch)
+			return initSeg(path, f, g, sp)
 		}
 		if !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("shm: create %s: %w", path, err)
@@ -115,9 +160,9 @@ func Create[T any](name string, cfg Config) (*Arena[T], error) {
 	return nil, fmt.Errorf("%w: %s keeps coming back", ErrExists, path)
 }
 
-// create initialises a segment in the new, empty file f.
-func create[T any](path string, f *os.File, g geometry, typ reflect.Type, watch time.Duration) (*Arena[T], error) {
-	fail := func(err error) (*Arena[T], error) {
+// initSeg initialises a segment in the new, empty file f.
+func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
+	fail := func(err error) (*seg, error) {
 		_ = os.Remove(path)
 		_ = f.Close()
 		return nil, err
@@ -132,18 +177,20 @@ func create[T any](path string, f *os.File, g geometry, typ reflect.Type, watch 
 	if err != nil {
 		return fail(err)
 	}
-	a := newHandle[T](path, f, mem)
+	a := newSeg(path, f, mem)
 	h := a.hdr
 	h.layout = layoutVersion
 	h.size = g.size
 	h.slotSize, h.slotAlign = g.slotSize, g.align
-	h.typeHash = fingerprint(typ)
-	copy(h.typeName[:], typ.String())
+	h.typeHash = fingerprint(sp.typ)
+	copy(h.typeName[:], sp.typ.String())
 	h.capacity, h.shards = g.capacity, g.shards
 	h.maxProcs, h.ways, h.holds = MaxProcs, cacheWays, holdsPerProc
 	h.recordsOff, h.recordSize = g.recordsOff, g.recordSize
 	h.shardsOff, h.statesOff, h.linksOff, h.payloadOff = g.shardsOff, g.statesOff, g.linksOff, g.payloadOff
 	h.stride = g.stride
+	h.kind, h.edges = sp.kind, g.edges
+	h.refsOff, h.tablesOff, h.tableLen, h.edgesOff = g.refsOff, g.tablesOff, g.tableLen, g.edgesOff
 	h.magic = magic
 	a.bind()
 	for i := uint32(0); i < g.shards; i++ {
@@ -152,13 +199,16 @@ func create[T any](path string, f *os.File, g geometry, typ reflect.Type, watch 
 		s.end = uint32(uint64(g.capacity) * uint64(i+1) / uint64(g.shards))
 		s.frontier = s.start
 	}
+	if sp.init != nil {
+		sp.init(a, g)
+	}
 	atomic.StoreUint32(&h.ready, 1)
 	if err := a.claimRecord(); err != nil {
 		_ = unix.Munmap(mem)
 		return fail(err)
 	}
 	_ = flockFile(f, unix.LOCK_UN)
-	a.start(watch)
+	a.start(sp.watch)
 	return a, nil
 }
 
@@ -205,15 +255,11 @@ func inUse(f *os.File) bool {
 	return false
 }
 
-// Attach attaches this process to the segment called name, made by Create
-// for the same T (same fields, offsets, size and alignment). Only cfg.Dir
-// and cfg.Watch are used.
-func Attach[T any](name string, cfg Config) (*Arena[T], error) {
-	typ := reflect.TypeFor[T]()
+func attachSeg(name string, typ reflect.Type, kind uint32, dir string, watch time.Duration) (*seg, error) {
 	if path, ok := ptrfree.Path(typ, typ.String()); ok {
 		return nil, fmt.Errorf("%w: %s holds a Go pointer", ErrPointerType, path)
 	}
-	path, err := segmentPath(cfg.Dir, name)
+	path, err := segmentPath(dir, name)
 	if err != nil {
 		return nil, err
 	}
@@ -224,26 +270,26 @@ func Attach[T any](name string, cfg Config) (*Arena[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("shm: open %s: %w", path, err)
 	}
-	a, err := attach[T](path, f, typ)
+	a, err := mapExisting(path, f, typ, kind)
 	if err != nil {
 		_ = f.Close()
 		return nil, err
 	}
 	_ = flockFile(f, unix.LOCK_UN)
-	a.start(cfg.Watch)
+	a.start(watch)
 	if a.anyDead() {
 		_, _ = a.Recover()
 	}
 	return a, nil
 }
 
-// attach maps and checks the segment in f and claims a record in it. It
-// returns with the flock held on success.
-func attach[T any](path string, f *os.File, typ reflect.Type) (*Arena[T], error) {
+// mapExisting maps and checks the segment in f and claims a record in it.
+// It returns with the flock held on success.
+func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, error) {
 	if err := flockFile(f, unix.LOCK_EX); err != nil {
 		return nil, fmt.Errorf("shm: lock %s: %w", path, err)
 	}
-	unlockFail := func(err error) (*Arena[T], error) {
+	unlockFail := func(err error) (*seg, error) {
 		_ = flockFile(f, unix.LOCK_UN)
 		return nil, err
 	}
@@ -259,15 +305,21 @@ func attach[T any](path string, f *os.File, typ reflect.Type) (*Arena[T], error)
 	if n, _ := f.ReadAt(buf, 0); n < headerSize {
 		return unlockFail(fmt.Errorf("%w: %s has %d bytes, less than a header", ErrCorrupt, path, st.Size()))
 	}
-	if err := check(&h, uint64(st.Size()), typ); err != nil {
+	if err := check(&h, uint64(st.Size()), typ, kind); err != nil {
 		return unlockFail(fmt.Errorf("%s: %w", path, err))
 	}
 	mem, err := mapFile(f, h.size)
 	if err != nil {
 		return unlockFail(err)
 	}
-	a := newHandle[T](path, f, mem)
+	a := newSeg(path, f, mem)
 	a.bind()
+	if kind == kindStore {
+		if err := a.bindStore(); err != nil {
+			_ = unix.Munmap(mem)
+			return unlockFail(fmt.Errorf("%s: %w", path, err))
+		}
+	}
 	if err := a.claimRecord(); err != nil {
 		_ = unix.Munmap(mem)
 		return unlockFail(err)
@@ -278,8 +330,9 @@ func attach[T any](path string, f *os.File, typ reflect.Type) (*Arena[T], error)
 // check compares a segment's header with what this process expects. The
 // geometry is recomputed from the header's own inputs, so a header that
 // was not written by this layout (garbage, a truncated file) is refused
-// before any offset in it is used.
-func check(h *header, fileSize uint64, typ reflect.Type) error {
+// before any offset in it is used. A Store's edges are checked once mapped
+// (bindStore).
+func check(h *header, fileSize uint64, typ reflect.Type, kind uint32) error {
 	switch {
 	case h.magic != magic:
 		return fmt.Errorf("%w: bad magic %#x", ErrCorrupt, h.magic)
@@ -287,6 +340,8 @@ func check(h *header, fileSize uint64, typ reflect.Type) error {
 		return fmt.Errorf("%w: layout version %d, this build reads %d", ErrMismatch, h.layout, layoutVersion)
 	case h.ready != 1:
 		return fmt.Errorf("%w: its creator never finished it", ErrNotExist)
+	case h.kind != kind:
+		return fmt.Errorf("%w: segment holds a %s, not a %s", ErrMismatch, kindName(h.kind), kindName(kind))
 	case h.capacity == 0 || uint64(h.capacity) > MaxSlots || h.shards == 0 || h.shards > MaxShards || h.shards > h.capacity:
 		return fmt.Errorf("%w: capacity %d, shards %d", ErrCorrupt, h.capacity, h.shards)
 	case h.maxProcs != MaxProcs || h.ways != cacheWays || h.holds != holdsPerProc:
@@ -297,16 +352,34 @@ func check(h *header, fileSize uint64, typ reflect.Type) error {
 			h.slotSize, h.slotAlign, cstring(h.typeName[:]), typ, typ.Size(), typ.Align())
 	case h.typeHash != fingerprint(typ):
 		return fmt.Errorf("%w: payload type %s, not %s (fields differ)", ErrMismatch, cstring(h.typeName[:]), typ)
+	case kind == kindStore && (h.edges > MaxEdges || h.tableLen == 0 || h.tableLen > maxTableLen):
+		return fmt.Errorf("%w: %d edges, %d references per process", ErrCorrupt, h.edges, h.tableLen)
 	}
-	g := layoutFor(h.capacity, h.shards, h.slotSize, h.slotAlign)
-	if g.size != h.size || g.recordsOff != h.recordsOff || g.recordSize != h.recordSize || g.shardsOff != h.shardsOff ||
-		g.statesOff != h.statesOff || g.linksOff != h.linksOff || g.payloadOff != h.payloadOff || g.stride != h.stride {
+	var st *storeShape
+	if kind == kindStore {
+		st = &storeShape{tableLen: h.tableLen, laneCaps: make([]uint64, h.edges)}
+	}
+	g := layoutFor(h.capacity, h.shards, h.slotSize, h.slotAlign, st)
+	if g.recordsOff != h.recordsOff || g.recordSize != h.recordSize || g.shardsOff != h.shardsOff ||
+		g.statesOff != h.statesOff || g.linksOff != h.linksOff || g.payloadOff != h.payloadOff || g.stride != h.stride ||
+		g.refsOff != h.refsOff || g.tablesOff != h.tablesOff || g.edgesOff != h.edgesOff || h.size < g.size ||
+		kind == kindArena && h.size != g.size {
 		return fmt.Errorf("%w: header offsets do not match its geometry", ErrCorrupt)
 	}
 	if fileSize < h.size {
 		return fmt.Errorf("%w: %d bytes, the header says %d", ErrCorrupt, fileSize, h.size)
 	}
 	return nil
+}
+
+func kindName(k uint32) string {
+	switch k {
+	case kindArena:
+		return "shm.Arena"
+	case kindStore:
+		return "shm.Store"
+	}
+	return fmt.Sprintf("kind %d", k)
 }
 
 func cstring(b []byte) string {
@@ -318,15 +391,15 @@ func cstring(b []byte) string {
 	return string(b)
 }
 
-func newHandle[T any](path string, f *os.File, mem []byte) *Arena[T] {
-	a := &Arena[T]{path: path, file: f, mem: mem, base: unsafe.Pointer(unsafe.SliceData(mem))}
+func newSeg(path string, f *os.File, mem []byte) *seg {
+	a := &seg{path: path, file: f, mem: mem, base: unsafe.Pointer(unsafe.SliceData(mem))}
 	a.hdr = (*header)(a.base)
 	a.gate.Init()
 	return a
 }
 
 // bind caches the header's geometry in the handle.
-func (a *Arena[T]) bind() {
+func (a *seg) bind() {
 	h := a.hdr
 	a.capacity, a.shards, a.stride = h.capacity, h.shards, uintptr(h.stride)
 	a.recsAt = unsafe.Add(a.base, h.recordsOff)
@@ -340,7 +413,7 @@ func (a *Arena[T]) bind() {
 // claimRecord finds a record whose lock it can take and that no dead
 // process still occupies, and makes it this process's. The caller holds
 // the flock.
-func (a *Arena[T]) claimRecord() error {
+func (a *seg) claimRecord() error {
 	for i := range MaxProcs {
 		ok, err := lockRecord(a.file, i)
 		if err != nil {
@@ -355,28 +428,37 @@ func (a *Arena[T]) claimRecord() error {
 			continue
 		}
 		r.pid = uint32(os.Getpid())
+		r.tableHigh = 0
 		atomic.AddUint64(&r.incarnation, 1)
 		atomic.StoreUint32(&r.state, recordAlive)
 		a.me, a.rec = i, r
+		if a.store != nil {
+			a.store.tab.rec = r
+			a.store.tab.entries = unsafe.Add(a.store.tables, uintptr(i)*uintptr(a.store.tableLen)*8)
+		}
 		return nil
 	}
 	return fmt.Errorf("%w: all %d records are taken", ErrTooManyProcs, MaxProcs)
 }
 
-func (a *Arena[T]) record(i int) *record {
+func (a *seg) record(i int) *record {
 	return (*record)(unsafe.Add(a.recsAt, uintptr(i)*a.recSize))
 }
 
-func (a *Arena[T]) shard(i uint32) *shardLine {
+func (a *seg) shard(i uint32) *shardLine {
 	return (*shardLine)(unsafe.Add(a.shardsAt, uintptr(i)*unsafe.Sizeof(shardLine{})))
 }
 
-func (a *Arena[T]) state(idx uint32) *uint64 {
+func (a *seg) state(idx uint32) *uint64 {
 	return (*uint64)(unsafe.Add(a.states, uintptr(idx)*8))
 }
 
-func (a *Arena[T]) link(idx uint32) *uint32 {
+func (a *seg) link(idx uint32) *uint32 {
 	return (*uint32)(unsafe.Add(a.links, uintptr(idx)*4))
+}
+
+func (a *seg) slotAt(idx uint32) unsafe.Pointer {
+	return unsafe.Add(a.payload, uintptr(idx)*a.stride)
 }
 
 func (a *Arena[T]) slot(idx uint32) *T {
@@ -384,14 +466,14 @@ func (a *Arena[T]) slot(idx uint32) *T {
 }
 
 // Name returns the path of the segment file.
-func (a *Arena[T]) Path() string { return a.path }
+func (a *seg) Path() string { return a.path }
 
 // Capacity returns the number of slots.
-func (a *Arena[T]) Capacity() int { return int(a.capacity) }
+func (a *seg) Capacity() int { return int(a.capacity) }
 
 // Available returns the number of free slots, across every process; exact
 // when no operation is in flight anywhere.
-func (a *Arena[T]) Available() int {
+func (a *seg) Available() int {
 	p, ok := a.gate.Enter()
 	if !ok {
 		return 0
@@ -408,7 +490,7 @@ func (a *Arena[T]) Available() int {
 }
 
 // start launches the watcher, unless watch < 0.
-func (a *Arena[T]) start(watch time.Duration) {
+func (a *seg) start(watch time.Duration) {
 	if watch < 0 {
 		return
 	}
@@ -419,7 +501,7 @@ func (a *Arena[T]) start(watch time.Duration) {
 	go a.watch(watch)
 }
 
-func (a *Arena[T]) watch(every time.Duration) {
+func (a *seg) watch(every time.Duration) {
 	defer close(a.watchDone)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -440,7 +522,7 @@ func (a *Arena[T]) watch(every time.Duration) {
 // freelists. The last process to close removes the segment file. Close
 // waits for this process's callbacks to return; a second Close returns
 // ErrClosed.
-func (a *Arena[T]) Close() error {
+func (a *seg) Close() error {
 	a.closeMu.Lock()
 	defer a.closeMu.Unlock()
 	if !a.closed.CompareAndSwap(false, true) {
@@ -452,6 +534,11 @@ func (a *Arena[T]) Close() error {
 	}
 	a.holds.drain()
 	a.gate.Close()
+	a.waitSections()
+	for a.parked.Load() != 0 {
+		a.wakeParked()
+		time.Sleep(50 * time.Microsecond)
+	}
 	_ = flockFile(a.file, unix.LOCK_EX)
 	a.detach()
 	last := true

@@ -32,6 +32,11 @@ const (
 	// running at once on a segment (further ones wait for a free entry).
 	holdsPerProc = 4096
 
+	// MaxEdges bounds StoreConfig.Edges.
+	MaxEdges = 64
+	// maxTableLen bounds the reference table of one process.
+	maxTableLen = 1 << 30
+
 	// MaxShards bounds Config.Shards.
 	MaxShards = 4096
 	// MaxSlots bounds Config.Slots: indices and index+1 fit 32 bits.
@@ -67,7 +72,15 @@ type header struct {
 	linksOff   uint64
 	payloadOff uint64
 	stride     uint64
-	_          [pageSize/2 - 256]byte
+	// A Store's segment (kind == kindStore) adds a reference count per
+	// slot, a reference table per record, and its edges.
+	kind      uint32
+	edges     uint32
+	refsOff   uint64
+	tablesOff uint64
+	tableLen  uint64 // entries per record
+	edgesOff  uint64 // edgeCtl blocks; their rings follow the payload
+	_         [pageSize/2 - 296]byte
 
 	// recovering is 0, or the record index + 1 of the process that is
 	// rebuilding the segment after a death. Processes futex-wait on it.
@@ -79,7 +92,11 @@ type header struct {
 	// the allocations the last recovery counted, minus the live records'
 	// net counts at that moment.
 	base int64
-	_    [pageSize/2 - 24]byte
+	// freeSeq is bumped by every free while freeWaiters > 0: AllocWait
+	// and PutWait futex-wait on it.
+	freeSeq     uint32
+	freeWaiters uint32
+	_           [pageSize/2 - 32]byte
 }
 
 // record is one process's part of the segment. state and the OFD lock on
@@ -89,8 +106,11 @@ type record struct {
 	state       uint32 // recordFree or recordAlive
 	pid         uint32 // for humans: ps, error messages
 	incarnation uint64 // bumped each time a process claims the record
-	_           [atomicx.CacheLine - 16]byte
-	ways        [cacheWays]way
+	// tableHigh bounds the reference-table entries this record ever used
+	// (a Store's), so that recovery reads no more of the table than that.
+	tableHigh uint32
+	_         [atomicx.CacheLine - 20]byte
+	ways      [cacheWays]way
 	// holds lists the slots this process's callbacks hold: 0, or
 	// holdRead|holdWrite in the top bits and index+1 in the low 32. Recovery
 	// recomputes every slot's reader count and writer bit from the live
@@ -132,6 +152,11 @@ const (
 	sectionNet  = 1 << 16
 )
 
+const (
+	kindArena = 0
+	kindStore = 1
+)
+
 // geometry is the computed placement of every region for a capacity.
 type geometry struct {
 	capacity, shards uint32
@@ -142,15 +167,28 @@ type geometry struct {
 	shardsOff        uint64
 	statesOff        uint64
 	linksOff         uint64
+	refsOff          uint64
+	tablesOff        uint64
+	tableLen         uint64
+	edgesOff         uint64
+	edges            uint32
 	payloadOff       uint64
+	ringsOff         uint64 // where the first edge's rings start
 	size             uint64
+}
+
+// storeShape is what a Store adds to the geometry: the reference table
+// length and each edge's lane capacity (0 for a plain Arena: no edges).
+type storeShape struct {
+	tableLen uint64
+	laneCaps []uint64
 }
 
 func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 
 // layoutFor computes the geometry of a segment; it is a pure function of its
 // inputs, so an attaching process recomputes it to check the header.
-func layoutFor(capacity, shards uint32, slotSize, align uint64) geometry {
+func layoutFor(capacity, shards uint32, slotSize, align uint64, st *storeShape) geometry {
 	g := geometry{capacity: capacity, shards: shards, slotSize: slotSize, align: max(align, 1)}
 	g.stride = roundUp(max(slotSize, 1), g.align)
 	g.recordsOff = headerSize
@@ -158,9 +196,31 @@ func layoutFor(capacity, shards uint32, slotSize, align uint64) geometry {
 	g.shardsOff = g.recordsOff + MaxProcs*g.recordSize
 	g.statesOff = roundUp(g.shardsOff+uint64(shards)*uint64(unsafe.Sizeof(shardLine{})), atomicx.CacheLine)
 	g.linksOff = roundUp(g.statesOff+8*uint64(capacity), atomicx.CacheLine)
-	g.payloadOff = roundUp(g.linksOff+4*uint64(capacity), max(pageSize, g.align))
-	g.size = roundUp(g.payloadOff+g.stride*uint64(capacity), pageSize)
+	end := g.linksOff + 4*uint64(capacity)
+	if st != nil {
+		g.refsOff = roundUp(end, atomicx.CacheLine)
+		g.tablesOff = roundUp(g.refsOff+4*uint64(capacity), pageSize)
+		g.tableLen = st.tableLen
+		g.edgesOff = roundUp(g.tablesOff+MaxProcs*8*st.tableLen, pageSize)
+		g.edges = uint32(len(st.laneCaps))
+		end = g.edgesOff + uint64(len(st.laneCaps))*uint64(unsafe.Sizeof(edgeCtl{}))
+	}
+	g.payloadOff = roundUp(end, max(pageSize, g.align))
+	g.ringsOff = roundUp(g.payloadOff+g.stride*uint64(capacity), pageSize)
+	end = g.ringsOff
+	if st != nil {
+		for _, c := range st.laneCaps {
+			end += ringBytes(c)
+		}
+	}
+	g.size = roundUp(end, pageSize)
 	return g
+}
+
+// ringBytes is the size of one edge's rings: numLanes lanes of laneCap
+// entries.
+func ringBytes(laneCap uint64) uint64 {
+	return roundUp(numLanes*laneCap*uint64(unsafe.Sizeof(ringEntry{})), atomicx.CacheLine)
 }
 
 // lockByte is the byte of the segment file whose OFD lock says record i's

@@ -1,8 +1,13 @@
 package shm
 
 import (
+	"math"
 	"sync/atomic"
 	"time"
+	"unsafe"
+
+	"github.com/cella-go/cella/message"
+	"github.com/cella-go/cella/token"
 
 	"github.com/cella-go/cella/internal/atomicx"
 )
@@ -25,7 +30,7 @@ type Recovery struct {
 // new processes. Survivors may call it at any time; the watcher calls it
 // when it sees a death, and a call that waits on a slot for long calls it
 // too. While it runs, every other operation on the segment waits.
-func (a *Arena[T]) Recover() (Recovery, error) {
+func (a *seg) Recover() (Recovery, error) {
 	a.recoverMu.Lock()
 	defer a.recoverMu.Unlock()
 	if a.closed.Load() {
@@ -36,21 +41,23 @@ func (a *Arena[T]) Recover() (Recovery, error) {
 		if atomic.CompareAndSwapUint32(&a.hdr.recovering, 0, me) {
 			return a.lead(), nil
 		}
-		if a.awaitRecovery(true) {
+		if a.awaitRecovery(true, false) {
 			return Recovery{}, nil // another process recovered
 		}
 	}
 }
 
 // checkDead runs a recovery if some process died.
-func (a *Arena[T]) checkDead() {
-	if a.anyDead() {
+func (a *seg) checkDead() {
+	a.parked.Add(1)
+	defer a.parked.Add(-1)
+	if !a.closed.Load() && a.anyDead() {
 		_, _ = a.Recover()
 	}
 }
 
 // anyDead reports whether a record is alive but unlocked: its process died.
-func (a *Arena[T]) anyDead() bool {
+func (a *seg) anyDead() bool {
 	for i := range MaxProcs {
 		if i != a.me && atomic.LoadUint32(&a.record(i).state) != recordFree && !recordLocked(a.file, i) {
 			return true
@@ -62,11 +69,17 @@ func (a *Arena[T]) anyDead() bool {
 // awaitRecovery waits until no recovery is running. If the recovering
 // process died, this one takes the recovery over and finishes it. It
 // returns true when it waited (or led) a recovery to its end. haveMu says
-// the caller holds recoverMu already.
-func (a *Arena[T]) awaitRecovery(haveMu bool) bool {
+// the caller holds recoverMu already; op says it is an operation, which
+// gives up once this handle is closing (it will fail with ErrClosed).
+func (a *seg) awaitRecovery(haveMu, op bool) bool {
+	a.parked.Add(1)
+	defer a.parked.Add(-1)
 	word := &a.hdr.recovering
 	waited := false
 	for {
+		if op && a.closed.Load() {
+			return waited
+		}
 		r := atomic.LoadUint32(word)
 		if r == 0 {
 			return waited
@@ -92,10 +105,20 @@ func (a *Arena[T]) awaitRecovery(haveMu bool) bool {
 
 // lead runs a recovery; the caller has set the recovering word to its
 // record. It ends by clearing the word and waking the waiters.
-func (a *Arena[T]) lead() Recovery {
+func (a *seg) lead() Recovery {
 	defer func() {
 		atomic.StoreUint32(&a.hdr.recovering, 0)
 		futexWake(&a.hdr.recovering)
+		// Whatever the dead held (locks, room, slots) is free now: let
+		// every waiter look again.
+		atomic.AddUint32(&a.hdr.freeSeq, 1)
+		futexWake(&a.hdr.freeSeq)
+		if a.store != nil {
+			for _, e := range a.store.edges {
+				e.wakeSenders()
+				e.wakeReceivers()
+			}
+		}
 	}()
 	var dead [MaxProcs]bool
 	n := a.findDead(&dead)
@@ -116,7 +139,7 @@ func (a *Arena[T]) lead() Recovery {
 
 // findDead takes the lock of every record whose process died, so that no
 // new process claims it before the rebuild is done.
-func (a *Arena[T]) findDead(dead *[MaxProcs]bool) (n int) {
+func (a *seg) findDead(dead *[MaxProcs]bool) (n int) {
 	for i := range MaxProcs {
 		if i == a.me || dead[i] || atomic.LoadUint32(&a.record(i).state) == recordFree {
 			continue
@@ -131,7 +154,7 @@ func (a *Arena[T]) findDead(dead *[MaxProcs]bool) (n int) {
 
 // quiesce waits until no live record has an open section. A process that
 // dies while we wait is added to the dead.
-func (a *Arena[T]) quiesce(dead *[MaxProcs]bool) {
+func (a *seg) quiesce(dead *[MaxProcs]bool) {
 	var b atomicx.Backoff
 	for i := range MaxProcs {
 		r := a.record(i)
@@ -155,7 +178,7 @@ func (a *Arena[T]) quiesce(dead *[MaxProcs]bool) {
 // recomputed from the live hold entries, and every freelist is rebuilt from
 // the state words (minus the slots in live caches). It is idempotent, so a
 // recovery whose leader dies half-way is simply run again.
-func (a *Arena[T]) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
+func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 	readers := map[uint32]uint64{}
 	writers := map[uint32]bool{}
 	cached := map[uint32]bool{}
@@ -194,6 +217,10 @@ func (a *Arena[T]) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 			}
 		}
 	}
+	var refs map[uint32]uint64
+	if a.store != nil {
+		refs = a.countRefs(dead)
+	}
 	var allocated int64
 	for sh := uint32(0); sh < a.shards; sh++ {
 		s := a.shard(sh)
@@ -203,7 +230,20 @@ func (a *Arena[T]) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 			st := a.state(idx)
 			old := atomic.LoadUint64(st)
 			n := old
-			if n&liveBit != 0 && ownerOf(n) >= 0 && ownerOf(n) < MaxProcs && dead[ownerOf(n)] {
+			switch {
+			case refs != nil:
+				// A Store's message lives while a live process or an
+				// edge references it.
+				r := refs[idx]
+				if n&liveBit != 0 && r == 0 {
+					n = freed(n)
+					rep.Reclaimed++
+				}
+				if n&liveBit == 0 {
+					r = 0
+				}
+				atomic.StoreUint32(a.store.ref(idx), uint32(min(r, 1<<32-1)))
+			case n&liveBit != 0 && ownerOf(n) >= 0 && ownerOf(n) < MaxProcs && dead[ownerOf(n)]:
 				n = freed(n)
 				rep.Reclaimed++
 			}
@@ -244,9 +284,65 @@ func (a *Arena[T]) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 	return rep
 }
 
+// countRefs counts every Store reference that still counts: the live
+// records' table entries and the entries queued on the edges. It also
+// repairs each edge: the lock is cleared (only a dead process can hold it
+// now) and the counts are recomputed from what is queued.
+func (a *seg) countRefs(dead *[MaxProcs]bool) map[uint32]uint64 {
+	refs := map[uint32]uint64{}
+	for i := range MaxProcs {
+		r := a.record(i)
+		if dead[i] || atomic.LoadUint32(&r.state) == recordFree {
+			continue
+		}
+		tab := a.store.table(i)
+		high := min(uint64(atomic.LoadUint32(&r.tableHigh)), a.store.tableLen)
+		for e := uint64(0); e < high; e++ {
+			v := atomic.LoadUint64((*uint64)(unsafe.Add(tab, uintptr(e)*8)))
+			if idx := uint32(v) - 1; uint32(v) != 0 && idx < a.capacity {
+				refs[idx] += v >> 32
+			}
+		}
+	}
+	for _, e := range a.store.edges {
+		c := e.ctl
+		c.n, c.bytes, c.minDeadline = 0, 0, math.MaxInt64
+		for l := range numLanes {
+			c.laneBytes[l] = 0
+			head, tail := c.lanes[l].head, c.lanes[l].tail
+			if tail < head || tail-head > e.laneCap {
+				c.lanes[l].head = tail // scribbled on: nothing in it can be trusted
+				continue
+			}
+			for pos := head; pos < tail; pos++ {
+				q := e.entry(l, pos)
+				if idx := token.Token(q.tok).Index(); idx < a.capacity {
+					refs[idx]++
+				}
+				c.n++
+				c.bytes += int64(q.size)
+				c.laneBytes[l] += int64(q.size)
+				if q.deadline != 0 && q.flags&uint32(message.DegradeAllowed) == 0 {
+					c.minDeadline = min(c.minDeadline, q.deadline)
+				}
+			}
+		}
+		atomic.StoreUint32(&c.lock, 0)
+	}
+	return refs
+}
+
 // clearRecord empties a dead process's record and releases its lock.
-func (a *Arena[T]) clearRecord(i int) {
+func (a *seg) clearRecord(i int) {
 	r := a.record(i)
+	if a.store != nil {
+		tab := a.store.table(i)
+		high := min(uint64(atomic.LoadUint32(&r.tableHigh)), a.store.tableLen)
+		for e := uint64(0); e < high; e++ {
+			atomic.StoreUint64((*uint64)(unsafe.Add(tab, uintptr(e)*8)), 0)
+		}
+		atomic.StoreUint32(&r.tableHigh, 0)
+	}
 	for h := range r.holds {
 		if atomic.LoadUint64(&r.holds[h]) != 0 {
 			atomic.StoreUint64(&r.holds[h], 0)
@@ -263,7 +359,7 @@ func (a *Arena[T]) clearRecord(i int) {
 // detach gives this process's record back (Close): caches to the
 // freelists, its net allocation count to the header, its ownership of
 // allocations to nobody.
-func (a *Arena[T]) detach() {
+func (a *seg) detach() {
 	w := &a.rec.ways[0]
 	a.open(w)
 	for k := range a.rec.ways {

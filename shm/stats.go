@@ -42,7 +42,7 @@ func (s *stats) sum(which int) (n uint64) {
 }
 
 // Stats returns this process's counters and the segment's recovery count.
-func (a *Arena[T]) Stats() Stats {
+func (a *seg) Stats() Stats {
 	st := Stats{
 		Allocs: a.stats.sum(statAllocs),
 		Frees:  a.stats.sum(statFrees),

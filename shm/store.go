@@ -1,0 +1,439 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"reflect"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cella-go/cella/message"
+	"github.com/cella-go/cella/token"
+)
+
+// StoreConfig describes a shared message store at CreateStore. AttachStore
+// takes everything from the segment and uses only Dir and Watch.
+type StoreConfig struct {
+	// Slots is the capacity in messages; required, 1 ≤ Slots ≤ MaxSlots.
+	Slots int
+	// Shards is the number of freelists; 0 means 16.
+	Shards int
+	// Edges are the policies of the store's edges, Edge(0) to
+	// Edge(len-1); at most MaxEdges. An edge's queue is fixed at Create:
+	// MaxItems entries per lane, or Slots when MaxItems is 0.
+	Edges []message.Policy
+	// RefsPerProc bounds the distinct messages one process may hold
+	// references to at once; 0 means Slots.
+	RefsPerProc int
+	// Dir, Perm and Watch are as in Config.
+	Dir   string
+	Perm  os.FileMode
+	Watch time.Duration
+}
+
+// ErrNotHeld means this process holds no reference to the message it tried
+// to Free or Send: references are owned per process (see Store).
+var ErrNotHeld = errors.New("shm: this process holds no reference to the message")
+
+// Store is one process's handle on a shared message store: messages of
+// payload P with their headers, reference-counted, and the store's edges,
+// all in one segment that every attached process maps.
+//
+// References are owned by processes and edges. Put and Retain give this
+// process a reference; Send moves one of this process's references into an
+// edge and Recv moves one out of an edge to the receiving process; Free
+// drops one of this process's references. A process cannot Free or Send a
+// reference it does not hold (ErrNotHeld): tokens move between processes
+// through edges, never around them. When a process dies, its references
+// stop counting; a message that no process and no edge references any more
+// is freed by the recovery.
+type Store[P any] struct {
+	a *seg
+}
+
+// storeCore is a Store's part of the segment, bound in this process.
+type storeCore struct {
+	refs     unsafe.Pointer // uint32 reference count per slot
+	tables   unsafe.Pointer // MaxProcs reference tables of tableLen entries
+	tableLen uint64
+	edges    []*Edge
+	tab      refTable
+}
+
+func (c *storeCore) ref(idx uint32) *uint32 { return (*uint32)(unsafe.Add(c.refs, uintptr(idx)*4)) }
+
+func (c *storeCore) table(rec int) unsafe.Pointer {
+	return unsafe.Add(c.tables, uintptr(rec)*uintptr(c.tableLen)*8)
+}
+
+// CreateStore makes a new message store segment called name, with its
+// edges, and attaches this process to it.
+func CreateStore[P any](name string, cfg StoreConfig) (*Store[P], error) {
+	switch {
+	case cfg.Slots <= 0 || uint64(cfg.Slots) > MaxSlots:
+		return nil, fmt.Errorf("%w: Slots = %d, must be in [1, %d]", ErrInvalidConfig, cfg.Slots, uint64(MaxSlots))
+	case len(cfg.Edges) > MaxEdges:
+		return nil, fmt.Errorf("%w: %d edges, at most %d", ErrInvalidConfig, len(cfg.Edges), MaxEdges)
+	case cfg.RefsPerProc < 0 || cfg.RefsPerProc > maxTableLen:
+		return nil, fmt.Errorf("%w: RefsPerProc = %d, must be in [0, %d]", ErrInvalidConfig, cfg.RefsPerProc, maxTableLen)
+	}
+	shape := &storeShape{tableLen: uint64(cfg.RefsPerProc)}
+	if shape.tableLen == 0 {
+		shape.tableLen = uint64(min(cfg.Slots, maxTableLen))
+	}
+	pols := append([]message.Policy(nil), cfg.Edges...)
+	for i, p := range pols {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("edge %d: %w", i, err)
+		}
+		c := uint64(cfg.Slots)
+		if p.MaxItems > 0 {
+			c = uint64(p.MaxItems)
+		}
+		shape.laneCaps = append(shape.laneCaps, c)
+	}
+	init := func(a *seg, g geometry) {
+		off := g.ringsOff
+		for i, p := range pols {
+			c := a.edgeCtl(i)
+			c.admission = uint32(p.Admission)
+			c.maxItems, c.softItems = int64(p.MaxItems), int64(p.SoftItems)
+			c.maxBytes, c.softBytes = p.MaxBytes, p.SoftBytes
+			c.laneCap, c.ringOff = shape.laneCaps[i], off
+			c.minDeadline = math.MaxInt64
+			off += ringBytes(c.laneCap)
+		}
+		_ = a.bindStore() // just written: cannot fail
+	}
+	s, err := createSeg(name, segSpec{typ: reflect.TypeFor[message.Message[P]](), kind: kindStore,
+		slots: cfg.Slots, shards: cfg.Shards, store: shape, init: init, dir: cfg.Dir, perm: cfg.Perm, watch: cfg.Watch})
+	if err != nil {
+		return nil, err
+	}
+	return &Store[P]{s}, nil
+}
+
+// AttachStore attaches this process to the store segment called name, made
+// by CreateStore for the same P.
+func AttachStore[P any](name string, cfg StoreConfig) (*Store[P], error) {
+	s, err := attachSeg(name, reflect.TypeFor[message.Message[P]](), kindStore, cfg.Dir, cfg.Watch)
+	if err != nil {
+		return nil, err
+	}
+	return &Store[P]{s}, nil
+}
+
+func (a *seg) edgeCtl(i int) *edgeCtl {
+	return (*edgeCtl)(unsafe.Add(a.base, uintptr(a.hdr.edgesOff)+uintptr(i)*unsafe.Sizeof(edgeCtl{})))
+}
+
+// bindStore checks a Store segment's edges and binds its regions. What it
+// reads of each edge's shape (policy, lane capacity, ring offset) it keeps
+// in this process: a peer that scribbles on the segment later cannot make
+// this process index outside the mapping.
+func (a *seg) bindStore() error {
+	h := a.hdr
+	c := &storeCore{
+		refs:     unsafe.Add(a.base, h.refsOff),
+		tables:   unsafe.Add(a.base, h.tablesOff),
+		tableLen: h.tableLen,
+	}
+	c.tab.len = uint32(min(h.tableLen, math.MaxUint32))
+	at := roundUp(h.payloadOff+h.stride*uint64(h.capacity), pageSize)
+	for i := 0; i < int(h.edges); i++ {
+		ctl := a.edgeCtl(i)
+		pol := message.Policy{MaxItems: int(ctl.maxItems), SoftItems: int(ctl.softItems),
+			MaxBytes: ctl.maxBytes, SoftBytes: ctl.softBytes, Admission: message.Admission(ctl.admission)}
+		lc := ctl.laneCap
+		switch {
+		case lc == 0 || lc > MaxSlots || ctl.ringOff != at || at+ringBytes(lc) > h.size:
+			return fmt.Errorf("%w: edge %d: lane capacity %d, rings at %d", ErrCorrupt, i, lc, ctl.ringOff)
+		case ctl.admission > uint32(message.DeadlineQoS) || pol.Validate() != nil:
+			return fmt.Errorf("%w: edge %d: bad policy", ErrCorrupt, i)
+		}
+		c.edges = append(c.edges, &Edge{a: a, ctl: ctl, ring: unsafe.Add(a.base, at), laneCap: lc, pol: pol, id: i})
+		at += ringBytes(lc)
+	}
+	a.store = c
+	return nil
+}
+
+// Edge returns the store's i-th edge, or nil if there is none.
+func (s *Store[P]) Edge(i int) *Edge {
+	if i < 0 || i >= len(s.a.store.edges) {
+		return nil
+	}
+	return s.a.store.edges[i]
+}
+
+// Edges returns the store's edges, in the order of StoreConfig.Edges.
+func (s *Store[P]) Edges() []*Edge { return append([]*Edge(nil), s.a.store.edges...) }
+
+// payloadSize is what Header.Size 0 stands for.
+func payloadSize[P any]() uint32 {
+	var p *P
+	return uint32(min(unsafe.Sizeof(*p), math.MaxUint32))
+}
+
+// Put stores a message and gives this process its one reference. As in
+// message.Store, a zero Created is stamped with message.Now() and a zero
+// Size becomes the size of P.
+func (s *Store[P]) Put(h message.Header, p P) (token.Token, error) {
+	if h.Created == 0 {
+		h.Created = message.Now()
+	}
+	if h.Size == 0 {
+		h.Size = payloadSize[P]()
+	}
+	t, m, err := s.alloc()
+	if err != nil {
+		return token.Nil, err
+	}
+	m.Header, m.Payload = h, p
+	return t, nil
+}
+
+// PutWait is Put that waits (parked, not spinning) while the store is
+// full, until a slot is freed by any process, ctx is done, or the store is
+// closed.
+func (s *Store[P]) PutWait(ctx context.Context, h message.Header, p P) (token.Token, error) {
+	for {
+		t, err := s.Put(h, p)
+		if !errors.Is(err, ErrFull) {
+			return t, err
+		}
+		if err := s.a.awaitFree(ctx); err != nil {
+			return token.Nil, err
+		}
+	}
+}
+
+func (s *Store[P]) alloc() (token.Token, *message.Message[P], error) {
+	a := s.a
+	for {
+		p, w, err := a.enter()
+		if err != nil {
+			return token.Nil, nil, err
+		}
+		idx, ok := a.take(p, w)
+		if ok {
+			gen := a.stamp(idx)
+			atomic.StoreUint32(a.store.ref(idx), 1)
+			if err := a.store.tab.add(idx); err != nil {
+				atomic.StoreUint32(a.store.ref(idx), 0)
+				a.freeSlot(p, w, idx)
+				a.exit(p, w, 0)
+				return token.Nil, nil, err
+			}
+			a.exit(p, w, 1)
+			a.stats.add(p, statAllocs)
+			return token.New(idx, gen), (*message.Message[P])(a.slotAt(idx)), nil
+		}
+		full := a.full()
+		a.exit(p, w, 0)
+		if full {
+			return token.Nil, nil, ErrFull
+		}
+	}
+}
+
+// Header returns a copy of the message's header.
+func (s *Store[P]) Header(t token.Token) (message.Header, error) {
+	var h message.Header
+	err := s.a.header(t, &h, "Header")
+	return h, err
+}
+
+// View runs fn with shared access to the message.
+func (s *Store[P]) View(t token.Token, fn func(*message.Message[P])) error {
+	return access(s.a, t, fn, readerOne, holdRead, "View")
+}
+
+// Update runs fn with exclusive access to the message. Edges that already
+// queue t keep the Deadline, QoS, Flags and Size they admitted it with.
+func (s *Store[P]) Update(t token.Token, fn func(*message.Message[P])) error {
+	return access(s.a, t, fn, writerBit, holdWrite, "Update")
+}
+
+// Retain gives this process one more reference to the message (for
+// example to send it to one more edge).
+func (s *Store[P]) Retain(t token.Token) error {
+	a := s.a
+	idx, err := a.index(t, "Retain")
+	if err != nil {
+		return err
+	}
+	p, w, err := a.enter()
+	if err != nil {
+		return err
+	}
+	defer a.exit(p, w, 0)
+	if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
+		return stale("Retain", t)
+	}
+	r := a.store.ref(idx)
+	if atomic.LoadUint32(r) == math.MaxUint32 {
+		return fmt.Errorf("shm: Retain %v: %w", t, message.ErrTooManyRefs)
+	}
+	if err := a.store.tab.add(idx); err != nil {
+		return fmt.Errorf("shm: Retain %v: %w", t, err)
+	}
+	atomic.AddUint32(r, 1)
+	return nil
+}
+
+// Free drops one of this process's references to the message; the last
+// reference anywhere frees the slot.
+func (s *Store[P]) Free(t token.Token) error {
+	a := s.a
+	idx, err := a.index(t, "Free")
+	if err != nil {
+		return err
+	}
+	p, w, err := a.enter()
+	if err != nil {
+		return err
+	}
+	if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
+		a.exit(p, w, 0)
+		return stale("Free", t)
+	}
+	if !a.store.tab.remove(idx) {
+		a.exit(p, w, 0)
+		return fmt.Errorf("shm: Free %v: %w", t, ErrNotHeld)
+	}
+	net := a.dropRef(p, w, idx)
+	a.exit(p, w, net)
+	return nil
+}
+
+// Refs returns the message's reference count (every process and edge) and
+// how many of those this process holds.
+func (s *Store[P]) Refs(t token.Token) (all, mine int, err error) {
+	a := s.a
+	idx, err := a.index(t, "Refs")
+	if err != nil {
+		return 0, 0, err
+	}
+	p, w, err := a.enter()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer a.exit(p, w, 0)
+	if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
+		return 0, 0, stale("Refs", t)
+	}
+	return int(atomic.LoadUint32(a.store.ref(idx))), int(a.store.tab.count(idx)), nil
+}
+
+// dropRef drops one reference to slot idx inside a section and frees the
+// slot when it was the last; it returns the section's net allocation
+// change.
+func (a *seg) dropRef(p int, w *way, idx uint32) int64 {
+	if atomic.AddUint32(a.store.ref(idx), ^uint32(0)) != 0 {
+		return 0
+	}
+	a.freeSlot(p, w, idx)
+	return -1
+}
+
+// freeSlot frees a live slot inside a section.
+func (a *seg) freeSlot(p int, w *way, idx uint32) {
+	st := a.state(idx)
+	for {
+		s := atomic.LoadUint64(st)
+		n := freed(s)
+		if atomic.CompareAndSwapUint64(st, s, n) {
+			if reusable(n) {
+				a.recycle(p, w, idx)
+			}
+			a.stats.add(p, statFrees)
+			return
+		}
+	}
+}
+
+// header copies a live slot's message header under a brief reader hold.
+// Message[P] starts with its Header, whatever P is.
+func (a *seg) header(t token.Token, dst *message.Header, op string) error {
+	idx, err := a.index(t, op)
+	if err != nil {
+		return err
+	}
+	st := a.state(idx)
+	var wait waiter
+	for {
+		p, w, err := a.enter()
+		if err != nil {
+			return err
+		}
+		s := atomic.LoadUint64(st)
+		if !liveAs(s, t.Generation()) {
+			a.exit(p, w, 0)
+			return stale(op, t)
+		}
+		if s&writerBit == 0 && readersOf(s) < maxReaders && atomic.CompareAndSwapUint64(st, s, s+readerOne) {
+			*dst = *(*message.Header)(a.slotAt(idx))
+			a.unhold(p, w, idx, readerOne)
+			a.exit(p, w, 0)
+			return nil
+		}
+		a.exit(p, w, 0)
+		wait.wait(a)
+	}
+}
+
+// Capacity returns the number of message slots.
+func (s *Store[P]) Capacity() int { return s.a.Capacity() }
+
+// Available returns the number of free message slots, across every
+// process.
+func (s *Store[P]) Available() int { return s.a.Available() }
+
+// Path returns the segment file's path.
+func (s *Store[P]) Path() string { return s.a.Path() }
+
+// Recover cleans up after dead processes (see Arena.Recover): their
+// references stop counting, messages nobody references are freed, and
+// edges they held locked are released.
+func (s *Store[P]) Recover() (Recovery, error) { return s.a.Recover() }
+
+// Stats returns this process's counters and the segment's recovery count.
+func (s *Store[P]) Stats() Stats { return s.a.Stats() }
+
+// Close detaches this process. The references it still holds are dropped
+// (messages nobody else references are freed) and counted in an error
+// matching message.ErrReferenced; the store is closed all the same. The
+// last process to close removes the segment. A second Close returns
+// ErrClosed.
+func (s *Store[P]) Close() error {
+	a := s.a
+	var dropped int
+	if !a.closed.Load() {
+		for idx, n := range a.store.tab.held() {
+			for range n {
+				p, w, err := a.enter()
+				if err != nil {
+					break
+				}
+				if a.store.tab.remove(idx) {
+					a.exit(p, w, a.dropRef(p, w, idx))
+					dropped++
+				} else {
+					a.exit(p, w, 0)
+				}
+			}
+		}
+	}
+	if err := a.Close(); err != nil {
+		return err
+	}
+	if dropped > 0 {
+		return fmt.Errorf("shm: %w: this process still held %d references; they were dropped", message.ErrReferenced, dropped)
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/cella-go/cella/token"
+)
+
+// Waiting across processes: a waiter reads a futex word, re-checks its
+// condition, and sleeps in FUTEX_WAIT on the word while it still holds that
+// value; whoever changes the condition bumps the word and, if the waiter
+// count says anyone sleeps, wakes them. The sleep is bounded (parkSlice) so
+// that a wake-up lost with a dead process costs a moment, not forever, and
+// ctx cancellation wakes the sleeper at once (context.AfterFunc bumps the
+// word). Close wakes every sleeper of this process and waits until they are
+// gone before it unmaps.
+
+const parkSlice = 200 * time.Millisecond
+
+// park sleeps while *word == seq, at most parkSlice. It returns false when
+// ctx is done or this handle is closing.
+func (a *seg) park(ctx context.Context, word *uint32, seq uint32) bool {
+	a.parked.Add(1)
+	defer a.parked.Add(-1)
+	if a.closed.Load() {
+		return false
+	}
+	if ctx.Done() == nil {
+		futexWait(word, seq, parkSlice)
+		return !a.closed.Load()
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	done := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(done)
+		atomic.AddUint32(word, 1)
+		futexWake(word)
+	})
+	futexWait(word, seq, parkSlice)
+	if !stop() {
+		<-done
+	}
+	return ctx.Err() == nil && !a.closed.Load()
+}
+
+// wakeParked wakes every futex word this process may sleep on (Close).
+func (a *seg) wakeParked() {
+	words := []*uint32{&a.hdr.freeSeq, &a.hdr.recovering}
+	if a.store != nil {
+		for _, e := range a.store.edges {
+			words = append(words, &e.ctl.recvSeq, &e.ctl.sendSeq)
+		}
+	}
+	for _, w := range words {
+		if w != &a.hdr.recovering {
+			atomic.AddUint32(w, 1)
+		}
+		futexWake(w)
+	}
+}
+
+// awaitFree parks until some process frees a slot (or ctx is done, or the
+// handle closes). Callers retry their allocation after it returns nil.
+func (a *seg) awaitFree(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	seq := atomic.LoadUint32(&a.hdr.freeSeq)
+	atomic.AddUint32(&a.hdr.freeWaiters, 1)
+	defer atomic.AddUint32(&a.hdr.freeWaiters, ^uint32(0))
+	// Re-check after announcing ourselves: a slot freed before the waiter
+	// count rose bumped nothing.
+	if a.Available() > 0 {
+		return nil
+	}
+	if !a.park(ctx, &a.hdr.freeSeq, seq) {
+		if a.closed.Load() {
+			return ErrClosed
+		}
+		return ctx.Err()
+	}
+	return nil
+}
+
+// notifyFree wakes processes waiting for a free slot, if any.
+func (a *seg) notifyFree() {
+	if atomic.LoadUint32(&a.hdr.freeWaiters) != 0 {
+		atomic.AddUint32(&a.hdr.freeSeq, 1)
+		futexWake(&a.hdr.freeSeq)
+	}
+}
+
+// AllocWait is Alloc that waits (parked, not spinning) while the arena is
+// full, until any process frees a slot, ctx is done (the error matches
+// ctx.Err()), or this handle is closed (ErrClosed).
+func (a *Arena[T]) AllocWait(ctx context.Context) (token.Token, *T, error) {
+	for {
+		t, p, err := a.Alloc()
+		if !errors.Is(err, ErrFull) {
+			return t, p, err
+		}
+		if err := a.awaitFree(ctx); err != nil {
+			return token.Nil, nil, err
+		}
+	}
+}
+
+// StoreWait is Store that waits like AllocWait.
+func (a *Arena[T]) StoreWait(ctx context.Context, v T) (token.Token, error) {
+	t, p, err := a.AllocWait(ctx)
+	if err != nil {
+		return token.Nil, err
+	}
+	*p = v
+	return t, nil
+}
