@@ -52,6 +52,11 @@ func runChild(role string) int {
 		return produce(dir, name, n)
 	case "hold":
 		return holdForever(dir, name)
+	case "storeproduce":
+		n, _ := strconv.Atoi(arg)
+		return storeProduce(dir, name, n)
+	case "storechurn":
+		return storeChurn(dir, name, arg)
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2
