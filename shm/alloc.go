@@ -3,6 +3,7 @@ package shm
 import (
 	"fmt"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/token"
@@ -103,8 +104,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 			a.exit(p, w, 1)
 			a.stats.add(p, statAllocs)
 			v := a.slot(idx)
-			var zero T
-			*v = zero
+			zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
 			return token.New(idx, gen), v, nil
 		}
 		full := a.full()
@@ -324,5 +324,14 @@ func (a *seg) Adopt(t token.Token) error {
 		if atomic.CompareAndSwapUint64(st, s, s&^ownerMask|ownerBits(a.me)) {
 			return nil
 		}
+	}
+}
+
+// zeroBytes clears n bytes at p without a temporary of the payload's type
+// (a zero value of a large T would be a large stack frame or a heap
+// allocation).
+func zeroBytes(p unsafe.Pointer, n uintptr) {
+	if n > 0 {
+		clear(unsafe.Slice((*byte)(p), n))
 	}
 }

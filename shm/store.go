@@ -197,6 +197,40 @@ func (s *Store[P]) Put(h message.Header, p P) (token.Token, error) {
 	return t, nil
 }
 
+// PutFunc stores a message built in place: the slot starts zeroed with h
+// as its header (defaults applied as in Put), and fill writes the rest,
+// straight into shared memory: a large payload is never copied. If fill
+// returns an error or panics, the slot is freed and the error (or panic)
+// passed on.
+func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) error) (t token.Token, err error) {
+	if fill == nil {
+		return token.Nil, ErrNilFunc
+	}
+	if h.Created == 0 {
+		h.Created = message.Now()
+	}
+	if h.Size == 0 {
+		h.Size = payloadSize[P]()
+	}
+	t, m, err := s.alloc()
+	if err != nil {
+		return token.Nil, err
+	}
+	m.Header = h
+	zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
+	ok := false
+	defer func() {
+		if !ok {
+			_ = s.Free(t)
+		}
+	}()
+	if err := fill(m); err != nil {
+		return token.Nil, err
+	}
+	ok = true
+	return t, nil
+}
+
 // PutWait is Put that waits (parked, not spinning) while the store is
 // full, until a slot is freed by any process, ctx is done, or the store is
 // closed.
