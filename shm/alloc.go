@@ -131,7 +131,7 @@ func (a *seg) stamp(idx uint32) uint32 {
 	st := a.state(idx)
 	gen := genOf(atomic.LoadUint64(st))
 	if gen == 0 {
-		gen = 1
+		gen = a.hdr.genBase
 	}
 	atomic.StoreUint64(st, uint64(gen)|liveBit|ownerBits(a.me))
 	return gen

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"reflect"
 	"sync"
@@ -191,6 +192,7 @@ func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
 	h.stride = g.stride
 	h.kind, h.edges = sp.kind, g.edges
 	h.refsOff, h.tablesOff, h.tableLen, h.edgesOff = g.refsOff, g.tablesOff, g.tableLen, g.edgesOff
+	h.genBase = 1 + rand.Uint32N(1<<30)
 	h.magic = magic
 	a.bind()
 	for i := uint32(0); i < g.shards; i++ {
@@ -352,6 +354,8 @@ func check(h *header, fileSize uint64, typ reflect.Type, kind uint32) error {
 			h.slotSize, h.slotAlign, cstring(h.typeName[:]), typ, typ.Size(), typ.Align())
 	case h.typeHash != fingerprint(typ):
 		return fmt.Errorf("%w: payload type %s, not %s (fields differ)", ErrMismatch, cstring(h.typeName[:]), typ)
+	case h.genBase == 0 || h.genBase > 1<<30:
+		return fmt.Errorf("%w: generation base %d", ErrCorrupt, h.genBase)
 	case kind == kindStore && (h.edges > MaxEdges || h.tableLen == 0 || h.tableLen > maxTableLen):
 		return fmt.Errorf("%w: %d edges, %d references per process", ErrCorrupt, h.edges, h.tableLen)
 	}

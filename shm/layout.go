@@ -80,7 +80,12 @@ type header struct {
 	tablesOff uint64
 	tableLen  uint64 // entries per record
 	edgesOff  uint64 // edgeCtl blocks; their rings follow the payload
-	_         [pageSize/2 - 296]byte
+	// genBase is the generation a slot gets when first handed out: random
+	// per segment, so that a token of another segment is almost surely
+	// stale here rather than valid.
+	genBase uint32
+	_       uint32
+	_       [pageSize/2 - 304]byte
 
 	// recovering is 0, or the record index + 1 of the process that is
 	// rebuilding the segment after a death. Processes futex-wait on it.

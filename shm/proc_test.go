@@ -67,6 +67,13 @@ func spawn(t testing.TB, role, dir, name, arg string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+role, dirEnv+"="+dir, nameEnv+"="+name, argEnv+"="+arg)
 	cmd.Stderr = os.Stderr
+	// A child never outlives a test binary that failed or was killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill() // an error once it has exited: harmless
+		}
+	})
 	return cmd
 }
 
@@ -226,9 +233,9 @@ func churn(dir, name, arg string) int {
 
 func boardPtr(bd *Arena[board]) *board {
 	// The board segment has one slot, allocated by the test before any
-	// child starts: token 0@1.
+	// child starts: slot 0, at the segment's first generation.
 	var p *board
-	_ = bd.View(token.New(0, 1), func(b *board) { p = b })
+	_ = bd.View(token.New(0, bd.hdr.genBase), func(b *board) { p = b })
 	return p
 }
 
@@ -555,7 +562,7 @@ func TestProcKillLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bd.Close()
-	if tok, _, err := bd.Alloc(); err != nil || tok != token.New(0, 1) {
+	if tok, _, err := bd.Alloc(); err != nil || tok != token.New(0, bd.hdr.genBase) {
 		t.Fatalf("board slot %v, %v", tok, err)
 	}
 	bp := boardPtr(bd)
@@ -605,6 +612,7 @@ func TestProcKillLoop(t *testing.T) {
 		}
 	}
 	for i := range procs {
+		waitProgress(t, bp, i, kills) // a child still starting has no SIGTERM handler yet
 		_ = procs[i].Process.Signal(syscall.SIGTERM)
 	}
 	for i := range procs {

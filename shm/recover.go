@@ -248,7 +248,7 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 				rep.Reclaimed++
 			}
 			if genOf(n) == 0 {
-				n |= 1 // taken from the frontier, never stamped
+				n |= uint64(a.hdr.genBase) // taken from the frontier, never stamped
 			}
 			r, w := readers[idx], writers[idx]
 			if r > readersOf(old) || w && old&writerBit == 0 {

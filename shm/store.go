@@ -231,6 +231,33 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 	return t, nil
 }
 
+// Loan stores a message whose payload this process writes in place: the
+// header is h (defaults applied as in Put), the payload is NOT zeroed: it
+// holds whatever the slot's previous message left there (always a P of
+// this store, never foreign bytes). Write every byte a reader will read.
+// It is PutFunc without the zeroing, for large payloads that a producer
+// builds in shared memory and would otherwise clear first for nothing.
+// The returned pointer is valid until the message is freed.
+func (s *Store[P]) Loan(h message.Header) (token.Token, *message.Message[P], error) {
+	if h.Created == 0 {
+		h.Created = message.Now()
+	}
+	if h.Size == 0 {
+		h.Size = payloadSize[P]()
+	}
+	t, m, err := s.alloc()
+	if err != nil {
+		return token.Nil, nil, err
+	}
+	m.Header = h
+	return t, m, nil
+}
+
+// AwaitFree waits until some process frees a slot (after Put or Loan
+// returned ErrFull), ctx is done (ctx.Err()), or the store is closed
+// (ErrClosed). Another process may take the freed slot first: retry.
+func (s *Store[P]) AwaitFree(ctx context.Context) error { return s.a.awaitFree(ctx) }
+
 // PutWait is Put that waits (parked, not spinning) while the store is
 // full, until a slot is freed by any process, ctx is done, or the store is
 // closed.

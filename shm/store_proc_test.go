@@ -327,6 +327,12 @@ func TestProcStoreKillLoop(t *testing.T) {
 		}
 	}
 	for i := range procs {
+		// A child that has not reached its loop has no SIGTERM handler
+		// yet: wait until each one runs.
+		before := progressOf(dir, i)
+		for end := time.Now().Add(10 * time.Second); progressOf(dir, i) == before && time.Now().Before(end); {
+			time.Sleep(200 * time.Microsecond)
+		}
 		_ = procs[i].Signal(syscall.SIGTERM)
 	}
 	for i := range procs {

@@ -3,6 +3,7 @@ package shm
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +77,20 @@ func (a *seg) awaitFree(ctx context.Context) error {
 	// Re-check after announcing ourselves: a slot freed before the waiter
 	// count rose bumped nothing.
 	if a.Available() > 0 {
+		return nil
+	}
+	// Poll a while first: a consumer in another process frees within
+	// microseconds when it keeps up.
+	start := time.Now()
+	for i := 0; atomic.LoadUint32(&a.hdr.freeSeq) == seq; i++ {
+		if i%32 == 31 {
+			if time.Since(start) > spinFor {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	if atomic.LoadUint32(&a.hdr.freeSeq) != seq {
 		return nil
 	}
 	if !a.park(ctx, &a.hdr.freeSeq, seq) {
