@@ -469,7 +469,7 @@ func (a *Arena[T]) slot(idx uint32) *T {
 	return (*T)(unsafe.Add(a.payload, uintptr(idx)*a.stride))
 }
 
-// Name returns the path of the segment file.
+// Path returns the path of the segment file.
 func (a *seg) Path() string { return a.path }
 
 // Capacity returns the number of slots.

@@ -11,6 +11,7 @@ import (
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/memclass"
 	"github.com/cella-go/cella/message"
+	"github.com/cella-go/cella/shm"
 	"github.com/cella-go/cella/token"
 )
 
@@ -85,6 +86,63 @@ var (
 	_ func(*message.Edge, context.Context, []token.Token) (int, error)                             = (*message.Edge).RecvBatch
 	_ func(*message.Edge, context.Context) iter.Seq[token.Token]                                   = (*message.Edge).All
 	_ func(context.Context, message.RefStore, token.Token, ...*message.Edge) (int, error)          = message.SendAll
+
+	_                                                                                                       = shm.Config{Slots: 1, Shards: 0, Dir: "", Perm: 0, Watch: 0}
+	_ func(string, shm.Config) (*shm.Arena[payload], error)                                                 = shm.Create[payload]
+	_ func(string, shm.Config) (*shm.Arena[payload], error)                                                 = shm.Attach[payload]
+	_ func(*shm.Arena[payload]) (token.Token, *payload, error)                                              = (*shm.Arena[payload]).Alloc
+	_ func(*shm.Arena[payload], payload) (token.Token, error)                                               = (*shm.Arena[payload]).Store
+	_ func(*shm.Arena[payload], token.Token) (payload, error)                                               = (*shm.Arena[payload]).Load
+	_ func(*shm.Arena[payload], token.Token, *payload) error                                                = (*shm.Arena[payload]).LoadInto
+	_ func(*shm.Arena[payload], token.Token, func(*payload)) error                                          = (*shm.Arena[payload]).View
+	_ func(*shm.Arena[payload], token.Token, func(*payload)) error                                          = (*shm.Arena[payload]).Update
+	_ func(*shm.Arena[payload], token.Token) error                                                          = (*shm.Arena[payload]).Free
+	_ func(*shm.Arena[payload], token.Token) error                                                          = (*shm.Arena[payload]).Adopt
+	_ func(*shm.Arena[payload], context.Context) (token.Token, *payload, error)                             = (*shm.Arena[payload]).AllocWait
+	_ func(*shm.Arena[payload], context.Context, payload) (token.Token, error)                              = (*shm.Arena[payload]).StoreWait
+	_ func(*shm.Arena[payload]) int                                                                         = (*shm.Arena[payload]).Capacity
+	_ func(*shm.Arena[payload]) int                                                                         = (*shm.Arena[payload]).Available
+	_ func(*shm.Arena[payload]) shm.Stats                                                                   = (*shm.Arena[payload]).Stats
+	_ func(*shm.Arena[payload]) (shm.Recovery, error)                                                       = (*shm.Arena[payload]).Recover
+	_ func(*shm.Arena[payload]) error                                                                       = (*shm.Arena[payload]).Close
+	_ func(*shm.Arena[payload]) string                                                                      = (*shm.Arena[payload]).Path
+	_                                                                                                       = shm.Recovery{Dead: 1, Reclaimed: 1, Holds: 1}
+	_                                                                                                       = shm.StoreConfig{Slots: 1, Shards: 0, Edges: []message.Policy{}, RefsPerProc: 0, Dir: "", Perm: 0, Watch: 0}
+	_ func(string, shm.StoreConfig) (*shm.Store[payload], error)                                            = shm.CreateStore[payload]
+	_ func(string, shm.StoreConfig) (*shm.Store[payload], error)                                            = shm.AttachStore[payload]
+	_ func(*shm.Store[payload], message.Header, payload) (token.Token, error)                               = (*shm.Store[payload]).Put
+	_ func(*shm.Store[payload], message.Header, func(*message.Message[payload]) error) (token.Token, error) = (*shm.Store[payload]).PutFunc
+	_ func(*shm.Store[payload], message.Header) (token.Token, *message.Message[payload], error)             = (*shm.Store[payload]).Loan
+	_ func(*shm.Store[payload], context.Context, message.Header, payload) (token.Token, error)              = (*shm.Store[payload]).PutWait
+	_ func(*shm.Store[payload], context.Context) error                                                      = (*shm.Store[payload]).AwaitFree
+	_ func(*shm.Store[payload], token.Token) (message.Header, error)                                        = (*shm.Store[payload]).Header
+	_ func(*shm.Store[payload], token.Token, func(*message.Message[payload])) error                         = (*shm.Store[payload]).View
+	_ func(*shm.Store[payload], token.Token, func(*message.Message[payload])) error                         = (*shm.Store[payload]).Update
+	_ func(*shm.Store[payload], token.Token) error                                                          = (*shm.Store[payload]).Retain
+	_ func(*shm.Store[payload], token.Token) error                                                          = (*shm.Store[payload]).Free
+	_ func(*shm.Store[payload], token.Token) (int, int, error)                                              = (*shm.Store[payload]).Refs
+	_ func(*shm.Store[payload], int) *shm.Edge                                                              = (*shm.Store[payload]).Edge
+	_ func(*shm.Store[payload]) []*shm.Edge                                                                 = (*shm.Store[payload]).Edges
+	_ func(*shm.Store[payload]) int                                                                         = (*shm.Store[payload]).Capacity
+	_ func(*shm.Store[payload]) int                                                                         = (*shm.Store[payload]).Available
+	_ func(*shm.Store[payload]) (shm.Recovery, error)                                                       = (*shm.Store[payload]).Recover
+	_ func(*shm.Store[payload]) shm.Stats                                                                   = (*shm.Store[payload]).Stats
+	_ func(*shm.Store[payload]) error                                                                       = (*shm.Store[payload]).Close
+	_ func(*shm.Edge, context.Context, token.Token) error                                                   = (*shm.Edge).Send
+	_ func(*shm.Edge, token.Token) error                                                                    = (*shm.Edge).TrySend
+	_ func(*shm.Edge, context.Context, []token.Token) (int, error)                                          = (*shm.Edge).SendBatch
+	_ func(*shm.Edge, context.Context) (token.Token, error)                                                 = (*shm.Edge).Recv
+	_ func(*shm.Edge, context.Context, []token.Token) (int, error)                                          = (*shm.Edge).RecvBatch
+	_ func(*shm.Edge) (token.Token, bool)                                                                   = (*shm.Edge).TryRecv
+	_ func(*shm.Edge) error                                                                                 = (*shm.Edge).Close
+	_ func(*shm.Edge) bool                                                                                  = (*shm.Edge).Closed
+	_ func(*shm.Edge) int                                                                                   = (*shm.Edge).Drain
+	_ func(*shm.Edge) int                                                                                   = (*shm.Edge).Len
+	_ func(*shm.Edge) int64                                                                                 = (*shm.Edge).Bytes
+	_ func(*shm.Edge) message.Watermark                                                                     = (*shm.Edge).Watermark
+	_ func(*shm.Edge) message.EdgeStats                                                                     = (*shm.Edge).Stats
+	_ func(*shm.Edge) message.Policy                                                                        = (*shm.Edge).Policy
+	_                                                                                                       = []error{shm.ErrExists, shm.ErrNotExist, shm.ErrMismatch, shm.ErrCorrupt, shm.ErrTooManyProcs, shm.ErrBadName, shm.ErrNotHeld}
 )
 
 // The values the contract fixes.
