@@ -356,8 +356,8 @@ func check(h *header, fileSize uint64, typ reflect.Type, kind uint32) error {
 		return fmt.Errorf("%w: payload type %s, not %s (fields differ)", ErrMismatch, cstring(h.typeName[:]), typ)
 	case h.genBase == 0 || h.genBase > 1<<30:
 		return fmt.Errorf("%w: generation base %d", ErrCorrupt, h.genBase)
-	case kind == kindStore && (h.edges > MaxEdges || h.tableLen == 0 || h.tableLen > maxTableLen):
-		return fmt.Errorf("%w: %d edges, %d references per process", ErrCorrupt, h.edges, h.tableLen)
+	case kind == kindStore && (h.edges > MaxEdges || h.tableLen != uint64(h.capacity)):
+		return fmt.Errorf("%w: %d edges, reference tables of %d", ErrCorrupt, h.edges, h.tableLen)
 	}
 	var st *storeShape
 	if kind == kindStore {
@@ -438,7 +438,7 @@ func (a *seg) claimRecord() error {
 		a.me, a.rec = i, r
 		if a.store != nil {
 			a.store.tab.rec = r
-			a.store.tab.entries = unsafe.Add(a.store.tables, uintptr(i)*uintptr(a.store.tableLen)*8)
+			a.store.tab.counts = a.store.table(i)
 		}
 		return nil
 	}

@@ -187,49 +187,12 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (int, error) {
 	return e.send(ctx, ts, true)
 }
 
-// check reads what admission needs from t's header (under a brief reader
-// hold) into q, and returns q's lane.
-func (e *Edge) check(t token.Token, q *ringEntry) (int, error) {
-	if t.IsNil() {
-		return 0, errNilToken
-	}
-	var h message.Header
-	if err := e.a.header(t, &h, "Send"); err != nil {
-		return 0, err
-	}
-	if !h.QoS.Valid() {
-		return 0, errBadQoS
-	}
-	if e.pol.MaxBytes > 0 && int64(h.Size) > e.pol.MaxBytes {
-		return 0, errOverMaxBytes
-	}
-	q.tok, q.deadline, q.size, q.flags = uint64(t), h.Deadline, h.Size, uint32(h.Flags&message.DegradeAllowed)
-	switch h.QoS {
-	case message.Background:
-		return laneBackground, nil
-	case message.LatencyCritical:
-		return laneCritical, nil
-	}
-	return laneBestEffort, nil
-}
-
 func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, error) {
 	a := e.a
 	sent := 0
 	waited := false
-	var lockWait waiter
+	var lockWait, busyWait waiter
 	for sent < len(ts) {
-		t := ts[sent]
-		var q ringEntry
-		lane, err := e.check(t, &q)
-		if err != nil {
-			e.count(stInvalid)
-			return sent, err
-		}
-		if q.deadline != 0 && q.flags&uint32(message.DegradeAllowed) == 0 && message.Now() > q.deadline {
-			e.count(stRejected)
-			return sent, errExpiredOnSend
-		}
 		p, w, err := a.enter()
 		if err != nil {
 			return sent, err
@@ -239,20 +202,24 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			lockWait.wait(a)
 			continue
 		}
+		// One section and one lock for as many tokens as fit. Each token's
+		// header is read here under a brief reader hold, which never
+		// waits: a token under Update stops the batch (errBusy) and is
+		// retried after the lock is released.
 		var net int64
 		progressed := false
 		for {
+			t := ts[sent]
+			var q ringEntry
+			var lane int
+			if lane, err = e.checkLocked(p, w, t, &q); err != nil {
+				break
+			}
 			if atomic.LoadUint32(&e.ctl.closed) != 0 {
 				err = errSendClosed
 				break
 			}
-			idx := t.Index()
-			if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
-				e.count(stInvalid)
-				err = stale("Send", t)
-				break
-			}
-			if !a.store.tab.remove(idx) {
+			if !a.store.tab.remove(t.Index()) {
 				e.count(stInvalid)
 				err = fmt.Errorf("shm: Send %v: %w", t, ErrNotHeld)
 				break
@@ -262,7 +229,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			ok, dn, err = e.admit(p, w, &q, lane)
 			net += dn
 			if !ok {
-				_ = a.store.tab.add(idx) // put back the entry just removed: cannot fail
+				_ = a.store.tab.add(t.Index()) // put back the reference just taken: cannot fail
 				break
 			}
 			sent++
@@ -270,21 +237,14 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			if sent == len(ts) {
 				break
 			}
-			// Next token of the batch, still under the lock: its header is
-			// read under a reader hold, which never waits.
-			t = ts[sent]
-			q = ringEntry{}
-			if lane, err = e.checkLocked(p, w, t, &q); err != nil {
-				break
-			}
 		}
-		busy := err == errBusy // resume with this token outside the lock
+		busy := err == errBusy
 		if busy {
 			err = nil
 		}
 		seq := atomic.LoadUint32(&e.ctl.sendSeq)
 		full := err == nil && !busy && sent < len(ts)
-		if full {
+		if full && wait {
 			atomic.AddUint32(&e.ctl.sendWaiters, 1)
 		}
 		e.unlock()
@@ -292,17 +252,18 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		if progressed {
 			e.wakeReceivers()
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			if !isInvalid(err) {
 				e.count(stRejected)
 			}
 			return sent, err
-		}
-		if !full {
+		case busy:
+			busyWait.wait(a)
 			continue
-		}
-		if !wait {
-			atomic.AddUint32(&e.ctl.sendWaiters, ^uint32(0))
+		case !full:
+			continue
+		case !wait:
 			e.count(stRejected)
 			return sent, errFullTrySend
 		}
@@ -329,9 +290,10 @@ func isInvalid(err error) bool {
 		err != errShedBackground && err != errExpiredOnSend
 }
 
-// checkLocked is check for the next token of a batch, inside the section
-// and under the lock: it must not wait, so a header under an Update is an
-// error for this batch step, and the expired-on-send rule applies too.
+// checkLocked validates t and reads what admission needs from its header
+// into q, inside the section and under the lock; it returns q's lane. It
+// must not wait: a header under an Update is errBusy. Token and header
+// errors count in Invalid; an expired message is errExpiredOnSend.
 func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, error) {
 	a := e.a
 	if t.IsNil() {

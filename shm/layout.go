@@ -34,9 +34,6 @@ const (
 
 	// MaxEdges bounds StoreConfig.Edges.
 	MaxEdges = 64
-	// maxTableLen bounds the reference table of one process.
-	maxTableLen = 1 << 30
-
 	// MaxShards bounds Config.Shards.
 	MaxShards = 4096
 	// MaxSlots bounds Config.Slots: indices and index+1 fit 32 bits.
@@ -78,7 +75,7 @@ type header struct {
 	edges     uint32
 	refsOff   uint64
 	tablesOff uint64
-	tableLen  uint64 // entries per record
+	tableLen  uint64 // entries (uint32 counts) per record: the capacity
 	edgesOff  uint64 // edgeCtl blocks; their rings follow the payload
 	// genBase is the generation a slot gets when first handed out: random
 	// per segment, so that a token of another segment is almost surely
@@ -111,8 +108,8 @@ type record struct {
 	state       uint32 // recordFree or recordAlive
 	pid         uint32 // for humans: ps, error messages
 	incarnation uint64 // bumped each time a process claims the record
-	// tableHigh bounds the reference-table entries this record ever used
-	// (a Store's), so that recovery reads no more of the table than that.
+	// tableHigh bounds the slots this record ever held Store references
+	// to, so that recovery reads no more of its table than that.
 	tableHigh uint32
 	_         [atomicx.CacheLine - 20]byte
 	ways      [cacheWays]way
@@ -183,7 +180,7 @@ type geometry struct {
 }
 
 // storeShape is what a Store adds to the geometry: the reference table
-// length and each edge's lane capacity (0 for a plain Arena: no edges).
+// length (the capacity) and each edge's lane capacity.
 type storeShape struct {
 	tableLen uint64
 	laneCaps []uint64
@@ -206,7 +203,7 @@ func layoutFor(capacity, shards uint32, slotSize, align uint64, st *storeShape) 
 		g.refsOff = roundUp(end, atomicx.CacheLine)
 		g.tablesOff = roundUp(g.refsOff+4*uint64(capacity), pageSize)
 		g.tableLen = st.tableLen
-		g.edgesOff = roundUp(g.tablesOff+MaxProcs*8*st.tableLen, pageSize)
+		g.edgesOff = roundUp(g.tablesOff+MaxProcs*4*st.tableLen, pageSize)
 		g.edges = uint32(len(st.laneCaps))
 		end = g.edgesOff + uint64(len(st.laneCaps))*uint64(unsafe.Sizeof(edgeCtl{}))
 	}

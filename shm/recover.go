@@ -296,11 +296,10 @@ func (a *seg) countRefs(dead *[MaxProcs]bool) map[uint32]uint64 {
 			continue
 		}
 		tab := a.store.table(i)
-		high := min(uint64(atomic.LoadUint32(&r.tableHigh)), a.store.tableLen)
-		for e := uint64(0); e < high; e++ {
-			v := atomic.LoadUint64((*uint64)(unsafe.Add(tab, uintptr(e)*8)))
-			if idx := uint32(v) - 1; uint32(v) != 0 && idx < a.capacity {
-				refs[idx] += v >> 32
+		high := min(atomic.LoadUint32(&r.tableHigh), a.capacity)
+		for idx := uint32(0); idx < high; idx++ {
+			if n := atomic.LoadUint32((*uint32)(unsafe.Add(tab, uintptr(idx)*4))); n != 0 {
+				refs[idx] += uint64(n)
 			}
 		}
 	}
@@ -337,9 +336,11 @@ func (a *seg) clearRecord(i int) {
 	r := a.record(i)
 	if a.store != nil {
 		tab := a.store.table(i)
-		high := min(uint64(atomic.LoadUint32(&r.tableHigh)), a.store.tableLen)
-		for e := uint64(0); e < high; e++ {
-			atomic.StoreUint64((*uint64)(unsafe.Add(tab, uintptr(e)*8)), 0)
+		high := min(atomic.LoadUint32(&r.tableHigh), a.capacity)
+		for idx := uint32(0); idx < high; idx++ {
+			if atomic.LoadUint32((*uint32)(unsafe.Add(tab, uintptr(idx)*4))) != 0 {
+				atomic.StoreUint32((*uint32)(unsafe.Add(tab, uintptr(idx)*4)), 0)
+			}
 		}
 		atomic.StoreUint32(&r.tableHigh, 0)
 	}

@@ -26,9 +26,6 @@ type StoreConfig struct {
 	// Edge(len-1); at most MaxEdges. An edge's queue is fixed at Create:
 	// MaxItems entries per lane, or Slots when MaxItems is 0.
 	Edges []message.Policy
-	// RefsPerProc bounds the distinct messages one process may hold
-	// references to at once; 0 means Slots.
-	RefsPerProc int
 	// Dir, Perm and Watch are as in Config.
 	Dir   string
 	Perm  os.FileMode
@@ -58,7 +55,7 @@ type Store[P any] struct {
 // storeCore is a Store's part of the segment, bound in this process.
 type storeCore struct {
 	refs     unsafe.Pointer // uint32 reference count per slot
-	tables   unsafe.Pointer // MaxProcs reference tables of tableLen entries
+	tables   unsafe.Pointer // MaxProcs reference tables of tableLen uint32 counts
 	tableLen uint64
 	edges    []*Edge
 	tab      refTable
@@ -67,7 +64,7 @@ type storeCore struct {
 func (c *storeCore) ref(idx uint32) *uint32 { return (*uint32)(unsafe.Add(c.refs, uintptr(idx)*4)) }
 
 func (c *storeCore) table(rec int) unsafe.Pointer {
-	return unsafe.Add(c.tables, uintptr(rec)*uintptr(c.tableLen)*8)
+	return unsafe.Add(c.tables, uintptr(rec)*uintptr(c.tableLen)*4)
 }
 
 // CreateStore makes a new message store segment called name, with its
@@ -78,13 +75,8 @@ func CreateStore[P any](name string, cfg StoreConfig) (*Store[P], error) {
 		return nil, fmt.Errorf("%w: Slots = %d, must be in [1, %d]", ErrInvalidConfig, cfg.Slots, uint64(MaxSlots))
 	case len(cfg.Edges) > MaxEdges:
 		return nil, fmt.Errorf("%w: %d edges, at most %d", ErrInvalidConfig, len(cfg.Edges), MaxEdges)
-	case cfg.RefsPerProc < 0 || cfg.RefsPerProc > maxTableLen:
-		return nil, fmt.Errorf("%w: RefsPerProc = %d, must be in [0, %d]", ErrInvalidConfig, cfg.RefsPerProc, maxTableLen)
 	}
-	shape := &storeShape{tableLen: uint64(cfg.RefsPerProc)}
-	if shape.tableLen == 0 {
-		shape.tableLen = uint64(min(cfg.Slots, maxTableLen))
-	}
+	shape := &storeShape{tableLen: uint64(cfg.Slots)}
 	pols := append([]message.Policy(nil), cfg.Edges...)
 	for i, p := range pols {
 		if err := p.Validate(); err != nil {
@@ -142,7 +134,6 @@ func (a *seg) bindStore() error {
 		tables:   unsafe.Add(a.base, h.tablesOff),
 		tableLen: h.tableLen,
 	}
-	c.tab.len = uint32(min(h.tableLen, math.MaxUint32))
 	at := roundUp(h.payloadOff+h.stride*uint64(h.capacity), pageSize)
 	for i := 0; i < int(h.edges); i++ {
 		ctl := a.edgeCtl(i)
@@ -388,7 +379,7 @@ func (s *Store[P]) Refs(t token.Token) (all, mine int, err error) {
 	if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
 		return 0, 0, stale("Refs", t)
 	}
-	return int(atomic.LoadUint32(a.store.ref(idx))), int(a.store.tab.count(idx)), nil
+	return int(atomic.LoadUint32(a.store.ref(idx))), int(atomic.LoadUint32(a.store.tab.count(idx))), nil
 }
 
 // dropRef drops one reference to slot idx inside a section and frees the

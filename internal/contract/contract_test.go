@@ -107,7 +107,7 @@ var (
 	_ func(*shm.Arena[payload]) error                                                                       = (*shm.Arena[payload]).Close
 	_ func(*shm.Arena[payload]) string                                                                      = (*shm.Arena[payload]).Path
 	_                                                                                                       = shm.Recovery{Dead: 1, Reclaimed: 1, Holds: 1}
-	_                                                                                                       = shm.StoreConfig{Slots: 1, Shards: 0, Edges: []message.Policy{}, RefsPerProc: 0, Dir: "", Perm: 0, Watch: 0}
+	_                                                                                                       = shm.StoreConfig{Slots: 1, Shards: 0, Edges: []message.Policy{}, Dir: "", Perm: 0, Watch: 0}
 	_ func(string, shm.StoreConfig) (*shm.Store[payload], error)                                            = shm.CreateStore[payload]
 	_ func(string, shm.StoreConfig) (*shm.Store[payload], error)                                            = shm.AttachStore[payload]
 	_ func(*shm.Store[payload], message.Header, payload) (token.Token, error)                               = (*shm.Store[payload]).Put
