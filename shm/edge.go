@@ -102,7 +102,10 @@ func (e *Edge) entry(lane int, pos uint64) *ringEntry {
 	return (*ringEntry)(unsafe.Add(e.ring, uintptr(i)*unsafe.Sizeof(ringEntry{})))
 }
 
-func (e *Edge) count(which int) { atomic.AddUint64(&e.ctl.st[which], 1) }
+// count bumps a counter outside the lock; counted bumps one under it (the
+// lock orders it, and Stats reads under the lock).
+func (e *Edge) count(which int)   { atomic.AddUint64(&e.ctl.st[which], 1) }
+func (e *Edge) counted(which int) { e.ctl.st[which]++ }
 
 // Policy returns the edge's policy.
 func (e *Edge) Policy() message.Policy { return e.pol }
@@ -220,7 +223,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 				break
 			}
 			if !a.store.tab.remove(t.Index()) {
-				e.count(stInvalid)
+				e.counted(stInvalid)
 				err = fmt.Errorf("shm: Send %v: %w", t, ErrNotHeld)
 				break
 			}
@@ -297,19 +300,19 @@ func isInvalid(err error) bool {
 func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, error) {
 	a := e.a
 	if t.IsNil() {
-		e.count(stInvalid)
+		e.counted(stInvalid)
 		return 0, errNilToken
 	}
 	idx, err := a.index(t, "Send")
 	if err != nil {
-		e.count(stInvalid)
+		e.counted(stInvalid)
 		return 0, err
 	}
 	st := a.state(idx)
 	for {
 		s := atomic.LoadUint64(st)
 		if !liveAs(s, t.Generation()) {
-			e.count(stInvalid)
+			e.counted(stInvalid)
 			return 0, stale("Send", t)
 		}
 		if s&writerBit != 0 || readersOf(s) >= maxReaders {
@@ -323,10 +326,10 @@ func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, err
 	a.unhold(p, w, idx, readerOne)
 	switch {
 	case !h.QoS.Valid():
-		e.count(stInvalid)
+		e.counted(stInvalid)
 		return 0, errBadQoS
 	case e.pol.MaxBytes > 0 && int64(h.Size) > e.pol.MaxBytes:
-		e.count(stInvalid)
+		e.counted(stInvalid)
 		return 0, errOverMaxBytes
 	case h.Deadline != 0 && h.Flags&message.DegradeAllowed == 0 && message.Now() > h.Deadline:
 		return 0, errExpiredOnSend
@@ -345,16 +348,30 @@ func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, err
 // outside the lock.
 var errBusy = fmt.Errorf("shm: slot busy")
 
+// wakeReceivers wakes parked receivers after a send made progress. A
+// receiver announces itself (recvWaiters) under the lock before it reads
+// nothing and parks, so a sender that finds no waiter after its own
+// locked section has nobody to wake: it skips the bump and the syscall.
 func (e *Edge) wakeReceivers() {
-	atomic.AddUint32(&e.ctl.recvSeq, 1)
 	if atomic.LoadUint32(&e.ctl.recvWaiters) != 0 {
+		atomic.AddUint32(&e.ctl.recvSeq, 1)
 		futexWake(&e.ctl.recvSeq)
 	}
 }
 
+// wakeSenders is wakeReceivers for senders waiting for room.
 func (e *Edge) wakeSenders() {
-	atomic.AddUint32(&e.ctl.sendSeq, 1)
 	if atomic.LoadUint32(&e.ctl.sendWaiters) != 0 {
+		atomic.AddUint32(&e.ctl.sendSeq, 1)
 		futexWake(&e.ctl.sendSeq)
 	}
+}
+
+// wakeAll wakes every waiter of the edge, announced or not (Close,
+// recovery).
+func (e *Edge) wakeAll() {
+	atomic.AddUint32(&e.ctl.recvSeq, 1)
+	atomic.AddUint32(&e.ctl.sendSeq, 1)
+	futexWake(&e.ctl.recvSeq)
+	futexWake(&e.ctl.sendSeq)
 }

@@ -107,7 +107,7 @@ func (e *Edge) push(q *ringEntry, lane int) {
 	if q.deadline != 0 && q.flags&uint32(message.DegradeAllowed) == 0 && q.deadline < c.minDeadline {
 		c.minDeadline = q.deadline
 	}
-	e.count(stAdmitted)
+	e.counted(stAdmitted)
 	if c.n > c.highWater {
 		c.highWater = c.n
 	}
@@ -138,7 +138,7 @@ func (e *Edge) release(p int, w *way, tok uint64) int64 {
 	t := token.Token(tok)
 	idx := t.Index()
 	if idx >= e.a.capacity || !liveAs(atomic.LoadUint64(e.a.state(idx)), t.Generation()) {
-		e.count(stFreeErrors)
+		e.counted(stFreeErrors)
 		return 0
 	}
 	return e.a.dropRef(p, w, idx)
@@ -146,7 +146,7 @@ func (e *Edge) release(p int, w *way, tok uint64) int64 {
 
 func (e *Edge) evict(p int, w *way, lane int) int64 {
 	q := e.pop(lane)
-	e.count(stEvicted)
+	e.counted(stEvicted)
 	return e.release(p, w, q.tok)
 }
 
@@ -170,7 +170,7 @@ func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 					c.n--
 					c.bytes -= int64(q.size)
 					c.laneBytes[l] -= int64(q.size)
-					e.count(stExpired)
+					e.counted(stExpired)
 					net += e.release(p, w, q.tok)
 					continue
 				}
@@ -208,11 +208,11 @@ func (e *Edge) next(p int, w *way, now *int64, net *int64) (ringEntry, int, bool
 			}
 			if *now > q.deadline {
 				if q.flags&uint32(message.DegradeAllowed) == 0 {
-					e.count(stExpired)
+					e.counted(stExpired)
 					*net += e.release(p, w, q.tok)
 					continue
 				}
-				e.count(stLate)
+				e.counted(stLate)
 			}
 		}
 		return q, lane, true
@@ -313,7 +313,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 				e.unpop(lane, &q)
 				break
 			}
-			e.count(stDelivered)
+			e.counted(stDelivered)
 			dst[k] = t
 			k++
 		}
@@ -367,8 +367,7 @@ func (e *Edge) Close() error {
 	if twice {
 		return errCloseTwice
 	}
-	e.wakeSenders()
-	e.wakeReceivers()
+	e.wakeAll()
 	return nil
 }
 
@@ -392,7 +391,7 @@ func (e *Edge) Drain() int {
 				freed++
 			}
 		}
-		atomic.AddUint64(&e.ctl.st[stDrained], uint64(freed))
+		e.ctl.st[stDrained] += uint64(freed)
 		e.ctl.minDeadline = math.MaxInt64
 		return net
 	})

@@ -115,8 +115,7 @@ func (a *seg) lead() Recovery {
 		futexWake(&a.hdr.freeSeq)
 		if a.store != nil {
 			for _, e := range a.store.edges {
-				e.wakeSenders()
-				e.wakeReceivers()
+				e.wakeAll()
 			}
 		}
 	}()
