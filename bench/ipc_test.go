@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"syscall"
@@ -45,10 +46,17 @@ const (
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv(ipcRoleEnv); role != "" {
+		if path := os.Getenv("CELLA_BENCH_CHILD_CPUPROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err == nil && pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
 		if err := ipcChild(role, os.Getenv(ipcArgEnv)); err != nil {
 			fmt.Fprintln(os.Stderr, "ipc child:", err)
 			os.Exit(1)
 		}
+		pprof.StopCPUProfile()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -141,7 +149,9 @@ func ipcCheck(p []byte, v uint64) bool {
 
 func bytesOf[P any](p *P) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p)) }
 
-// shmProduce sends message 0 (ready) and then a.n stamped messages.
+// shmProduce sends message 0 (ready) and then a.n stamped messages, in
+// batches of up to ipcBatch (as the socket producer batches through a
+// bufio.Writer).
 func shmProduce[P any](a ipcArg) error {
 	s, err := shm.AttachStore[P](a.name, shm.StoreConfig{Dir: a.dir, Watch: -1})
 	if err != nil {
@@ -150,9 +160,18 @@ func shmProduce[P any](a ipcArg) error {
 	defer s.Close()
 	ctx := context.Background()
 	e := s.Edge(0)
+	batch := make([]token.Token, 0, ipcBatch)
+	flush := func() error {
+		_, err := e.SendBatch(ctx, batch)
+		batch = batch[:0]
+		return err
+	}
 	for i := 0; i <= a.n; i++ {
 		t, m, err := s.Loan(message.Header{Seq: uint64(i)})
 		for errors.Is(err, shm.ErrFull) {
+			if err := flush(); err != nil {
+				return err
+			}
 			if err := s.AwaitFree(ctx); err != nil {
 				return err
 			}
@@ -162,11 +181,24 @@ func shmProduce[P any](a ipcArg) error {
 			return err
 		}
 		ipcStamp(bytesOf(&m.Payload), uint64(i))
-		if err := e.Send(ctx, t); err != nil {
-			return err
+		if batch = append(batch, t); len(batch) == cap(batch) || i == 0 || i == a.n {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// ipcBatch is how many messages the cella producer sends at once.
+const ipcBatch = 16
+
+// ipcName returns a segment name of its own under /dev/shm (tmpfs, where a
+// user's segments live), removed when the benchmark ends.
+func ipcName(b *testing.B, what string) string {
+	name := fmt.Sprintf("bench-%s-%d-%d", what, os.Getpid(), time.Now().UnixNano())
+	b.Cleanup(func() { _ = os.Remove(shm.DefaultDir + "/cella." + name) })
+	return name
 }
 
 // fdProduce writes a ready byte then a.n stamped messages of a.name's size
@@ -201,8 +233,8 @@ func fdProduce(a ipcArg) error {
 
 func BenchmarkIPC(b *testing.B) {
 	b.Run("64B", func(b *testing.B) { benchIPCSize[ipc64](b, 1024) })
-	b.Run("4KiB", func(b *testing.B) { benchIPCSize[ipc4K](b, 256) })
-	b.Run("1MiB", func(b *testing.B) { benchIPCSize[ipc1M](b, 16) })
+	b.Run("4KiB", func(b *testing.B) { benchIPCSize[ipc4K](b, 1024) })
+	b.Run("1MiB", func(b *testing.B) { benchIPCSize[ipc1M](b, 256) }) // sparse: each message touches two pages
 }
 
 func benchIPCSize[P any](b *testing.B, slots int) {
@@ -212,14 +244,14 @@ func benchIPCSize[P any](b *testing.B, slots int) {
 	b.Run("impl=cella", func(b *testing.B) {
 		b.SetBytes(int64(size))
 		b.ReportAllocs()
-		dir := b.TempDir()
-		s, err := shm.CreateStore[P]("ipc", shm.StoreConfig{Slots: slots, Dir: dir, Watch: -1,
+		name := ipcName(b, "ipc")
+		s, err := shm.CreateStore[P](name, shm.StoreConfig{Slots: slots, Watch: -1,
 			Edges: []message.Policy{{MaxItems: slots / 2}}})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer s.Close()
-		cmd := startIPC(b, role, ipcArg{"ipc", dir, b.N})
+		cmd := startIPC(b, role, ipcArg{name, "", b.N})
 		defer cmd.Wait()
 		ctx := context.Background()
 		e := s.Edge(0)
@@ -345,8 +377,8 @@ func BenchmarkIPCLatency(b *testing.B) {
 	for _, mode := range []string{"parked", "spinning"} {
 		b.Run("impl=cella-"+mode, func(b *testing.B) {
 			b.ReportAllocs()
-			dir := b.TempDir()
-			s, err := shm.CreateStore[ipc64]("lat", shm.StoreConfig{Slots: 16, Dir: dir, Watch: -1,
+			name := ipcName(b, "lat")
+			s, err := shm.CreateStore[ipc64](name, shm.StoreConfig{Slots: 16, Watch: -1,
 				Edges: []message.Policy{{MaxItems: 4}, {MaxItems: 4}}})
 			if err != nil {
 				b.Fatal(err)
@@ -356,7 +388,7 @@ func BenchmarkIPCLatency(b *testing.B) {
 			if mode == "spinning" {
 				role = "shm-echo-spin"
 			}
-			cmd := startIPC(b, role, ipcArg{"lat", dir, 0})
+			cmd := startIPC(b, role, ipcArg{name, "", 0})
 			ctx := context.Background()
 			ping, pong := s.Edge(0), s.Edge(1)
 			t, err := s.Put(message.Header{}, ipc64{})

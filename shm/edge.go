@@ -3,7 +3,9 @@ package shm
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
@@ -193,7 +195,7 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (int, error) {
 func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, error) {
 	a := e.a
 	sent := 0
-	waited := false
+	waited, spun := false, false
 	var lockWait, busyWait waiter
 	for sent < len(ts) {
 		p, w, err := a.enter()
@@ -247,7 +249,8 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		}
 		seq := atomic.LoadUint32(&e.ctl.sendSeq)
 		full := err == nil && !busy && sent < len(ts)
-		if full && wait {
+		spinFirst := full && wait && !spun // poll a while before announcing a sleeper
+		if full && wait && !spinFirst {
 			atomic.AddUint32(&e.ctl.sendWaiters, 1)
 		}
 		e.unlock()
@@ -274,6 +277,11 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			waited = true
 			e.count(stWaited)
 		}
+		if spinFirst {
+			spun = true
+			e.spinForRoom(ctx)
+			continue
+		}
 		ok := a.park(ctx, &e.ctl.sendSeq, seq)
 		atomic.AddUint32(&e.ctl.sendWaiters, ^uint32(0))
 		if !ok {
@@ -285,6 +293,32 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		}
 	}
 	return sent, nil
+}
+
+// spinForRoom polls, without the lock, until the edge looks like it has
+// room for one more item, it is closed, ctx is done, or spinFor passed.
+func (e *Edge) spinForRoom(ctx context.Context) {
+	var start time.Time
+	for i := 0; ; i++ {
+		var n uint64
+		for l := range numLanes {
+			n += atomic.LoadUint64(&e.ctl.lanes[l].tail) - atomic.LoadUint64(&e.ctl.lanes[l].head)
+		}
+		if e.fits(int64(n), atomic.LoadInt64(&e.ctl.bytes), 0) || atomic.LoadUint32(&e.ctl.closed) != 0 {
+			return
+		}
+		if i%32 == 31 {
+			if ctx.Err() != nil {
+				return
+			}
+			if start.IsZero() {
+				start = time.Now()
+			} else if time.Since(start) > spinFor {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
 }
 
 // isInvalid reports errors counted in Invalid rather than Rejected.
