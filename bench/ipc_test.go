@@ -36,7 +36,7 @@ import (
 // transports cost.
 //
 // Latency: ping-pong of one 64 B message; the one-way latency is half the
-// round trip, reported as p50-ns and p99-ns. "parked" receivers sleep in
+// round trip, reported as ns/hop-p50 and ns/hop-p99. "parked" receivers sleep in
 // Recv (a futex wait) between messages; "spinning" ones poll TryRecv.
 
 const (
@@ -481,6 +481,6 @@ func reportOneWay(b *testing.B, rtts []int64) {
 		return
 	}
 	slices.Sort(rtts)
-	b.ReportMetric(float64(rtts[len(rtts)/2])/2, "p50-ns")
-	b.ReportMetric(float64(rtts[len(rtts)*99/100])/2, "p99-ns")
+	b.ReportMetric(float64(rtts[len(rtts)/2])/2, "ns/hop-p50")
+	b.ReportMetric(float64(rtts[len(rtts)*99/100])/2, "ns/hop-p99")
 }

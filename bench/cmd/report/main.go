@@ -46,7 +46,7 @@ const machineBench = `^BenchmarkMachine$`
 
 // suiteBench selects the comparison benchmarks (everything but the GC
 // headline and lazy capacity, which run one case per process).
-const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|Load|View|Update|CrossP|Burst|Hop|MessageHop|MessagePipeline|MessageFanOut)$`
+const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|Load|View|Update|CrossP|Burst|Hop|MessageHop|MessagePipeline|MessageFanOut|IPC|IPCLatency)$`
 
 type options struct {
 	count          int

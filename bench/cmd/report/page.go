@@ -35,10 +35,12 @@ var families = []struct{ name, what string }{
 	{"MessageHop", "message.Edge Send+Recv between two goroutines (transport only), against buffered channels of tokens and of pointers. Per message."},
 	{"MessagePipeline", "Three stages joined by two edges (or channels): saturated, and paced at one message every 2 µs. Per message; p50/p99 are per hop."},
 	{"MessageFanOut", "One message to k consumers: cella stores it once and sends the token on k edges (one Retain per extra edge); chan-copy copies the value into k channels. Per message."},
+	{"IPC", "A producer process sends messages to this one. cella: a shared shm.Store, the producer builds each message in place (Loan) and sends batches of 16, the consumer views it in place and frees it; unix and pipe: the producer writes every byte (small messages through a 64 KiB bufio.Writer), the consumer reads them all. Per message; each side checks the first and last word."},
+	{"IPCLatency", "Ping-pong of one 64 B message between two processes; ns/op is the round trip, p50/p99 the one-way latency (half a round trip). cella-parked receivers block in Recv (poll 20 µs, then a futex); cella-spinning ones poll TryRecv."},
 }
 
 // baselines: the implementation each family's ratios are taken against.
-var baselines = []string{"syncpool", "rwmutex", "chan-token", "chan-copy"}
+var baselines = []string{"syncpool", "rwmutex", "chan-token", "chan-copy", "unix"}
 
 func renderPage(in pageInput) string {
 	var b strings.Builder
