@@ -247,22 +247,31 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		if busy {
 			err = nil
 		}
-		seq := atomic.LoadUint32(&e.ctl.sendSeq)
+		// Everything that touches the segment happens before the section
+		// closes, or inside an outside-window (Close waits for both).
 		full := err == nil && !busy && sent < len(ts)
-		spinFirst := full && wait && !spun // poll a while before announcing a sleeper
-		if full && wait && !spinFirst {
-			atomic.AddUint32(&e.ctl.sendWaiters, 1)
-		}
-		e.unlock()
-		a.exit(p, w, net)
 		if progressed {
 			e.wakeReceivers()
 		}
 		switch {
-		case err != nil:
-			if !isInvalid(err) {
-				e.count(stRejected)
+		case err != nil && !isInvalid(err), full && !wait:
+			e.count(stRejected)
+		case full && !waited:
+			waited = true
+			e.count(stWaited)
+		}
+		seq := atomic.LoadUint32(&e.ctl.sendSeq)
+		spinFirst := full && wait && !spun // poll a while before announcing a sleeper
+		if full && wait {
+			a.parked.Add(1)
+			if !spinFirst {
+				atomic.AddUint32(&e.ctl.sendWaiters, 1)
 			}
+		}
+		e.unlock()
+		a.exit(p, w, net)
+		switch {
+		case err != nil:
 			return sent, err
 		case busy:
 			busyWait.wait(a)
@@ -270,25 +279,23 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		case !full:
 			continue
 		case !wait:
-			e.count(stRejected)
 			return sent, errFullTrySend
-		}
-		if !waited {
-			waited = true
-			e.count(stWaited)
-		}
-		if spinFirst {
+		case spinFirst:
 			spun = true
 			e.spinForRoom(ctx)
+			a.parked.Add(-1)
 			continue
 		}
 		ok := a.park(ctx, &e.ctl.sendSeq, seq)
 		atomic.AddUint32(&e.ctl.sendWaiters, ^uint32(0))
+		if !ok && !a.closed.Load() {
+			e.count(stRejected)
+		}
+		a.parked.Add(-1)
 		if !ok {
 			if a.closed.Load() {
 				return sent, ErrClosed
 			}
-			e.count(stRejected)
 			return sent, ctx.Err()
 		}
 	}

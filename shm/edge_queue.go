@@ -321,14 +321,17 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 		seq := atomic.LoadUint32(&e.ctl.recvSeq)
 		park := k == 0 && tabErr == nil && !closed && wait
 		spinFirst := park && !spun // poll a while before announcing a sleeper
-		if park && !spinFirst {
-			atomic.AddUint32(&e.ctl.recvWaiters, 1)
+		if park {
+			a.parked.Add(1) // the spin or the sleep reads the segment: Close waits
+			if !spinFirst {
+				atomic.AddUint32(&e.ctl.recvWaiters, 1)
+			}
 		}
-		e.unlock()
-		a.exit(p, w, net)
 		if k > 0 || net != 0 {
 			e.wakeSenders()
 		}
+		e.unlock()
+		a.exit(p, w, net)
 		switch {
 		case k > 0:
 			return k, nil
@@ -341,10 +344,12 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 		case spinFirst:
 			spun = true
 			e.spin()
+			a.parked.Add(-1)
 			continue
 		}
 		ok := a.park(ctx, &e.ctl.recvSeq, seq)
 		atomic.AddUint32(&e.ctl.recvWaiters, ^uint32(0))
+		a.parked.Add(-1)
 		if !ok {
 			if a.closed.Load() {
 				return 0, ErrClosed
@@ -361,21 +366,25 @@ func (e *Edge) Close() error {
 	var twice bool
 	if err := e.locked(func(int, *way) {
 		twice = atomic.SwapUint32(&e.ctl.closed, 1) != 0
+		if !twice {
+			e.wakeAll()
+		}
 	}); err != nil {
 		return err
 	}
 	if twice {
 		return errCloseTwice
 	}
-	e.wakeAll()
 	return nil
 }
 
 // Closed reports whether the edge was closed (by any process).
 func (e *Edge) Closed() bool {
-	if e.a.closed.Load() {
+	p, ok := e.a.gate.Enter()
+	if !ok {
 		return true
 	}
+	defer e.a.gate.Exit(p)
 	return atomic.LoadUint32(&e.ctl.closed) != 0
 }
 
@@ -393,9 +402,9 @@ func (e *Edge) Drain() int {
 		}
 		e.ctl.st[stDrained] += uint64(freed)
 		e.ctl.minDeadline = math.MaxInt64
+		e.wakeSenders()
 		return net
 	})
-	e.wakeSenders()
 	return freed
 }
 

@@ -48,11 +48,13 @@ func (a *seg) Stats() Stats {
 		Frees:  a.stats.sum(statFrees),
 		Steals: a.stats.sum(statSteals),
 	}
-	a.closeMu.Lock()
-	defer a.closeMu.Unlock()
-	if a.closed.Load() {
+	// The gate, not closeMu: Close holds closeMu while it waits for the
+	// callbacks, so a callback that calls Stats would deadlock on it.
+	p, ok := a.gate.Enter()
+	if !ok {
 		return st
 	}
+	defer a.gate.Exit(p)
 	st.Recoveries = atomic.LoadUint64(&a.hdr.recoveries)
 	for i := range MaxProcs {
 		if atomic.LoadUint32(&a.record(i).state) == recordAlive {

@@ -22,10 +22,9 @@ import (
 const parkSlice = 200 * time.Millisecond
 
 // park sleeps while *word == seq, at most parkSlice. It returns false when
-// ctx is done or this handle is closing.
+// ctx is done or this handle is closing. The caller holds an outside window
+// (parked raised before its section closed), so the word stays mapped.
 func (a *seg) park(ctx context.Context, word *uint32, seq uint32) bool {
-	a.parked.Add(1)
-	defer a.parked.Add(-1)
 	if a.closed.Load() {
 		return false
 	}
@@ -70,6 +69,12 @@ func (a *seg) wakeParked() {
 func (a *seg) awaitFree(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	// An outside window: Close waits for it before it unmaps.
+	a.parked.Add(1)
+	defer a.parked.Add(-1)
+	if a.closed.Load() {
+		return ErrClosed
 	}
 	seq := atomic.LoadUint32(&a.hdr.freeSeq)
 	atomic.AddUint32(&a.hdr.freeWaiters, 1)
