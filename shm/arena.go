@@ -149,7 +149,11 @@ func createSeg(name string, sp segSpec) (*seg, error) {
 	for range 8 {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
 		if err == nil {
-			return initSeg(path, f, g, sp)
+			a, err := initSeg(path, f, g, sp)
+			if errors.Is(err, errRemoved) {
+				continue // a racing Create took our empty file for a dead creator's
+			}
+			return a, err
 		}
 		if !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("shm: create %s: %w", path, err)
@@ -161,6 +165,11 @@ func createSeg(name string, sp segSpec) (*seg, error) {
 	return nil, fmt.Errorf("%w: %s keeps coming back", ErrExists, path)
 }
 
+// errRemoved means the file createSeg made was removed before initSeg took
+// its flock: in between, a racing Create's removeStale found it empty,
+// took it for a dead creator's and removed it. createSeg tries again.
+var errRemoved = errors.New("shm: new segment file removed by a racing Create")
+
 // initSeg initialises a segment in the new, empty file f.
 func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
 	fail := func(err error) (*seg, error) {
@@ -170,6 +179,10 @@ func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
 	}
 	if err := flockFile(f, unix.LOCK_EX); err != nil {
 		return fail(fmt.Errorf("shm: lock %s: %w", path, err))
+	}
+	if !sameFile(f, path) {
+		_ = f.Close() // path is no longer ours: do not remove it
+		return nil, errRemoved
 	}
 	if err := f.Truncate(int64(g.size)); err != nil {
 		return fail(fmt.Errorf("shm: size %s to %d bytes: %w", path, g.size, err))
@@ -302,6 +315,11 @@ func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, 
 	if err != nil {
 		return unlockFail(fmt.Errorf("shm: stat %s: %w", path, err))
 	}
+	if st.Size() == 0 {
+		// Created a moment ago (its creator has not taken the flock yet),
+		// or its creator died right after: either way not a segment yet.
+		return unlockFail(fmt.Errorf("%w: %s is empty: its creator never finished it", ErrNotExist, path))
+	}
 	var h header
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&h)), headerSize)
 	if n, _ := f.ReadAt(buf, 0); n < headerSize {
@@ -336,6 +354,10 @@ func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, 
 // (bindStore).
 func check(h *header, fileSize uint64, typ reflect.Type, kind uint32) error {
 	switch {
+	case h.magic == 0 && h.ready == 0:
+		// initSeg sizes the file, then writes the header, magic and ready
+		// last: a creator that died before the magic left zeros.
+		return fmt.Errorf("%w: its creator never finished it", ErrNotExist)
 	case h.magic != magic:
 		return fmt.Errorf("%w: bad magic %#x", ErrCorrupt, h.magic)
 	case h.layout != layoutVersion:
