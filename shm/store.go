@@ -193,7 +193,7 @@ func (s *Store[P]) Put(h message.Header, p P) (token.Token, error) {
 // straight into shared memory: a large payload is never copied. If fill
 // returns an error or panics, the slot is freed and the error (or panic)
 // passed on.
-func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) error) (t token.Token, err error) {
+func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) error) (token.Token, error) {
 	if fill == nil {
 		return token.Nil, ErrNilFunc
 	}
@@ -212,7 +212,7 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 	ok := false
 	defer func() {
 		if !ok {
-			_ = s.Free(t)
+			_ = s.Free(t) // t is a local: the results are token.Nil by now
 		}
 	}()
 	if err := fill(m); err != nil {
