@@ -50,6 +50,7 @@ type Arena[T any] struct {
 // depend on the payload type (the Store and its edges use it too).
 type seg struct {
 	path string
+	anon bool     // a memfd: no name in the file system, nothing to remove
 	file *os.File // our own open file description: its OFD lock is our liveness
 	mem  []byte
 	base unsafe.Pointer
@@ -120,6 +121,7 @@ type segSpec struct {
 	slots, shards int
 	store         *storeShape
 	init          func(*seg, geometry)
+	memfd         bool // an anonymous, sealed memory file instead of a file under dir
 	dir           string
 	perm          os.FileMode
 	watch         time.Duration
@@ -141,11 +143,18 @@ func createSeg(name string, sp segSpec) (*seg, error) {
 	if err != nil {
 		return nil, err
 	}
+	g := layoutFor(uint32(sp.slots), uint32(shards), uint64(sp.typ.Size()), uint64(sp.typ.Align()), sp.store)
+	if sp.memfd {
+		f, err := memfdCreate(filePrefix + name)
+		if err != nil {
+			return nil, err
+		}
+		return initSeg("memfd:"+filePrefix+name, f, g, sp)
+	}
 	perm := sp.perm
 	if perm == 0 {
 		perm = 0o600
 	}
-	g := layoutFor(uint32(sp.slots), uint32(shards), uint64(sp.typ.Size()), uint64(sp.typ.Align()), sp.store)
 	for range 8 {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
 		if err == nil {
@@ -173,25 +182,33 @@ var errRemoved = errors.New("shm: new segment file removed by a racing Create")
 // initSeg initialises a segment in the new, empty file f.
 func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
 	fail := func(err error) (*seg, error) {
-		_ = os.Remove(path)
+		if !sp.memfd {
+			_ = os.Remove(path)
+		}
 		_ = f.Close()
 		return nil, err
 	}
 	if err := flockFile(f, unix.LOCK_EX); err != nil {
 		return fail(fmt.Errorf("shm: lock %s: %w", path, err))
 	}
-	if !sameFile(f, path) {
+	if !sp.memfd && !sameFile(f, path) {
 		_ = f.Close() // path is no longer ours: do not remove it
 		return nil, errRemoved
 	}
 	if err := f.Truncate(int64(g.size)); err != nil {
 		return fail(fmt.Errorf("shm: size %s to %d bytes: %w", path, g.size, err))
 	}
+	if sp.memfd {
+		if err := seal(f); err != nil {
+			return fail(err)
+		}
+	}
 	mem, err := mapFile(f, g.size)
 	if err != nil {
 		return fail(err)
 	}
 	a := newSeg(path, f, mem)
+	a.anon = sp.memfd
 	h := a.hdr
 	h.layout = layoutVersion
 	h.size = g.size
@@ -285,7 +302,13 @@ func attachSeg(name string, typ reflect.Type, kind uint32, dir string, watch tim
 	if err != nil {
 		return nil, fmt.Errorf("shm: open %s: %w", path, err)
 	}
-	a, err := mapExisting(path, f, typ, kind)
+	return attachOpen(path, f, typ, kind, false, watch)
+}
+
+// attachOpen attaches through f, this process's own open file description
+// of the segment (it owns f from here on).
+func attachOpen(path string, f *os.File, typ reflect.Type, kind uint32, anon bool, watch time.Duration) (*seg, error) {
+	a, err := mapExisting(path, f, typ, kind, anon)
 	if err != nil {
 		_ = f.Close()
 		return nil, err
@@ -300,7 +323,7 @@ func attachSeg(name string, typ reflect.Type, kind uint32, dir string, watch tim
 
 // mapExisting maps and checks the segment in f and claims a record in it.
 // It returns with the flock held on success.
-func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, error) {
+func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32, anon bool) (*seg, error) {
 	if err := flockFile(f, unix.LOCK_EX); err != nil {
 		return nil, fmt.Errorf("shm: lock %s: %w", path, err)
 	}
@@ -308,7 +331,7 @@ func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, 
 		_ = flockFile(f, unix.LOCK_UN)
 		return nil, err
 	}
-	if !sameFile(f, path) {
+	if !anon && !sameFile(f, path) {
 		return unlockFail(fmt.Errorf("%w: %s was removed", ErrNotExist, path))
 	}
 	st, err := f.Stat()
@@ -333,6 +356,7 @@ func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32) (*seg, 
 		return unlockFail(err)
 	}
 	a := newSeg(path, f, mem)
+	a.anon = anon
 	a.bind()
 	if kind == kindStore {
 		if err := a.bindStore(); err != nil {
@@ -574,7 +598,7 @@ func (a *seg) Close() error {
 			break
 		}
 	}
-	if last && sameFile(a.file, a.path) {
+	if last && !a.anon && sameFile(a.file, a.path) {
 		_ = os.Remove(a.path)
 	}
 	_ = flockFile(a.file, unix.LOCK_UN)

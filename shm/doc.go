@@ -27,9 +27,13 @@
 // # The segment
 //
 // A segment is a file under /dev/shm (Config.Dir), named "cella.<name>",
-// sized once at Create and mapped MAP_SHARED by every process. tmpfs
-// commits its pages as they are touched. Its layout, all offsets, never Go
-// pointers:
+// sized once at Create and mapped MAP_SHARED by every process; or, with
+// CreateMemfd and CreateStoreMemfd, an anonymous memory file sealed against
+// resizing, handed to other processes as a file (File, then
+// exec.Cmd.ExtraFiles or SendFile/RecvFile over a unix socket; they attach
+// with AttachFile or AttachStoreFile) and freed by the kernel with its last
+// user. tmpfs commits pages as they are touched. The layout, all offsets,
+// never Go pointers:
 //
 //	header    magic, layout version, payload size, alignment and type
 //	          fingerprint, capacity, region offsets, the recovery word
@@ -123,7 +127,7 @@
 //     order as message.Edge serves them: they are all woken and race.
 //   - /dev/shm files cannot be sealed: a process that truncates a segment
 //     under its peers makes them fault (SIGBUS) when they touch the lost
-//     pages. Every cella process maps the size the header declares and
-//     never truncates. Container runtimes often give /dev/shm only 64 MiB
-//     (docker run --shm-size raises it).
+//     pages. cella never truncates; where other code might, use a memfd
+//     segment (CreateMemfd), which nobody can resize. Container runtimes
+//     often give /dev/shm only 64 MiB (docker run --shm-size raises it).
 package shm

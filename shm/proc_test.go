@@ -57,6 +57,8 @@ func runChild(role string) int {
 		return storeProduce(dir, name, n)
 	case "storechurn":
 		return storeChurn(dir, name, arg)
+	case "memfdhold":
+		return memfdHold()
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

@@ -70,6 +70,10 @@ func (c *storeCore) table(rec int) unsafe.Pointer {
 // CreateStore makes a new message store segment called name, with its
 // edges, and attaches this process to it.
 func CreateStore[P any](name string, cfg StoreConfig) (*Store[P], error) {
+	return createStore[P](name, cfg, false)
+}
+
+func createStore[P any](name string, cfg StoreConfig, memfd bool) (*Store[P], error) {
 	switch {
 	case cfg.Slots <= 0 || uint64(cfg.Slots) > MaxSlots:
 		return nil, fmt.Errorf("%w: Slots = %d, must be in [1, %d]", ErrInvalidConfig, cfg.Slots, uint64(MaxSlots))
@@ -102,7 +106,7 @@ func CreateStore[P any](name string, cfg StoreConfig) (*Store[P], error) {
 		_ = a.bindStore() // just written: cannot fail
 	}
 	s, err := createSeg(name, segSpec{typ: reflect.TypeFor[message.Message[P]](), kind: kindStore,
-		slots: cfg.Slots, shards: cfg.Shards, store: shape, init: init, dir: cfg.Dir, perm: cfg.Perm, watch: cfg.Watch})
+		slots: cfg.Slots, shards: cfg.Shards, store: shape, init: init, memfd: memfd, dir: cfg.Dir, perm: cfg.Perm, watch: cfg.Watch})
 	if err != nil {
 		return nil, err
 	}
@@ -446,8 +450,12 @@ func (s *Store[P]) Capacity() int { return s.a.Capacity() }
 // process.
 func (s *Store[P]) Available() int { return s.a.Available() }
 
-// Path returns the segment file's path.
+// Path returns the segment file's path ("memfd:…" for an anonymous one).
 func (s *Store[P]) Path() string { return s.a.Path() }
+
+// File returns a new descriptor of the segment, for another process to
+// attach with AttachStoreFile (see Arena.File).
+func (s *Store[P]) File() (*os.File, error) { return s.a.File() }
 
 // Recover cleans up after dead processes (see Arena.Recover): their
 // references stop counting, messages nobody references are freed, and

@@ -6,6 +6,8 @@ package contract
 import (
 	"context"
 	"iter"
+	"net"
+	"os"
 	"testing"
 
 	"github.com/cella-go/cella/arena"
@@ -142,6 +144,14 @@ var (
 	_ func(*shm.Edge) message.Watermark                                                                     = (*shm.Edge).Watermark
 	_ func(*shm.Edge) message.EdgeStats                                                                     = (*shm.Edge).Stats
 	_ func(*shm.Edge) message.Policy                                                                        = (*shm.Edge).Policy
+	_ func(string, shm.Config) (*shm.Arena[payload], error)                                                 = shm.CreateMemfd[payload]
+	_ func(*os.File, shm.Config) (*shm.Arena[payload], error)                                               = shm.AttachFile[payload]
+	_ func(string, shm.StoreConfig) (*shm.Store[payload], error)                                            = shm.CreateStoreMemfd[payload]
+	_ func(*os.File, shm.StoreConfig) (*shm.Store[payload], error)                                          = shm.AttachStoreFile[payload]
+	_ func(*shm.Arena[payload]) (*os.File, error)                                                           = (*shm.Arena[payload]).File
+	_ func(*shm.Store[payload]) (*os.File, error)                                                           = (*shm.Store[payload]).File
+	_ func(*net.UnixConn, *os.File) error                                                                   = shm.SendFile
+	_ func(*net.UnixConn) (*os.File, error)                                                                 = shm.RecvFile
 	_                                                                                                       = []error{shm.ErrExists, shm.ErrNotExist, shm.ErrMismatch, shm.ErrCorrupt, shm.ErrTooManyProcs, shm.ErrBadName, shm.ErrNotHeld}
 )
 
