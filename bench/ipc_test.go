@@ -20,6 +20,7 @@ import (
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/shm"
 	"github.com/cella-go/cella/token"
+	"golang.org/x/sys/unix"
 )
 
 // Cross-process benchmarks: a message from one process to another through
@@ -349,10 +350,29 @@ func shmEcho(a ipcArg, spin bool) error {
 				return err
 			}
 		}
+		if !spin {
+			// The one-way latency of the parked leg, on the clock both
+			// processes share: the sender stamped the first word.
+			now := monotonic()
+			if err := s.Update(t, func(m *message.Message[ipc64]) {
+				sent := int64(binary.LittleEndian.Uint64(m.Payload[:]))
+				binary.LittleEndian.PutUint64(m.Payload[8:], uint64(now-sent))
+			}); err != nil {
+				return err
+			}
+		}
 		if err := out.Send(ctx, t); err != nil {
 			return err
 		}
 	}
+}
+
+// monotonic reads CLOCK_MONOTONIC, which every process on the machine
+// shares (Go's own monotonic clock counts from each process's start).
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // fdEcho echoes 64-byte messages read on fd 3 to fd 4.
@@ -373,6 +393,13 @@ func fdEcho(ipcArg) error {
 }
 
 // BenchmarkIPCLatency measures 64 B ping-pong; ns/op is the round trip.
+// cella-parked, unix and pipe leave the echo process idle for parkGap
+// before each ping, so that it is asleep in the kernel when the ping comes.
+// cella-parked reports the one-way latency of that leg (stamped with
+// CLOCK_MONOTONIC in both processes; the way back is caught by the
+// sender's 20 µs poll); unix and pipe report half the round trip, both of
+// whose legs wake a sleeping reader; cella-spinning, with no gap, reports
+// half the round trip of two polling processes.
 func BenchmarkIPCLatency(b *testing.B) {
 	for _, mode := range []string{"parked", "spinning"} {
 		b.Run("impl=cella-"+mode, func(b *testing.B) {
@@ -409,17 +436,37 @@ func BenchmarkIPCLatency(b *testing.B) {
 				}
 			}
 			roundTrip() // the echo process is attached
+			var legs []int64
 			b.ResetTimer()
 			for range b.N {
+				if mode == "parked" {
+					b.StopTimer()
+					time.Sleep(parkGap)
+					if err := s.Update(t, func(m *message.Message[ipc64]) {
+						binary.LittleEndian.PutUint64(m.Payload[:], uint64(monotonic()))
+					}); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
 				start := time.Now()
 				roundTrip()
 				rtts = append(rtts, int64(time.Since(start)))
+				if mode == "parked" {
+					var leg int64
+					_ = s.View(t, func(m *message.Message[ipc64]) { leg = int64(binary.LittleEndian.Uint64(m.Payload[8:])) })
+					legs = append(legs, leg)
+				}
 			}
 			b.StopTimer()
 			_ = ping.Close()
 			_ = cmd.Wait()
 			_ = s.Free(t)
-			reportOneWay(b, rtts)
+			if mode == "parked" {
+				reportPercentiles(b, legs)
+			} else {
+				reportOneWay(b, rtts)
+			}
 		})
 	}
 	for _, kind := range []string{"unix", "pipe"} {
@@ -463,6 +510,9 @@ func BenchmarkIPCLatency(b *testing.B) {
 			rtts := make([]int64, 0, b.N)
 			b.ResetTimer()
 			for range b.N {
+				b.StopTimer()
+				time.Sleep(parkGap) // as for cella-parked: the echo process sleeps in read
+				b.StartTimer()
 				start := time.Now()
 				rtt()
 				rtts = append(rtts, int64(time.Since(start)))
@@ -484,3 +534,17 @@ func reportOneWay(b *testing.B, rtts []int64) {
 	b.ReportMetric(float64(rtts[len(rtts)/2])/2, "ns/hop-p50")
 	b.ReportMetric(float64(rtts[len(rtts)*99/100])/2, "ns/hop-p99")
 }
+
+// reportPercentiles reports measured one-way latencies as they are.
+func reportPercentiles(b *testing.B, legs []int64) {
+	if len(legs) == 0 {
+		return
+	}
+	slices.Sort(legs)
+	b.ReportMetric(float64(legs[len(legs)/2]), "ns/hop-p50")
+	b.ReportMetric(float64(legs[len(legs)*99/100]), "ns/hop-p99")
+}
+
+// parkGap is how long the parked case leaves the receiver idle before each
+// ping: beyond its 20 µs poll, so that it sleeps in FUTEX_WAIT.
+const parkGap = 200 * time.Microsecond

@@ -36,7 +36,7 @@ var families = []struct{ name, what string }{
 	{"MessagePipeline", "Three stages joined by two edges (or channels): saturated, and paced at one message every 2 µs. Per message; p50/p99 are per hop."},
 	{"MessageFanOut", "One message to k consumers: cella stores it once and sends the token on k edges (one Retain per extra edge); chan-copy copies the value into k channels. Per message."},
 	{"IPC", "A producer process sends messages to this one. cella: a shared shm.Store, the producer builds each message in place (Loan) and sends batches of 16, the consumer views it in place and frees it; unix and pipe: the producer writes every byte (small messages through a 64 KiB bufio.Writer), the consumer reads them all. Per message; each side checks the first and last word."},
-	{"IPCLatency", "Ping-pong of one 64 B message between two processes; ns/op is the round trip, p50/p99 the one-way latency (half a round trip). cella-parked receivers block in Recv (poll 20 µs, then a futex); cella-spinning ones poll TryRecv."},
+	{"IPCLatency", "Ping-pong of one 64 B message between two processes; ns/op is the round trip. cella-parked, unix and pipe leave the receiver idle 200 µs before each ping, so that it sleeps in the kernel: cella-parked's p50/p99 are the measured one-way latency of that leg (CLOCK_MONOTONIC in both processes), unix's and pipe's half the round trip. cella-spinning (no gap, both sides polling TryRecv) reports half the round trip."},
 }
 
 // baselines: the implementation each family's ratios are taken against.
