@@ -81,7 +81,7 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 			if invalid {
 				e.invalid.Add(1)
 			} else {
-				e.mu.Lock()
+				e.mu.Lock() // a counter only: no need to leave fast mode
 				e.st.Rejected++
 				e.mu.Unlock()
 			}
@@ -98,7 +98,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	if len(qs) == 0 {
 		return 0, nil
 	}
-	e.mu.Lock()
+	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false
 	var err error
@@ -157,10 +157,10 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// wait for the rest of the batch (it may be what makes room).
 		e.unlockAndWake()
 		if w.wait(ctx.Done()) {
-			e.mu.Lock()
+			e.lock()
 			continue
 		}
-		e.mu.Lock()
+		e.lock()
 		e.abandonLocked(&e.sendq, w)
 		// Our wake-up may have been meant for room another sender can use.
 		e.wakeSendersLocked()

@@ -65,16 +65,20 @@ const (
 // message. Within the LatencyCritical lane, and within the lane shared by
 // BestEffort and Background, order is FIFO by admission.
 //
-// The fast paths (a send that fits, a receive from a non-empty edge) take
-// one mutex and allocate nothing. SendBatch and RecvBatch take it once for
-// many tokens.
+// The fast paths (a send that fits, a receive from a non-empty edge)
+// allocate nothing. A BestEffort message without a deadline, on an edge
+// without byte caps and not in DeadlineQoS mode, goes through a lock-free
+// ring while nothing else is queued and no one waits (fast.go); the other
+// cases take one mutex. SendBatch and RecvBatch take it once for many
+// tokens.
 type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.
-	hs  HeaderStore
-	adm admitter // hs's fast path, when it has one (every *Store does)
-	pol Policy
-	_   atomicx.Pad
+	hs   HeaderStore
+	adm  admitter // hs's fast path, when it has one (every *Store does)
+	pol  Policy
+	fast *fastRing // the lock-free path (fast.go); nil when the policy rules it out
+	_    atomicx.Pad
 
 	mu        sync.Mutex
 	lanes     [numLanes]ring
@@ -87,8 +91,11 @@ type Edge struct {
 	// there are none. It lets a full edge skip looking for expired messages.
 	minDeadline int64
 	closed      bool
-	recvq       waitList
-	sendq       waitList
+	// slow is true while the fast ring is closed (fast.go); always true
+	// without a fast ring.
+	slow  bool
+	recvq waitList
+	sendq waitList
 	// wakeRecv is a receiver unlinked by enqueueLocked, to be signalled by
 	// the sender once it has released the lock (see send).
 	wakeRecv *waiter
@@ -106,8 +113,11 @@ func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64}
+	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64, slow: true}
 	e.adm, _ = hs.(admitter)
+	if fastEligible(&p) {
+		e.fast, e.slow = newFastRing(&p), false
+	}
 	for i := range e.lanes {
 		e.lanes[i].limit = p.MaxItems
 	}
@@ -141,13 +151,18 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		return err
 	}
 	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
-		e.mu.Lock()
+		e.mu.Lock() // a counter only: no need to leave fast mode
 		e.st.Rejected++
 		e.mu.Unlock()
 		return errExpiredOnSend
 	}
+	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil {
+		if e.fast.trySend(t, q.size) || (wait && e.spinSend(t, q.size)) {
+			return nil
+		}
+	}
 
-	e.mu.Lock()
+	e.lock()
 	var w *waiter
 	for {
 		if e.closed {
@@ -177,16 +192,16 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			// Woken but beaten to the room: keep our place at the front.
 			e.sendq.pushFront(w)
 		}
-		e.mu.Unlock()
+		e.unlock()
 		if w.wait(ctx.Done()) {
-			e.mu.Lock()
+			e.lock()
 		} else {
-			e.mu.Lock()
+			e.lock()
 			e.abandonLocked(&e.sendq, w)
 			// Our wake-up may have been meant for room another sender can use.
 			e.wakeSendersLocked()
 			e.st.Rejected++
-			e.mu.Unlock()
+			e.unlock()
 			putWaiter(w)
 			return ctx.Err()
 		}
@@ -263,7 +278,7 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 func (e *Edge) unlockAndWake() {
 	wr := e.wakeRecv
 	e.wakeRecv = nil
-	e.mu.Unlock()
+	e.unlock()
 	if wr != nil {
 		wr.ch <- struct{}{}
 	}
@@ -336,8 +351,8 @@ func (e *Edge) wakeSendersLocked() {
 // tokens that nobody receives stay owned by the edge: call Drain to free
 // them. A second Close returns an error matching ErrEdgeClosed.
 func (e *Edge) Close() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if e.closed {
 		return errCloseTwice
 	}
@@ -358,8 +373,8 @@ func (e *Edge) Closed() bool {
 // many it freed. It works on open and closed edges; Close followed by Drain
 // releases everything an abandoned edge still holds.
 func (e *Edge) Drain() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	freed := 0
 	for lane := range e.lanes {
 		for e.lanes[lane].len() > 0 {
@@ -376,21 +391,21 @@ func (e *Edge) Drain() int {
 
 // Len returns the number of queued tokens.
 func (e *Edge) Len() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.n
 }
 
 // Bytes returns the sum of the Size fields of the queued tokens' headers.
 func (e *Edge) Bytes() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.bytes
 }
 
 // Watermark returns the edge's current fill level against its caps.
 func (e *Edge) Watermark() Watermark {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.pol.level(e.n, e.bytes)
 }
