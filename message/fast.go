@@ -72,6 +72,7 @@ type fastCell struct {
 	seq  atomic.Uint64
 	tok  token.Token
 	size uint32
+	_    [8]byte // 32 bytes: a cell never straddles two cache lines
 }
 
 type fastRing struct {
