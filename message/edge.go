@@ -157,7 +157,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		return errExpiredOnSend
 	}
 	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil {
-		if e.fast.trySend(t, q.size) || (wait && e.spinSend(t, q.size)) {
+		if e.fast.trySend(t, q.size) || (wait && e.pol.Admission == Block && e.spinSend(t, q.size)) {
 			return nil
 		}
 	}

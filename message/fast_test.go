@@ -168,8 +168,8 @@ func TestFastFullBlocks(t *testing.T) {
 
 // Producers send numbered messages, most plain (fast), some
 // LatencyCritical or Background or with a far deadline (slow: each takes
-// the edge out of fast mode), while consumers receive and a monitor reads
-// Stats (another switch). Every message arrives exactly once, each
+// the edge out of fast mode), one of them with SendBatch, while consumers
+// receive (one with RecvBatch) and a monitor reads Stats (another switch). Every message arrives exactly once, each
 // consumer sees each producer's messages of one lane in order, and the
 // counters balance.
 func TestFastSwitchStress(t *testing.T) {
@@ -210,6 +210,7 @@ func fastStress(t *testing.T, p Policy) {
 		go func() {
 			defer pwg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			var batch []token.Token
 			for i := 0; i < per; i++ {
 				h := Header{Size: 1}
 				switch r := rng.IntN(20); {
@@ -228,6 +229,22 @@ func fastStress(t *testing.T, p Policy) {
 				mu.Lock()
 				tags[tok] = tag{w, i, lane}
 				mu.Unlock()
+				if w == 0 { // producer 0 sends in batches
+					batch = append(batch, tok)
+					if len(batch) < 1+i%7 && i < per-1 {
+						continue
+					}
+					n, err := e.SendBatch(ctx, batch)
+					if err != nil && !errors.Is(err, ErrRejected) {
+						t.Error(err)
+					}
+					for _, tok := range batch[n:] {
+						refused.Add(1)
+						fs.Free(tok)
+					}
+					batch = batch[:0]
+					continue
+				}
 				if err := e.Send(ctx, tok); err != nil {
 					if !errors.Is(err, ErrRejected) {
 						t.Error(err)
@@ -243,30 +260,48 @@ func fastStress(t *testing.T, p Policy) {
 		go func() {
 			defer cwg.Done()
 			last := map[[2]int]int{}
+			var dst [5]token.Token
 			for {
-				tok, err := e.Recv(ctx)
-				if errors.Is(err, ErrEdgeClosed) {
-					return
+				var got []token.Token
+				if c == 0 { // consumer 0 receives in batches
+					n, err := e.RecvBatch(ctx, dst[:])
+					if errors.Is(err, ErrEdgeClosed) {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					got = dst[:n]
+				} else {
+					tok, err := e.Recv(ctx)
+					if errors.Is(err, ErrEdgeClosed) {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					dst[0] = tok
+					got = dst[:1]
 				}
-				if err != nil {
-					t.Error(err)
-					return
+				for _, tok := range got {
+					mu.Lock()
+					tg, ok := tags[tok]
+					delete(tags, tok)
+					mu.Unlock()
+					if !ok {
+						t.Errorf("received %v twice or never sent", tok)
+						continue
+					}
+					k := [2]int{tg.prod, tg.lane}
+					if prev, seen := last[k]; seen && tg.seq <= prev {
+						t.Errorf("producer %d lane %d: got %d after %d", tg.prod, tg.lane, tg.seq, prev)
+					}
+					last[k] = tg.seq
+					received.Add(1)
+					fs.Free(tok)
 				}
-				mu.Lock()
-				tg, ok := tags[tok]
-				delete(tags, tok)
-				mu.Unlock()
-				if !ok {
-					t.Errorf("received %v twice or never sent", tok)
-					continue
-				}
-				k := [2]int{tg.prod, tg.lane}
-				if prev, seen := last[k]; seen && tg.seq <= prev {
-					t.Errorf("producer %d lane %d: got %d after %d", tg.prod, tg.lane, tg.seq, prev)
-				}
-				last[k] = tg.seq
-				received.Add(1)
-				fs.Free(tok)
 			}
 		}()
 	}

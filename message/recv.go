@@ -49,6 +49,21 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 	if ctx == nil { // a nil context waits without a deadline, never panics
 		ctx = context.Background()
 	}
+	if f := e.fast; f != nil {
+		for i := 0; ; i++ {
+			limit := len(dst)
+			if share > 1 {
+				limit = max(1, min(limit, (f.queuedHint()+share-1)/share))
+			}
+			if k := f.tryRecvN(dst[:limit]); k > 0 {
+				return k, nil
+			}
+			if i == fastRecvSpins || f.head.Load()&slowBit != 0 {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
 	e.lock()
 	var w *waiter
 	spins := 0
