@@ -8,8 +8,10 @@ package message
 // sequence word per cell, a CAS on the tail to claim a cell, a CAS on the
 // head to take one). A send of a BestEffort message without a deadline and
 // a receive go through the ring without the edge's mutex while the edge is
-// in fast mode; everything else takes the mutex, and the mutex's holder
-// first switches the edge to slow mode.
+// in fast mode (SendBatch and RecvBatch claim or take a run of cells with
+// one CAS); everything else takes the mutex, and the mutex's holder first
+// switches the edge to slow mode. A cell's sequence word is published and
+// released with storeRelease: a plain store on amd64.
 //
 // # Modes
 //
