@@ -29,8 +29,9 @@ package message
 // the ring's entries, in order, to the front of the BestEffort lane, and
 // counts the fast sends and receives in the edge's Stats. In slow mode the
 // ring is empty and unused, and the edge is the locked queue of edge.go.
-// The holder of the mutex reopens fast mode when it unlocks (unlockLocked)
-// and the conditions above hold again.
+// The holder of the mutex reopens fast mode when it unlocks (unlock) and
+// the conditions above hold again with something queued (an empty edge
+// waits for the next send to reopen: see reopenLocked).
 //
 // A send that claimed its cell before the bit overlaps the operation that
 // set it, so taking it after that operation's effect is a valid order; and a
@@ -350,15 +351,20 @@ func (e *Edge) enterSlowLocked() {
 
 // reopenLocked returns the edge to fast mode when it is in slow mode and
 // nothing needs it there: no waiters, an open edge, and a queue that is
-// only plain BestEffort messages (no deadline) that fit in the ring. Those
-// are moved back into the ring, in order.
+// only plain BestEffort messages (no deadline) that fit in the ring, at
+// least one. Those are moved back into the ring, in order.
 func (e *Edge) reopenLocked() {
 	if !e.slow || e.fast == nil || e.closed || e.recvq.head != nil || e.sendq.head != nil || e.wakeRecv != nil {
 		return
 	}
 	f := e.fast
 	lane := &e.lanes[laneBestEffort]
-	if e.n != lane.len() || e.n > len(f.cells) {
+	if e.n == 0 || e.n != lane.len() || e.n > len(f.cells) {
+		// An empty edge stays in slow mode until a send queues something:
+		// where receivers park for every message (a paced stream), each
+		// reopen would cost the next parking receiver a switch (stores to
+		// the senders' and receivers' lines, a cache miss each), for no
+		// fast operation in between.
 		return
 	}
 	for i := 0; i < lane.len(); i++ {

@@ -123,7 +123,7 @@ func TestFastRingOverflow(t *testing.T) {
 		if err != nil || tok != want {
 			t.Fatalf("Recv %d = %v, %v; want %v", i, tok, err, want)
 		}
-		if left := n - i - 1; left <= fastMaxCells && !e.inFastMode() {
+		if left := n - i - 1; left > 0 && left <= fastMaxCells && !e.inFastMode() {
 			t.Fatalf("%d left, fits the ring, yet in slow mode", left)
 		}
 	}
