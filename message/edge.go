@@ -266,10 +266,34 @@ func (e *Edge) abandonLocked(l *waitList, w *waiter) {
 	<-w.ch
 }
 
-// enqueueLocked appends q to its lane and wakes one receiver.
+// enqueueLocked appends q to its lane and wakes one receiver, or hands q
+// straight to a parked receiver (handOffLocked).
 func (e *Edge) enqueueLocked(q *queued, lane int) {
+	if e.handOffLocked(q) {
+		return
+	}
 	e.pushLocked(q, lane)
 	e.wakeReceiverLocked()
+}
+
+// handOffLocked gives q's token to the first parked receiver when the edge
+// is empty (so q is the next token any receive would return) and q has no
+// deadline (so it cannot expire between now and the receiver's return):
+// the receiver wakes up with the token, without taking the lock again. It
+// counts as a send and a receive at this instant: Admitted, Delivered, and
+// a queue of one for HighWater.
+func (e *Edge) handOffLocked(q *queued) bool {
+	w := e.recvq.head
+	if w == nil || e.n != 0 || e.wakeRecv != nil || q.deadline != 0 {
+		return false
+	}
+	e.recvq.remove(w)
+	w.tok, w.handed = q.tok, true
+	e.wakeRecv = w
+	e.st.Admitted++
+	e.st.Delivered++
+	e.st.HighWater = max(e.st.HighWater, 1)
+	return true
 }
 
 // unlockAndWake releases the edge's lock, then signals the receiver that

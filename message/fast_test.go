@@ -432,3 +432,68 @@ func TestFastReopenWaitsForTakenCell(t *testing.T) {
 		t.Fatalf("TryRecv = %v, %v; want %v", tok, ok, b)
 	}
 }
+
+// A send to an empty edge with a parked receiver hands the token over
+// directly: the receiver returns it without taking the lock again, and the
+// counters read as one send and one receive.
+func TestHandOffToParkedReceiver(t *testing.T) {
+	for _, p := range []Policy{{MaxItems: 4}, {MaxItems: 4, MaxBytes: 100}} { // with and without a fast ring
+		fs := newFakeStore()
+		e := mustEdge(t, fs, p)
+		got := make(chan token.Token)
+		go func() {
+			tok, err := e.Recv(context.Background())
+			if err != nil {
+				t.Error(err)
+			}
+			got <- tok
+		}()
+		waitFor(t, func() bool { return e.recvq.linked.Load() == 1 })
+		tok := fs.put(Header{Size: 3})
+		if err := e.Send(context.Background(), tok); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-got; r != tok {
+			t.Fatalf("%+v: parked receiver got %v, want %v", p, r, tok)
+		}
+		if st := e.Stats(); st.Admitted != 1 || st.Delivered != 1 || st.HighWater != 1 || st.Len != 0 || st.Bytes != 0 {
+			t.Fatalf("%+v: Stats = %+v", p, st)
+		}
+	}
+}
+
+// A receiver whose context ends while a token is handed to it keeps the
+// token: its receive happened. Both orders of the race are run (the
+// receiver's select picks the signal or the done channel at random).
+func TestHandOffRacesContext(t *testing.T) {
+	fs := newFakeStore()
+	e := mustEdge(t, fs, Policy{MaxItems: 4})
+	for i := 0; i < 40; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		type result struct {
+			tok token.Token
+			err error
+		}
+		got := make(chan result)
+		go func() {
+			tok, err := e.Recv(ctx)
+			got <- result{tok, err}
+		}()
+		waitFor(t, func() bool { return e.recvq.linked.Load() == 1 })
+		tok := fs.put(Header{})
+		e.lock()
+		q := queued{tok: tok}
+		if !e.handOffLocked(&q) {
+			t.Fatal("no hand-off to the parked receiver")
+		}
+		cancel() // both the signal (after the unlock) and done are ready
+		e.unlockAndWake()
+		if r := <-got; r.err != nil || r.tok != tok {
+			t.Fatalf("round %d: Recv = %v, %v; want %v, nil", i, r.tok, r.err, tok)
+		}
+		fs.Free(tok)
+	}
+	if st := e.Stats(); st.Admitted != 40 || st.Delivered != 40 || st.Len != 0 {
+		t.Fatalf("Stats = %+v", st)
+	}
+}

@@ -17,9 +17,6 @@ func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
 		if t, ok := f.tryRecv(); ok {
 			return t, nil
 		}
-		if t, ok := e.spinRecv(f); ok {
-			return t, nil
-		}
 	}
 	var one [1]token.Token
 	_, err := e.recv(ctx, one[:], 1)
@@ -124,9 +121,24 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 		}
 		e.unlock()
 		if w.wait(ctx.Done()) {
+			if w.handed {
+				// A sender handed us its token directly (handOffLocked).
+				dst[0] = w.tok
+				putWaiter(w)
+				return 1, nil
+			}
 			e.lock()
 		} else {
 			e.lock()
+			if !w.linked && w.handed {
+				// Our context ended as a sender handed us a token: the
+				// receive happened; take its signal and the token.
+				<-w.ch
+				e.unlock()
+				dst[0] = w.tok
+				putWaiter(w)
+				return 1, nil
+			}
 			if !w.linked && e.n > 0 && !e.recvq.empty() {
 				// We consumed a wake-up meant for a queued token: pass it on.
 				e.recvq.wake(e.recvq.head)
@@ -142,23 +154,8 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 // recvSpins is how many times Recv yields before parking on an empty edge.
 const recvSpins = 2
 
-// spinRecv gives a sender on another P a moment to fill an empty ring in
-// fast mode before Recv takes the mutex (and with it the edge out of fast
-// mode) to park.
-func (e *Edge) spinRecv(f *fastRing) (token.Token, bool) {
-	for i := 0; i < fastRecvSpins; i++ {
-		if f.head.Load()&slowBit != 0 {
-			break
-		}
-		runtime.Gosched()
-		if t, ok := f.tryRecv(); ok {
-			return t, true
-		}
-	}
-	return token.Nil, false
-}
-
-// fastRecvSpins is how many times Recv yields on an empty ring in fast mode.
+// fastRecvSpins is how many times recv yields on an empty ring in fast mode
+// before it takes the mutex (and with it the edge out of fast mode) to park.
 const fastRecvSpins = 2
 
 // TryRecv is Recv without waiting. It reports false when nothing
