@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,6 +203,8 @@ func fastStress(t *testing.T, p Policy) {
 				if st := e.Stats(); p.MaxItems > 0 && st.Len > p.MaxItems {
 					t.Errorf("Len %d over MaxItems %d", st.Len, p.MaxItems)
 				}
+				runtime.Gosched() // with GOMAXPROCS=1 it would hog the P
+
 			}
 		}
 	}()
