@@ -15,6 +15,8 @@ type (
 	P64 [64]byte
 	// P1K is a 1 KiB payload.
 	P1K [1 << 10]byte
+	// P4K is a 4 KiB payload (the message fan-out's large case).
+	P4K [4 << 10]byte
 	// P16K is a 16 KiB payload.
 	P16K [16 << 10]byte
 )

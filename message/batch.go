@@ -2,6 +2,7 @@ package message
 
 import (
 	"context"
+	"runtime"
 
 	"github.com/cella-go/cella/token"
 )
@@ -72,7 +73,12 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 			}
 			lanes[i] = uint8(lane)
 		}
-		k, err := e.admitBatch(ctx, qs[:valid], lanes[:valid], &waited)
+		k := 0
+		if e.fast != nil {
+			k = e.fastSendBatch(qs[:valid], lanes[:valid])
+		}
+		k2, err := e.admitBatch(ctx, qs[k:valid], lanes[k:valid], &waited)
+		k += k2
 		n += k
 		if err != nil {
 			return n, err
@@ -81,7 +87,7 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 			if invalid {
 				e.invalid.Add(1)
 			} else {
-				e.mu.Lock()
+				e.mu.Lock() // a counter only: no need to leave fast mode
 				e.st.Rejected++
 				e.mu.Unlock()
 			}
@@ -98,7 +104,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	if len(qs) == 0 {
 		return 0, nil
 	}
-	e.mu.Lock()
+	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false
 	var err error
@@ -157,10 +163,10 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// wait for the rest of the batch (it may be what makes room).
 		e.unlockAndWake()
 		if w.wait(ctx.Done()) {
-			e.mu.Lock()
+			e.lock()
 			continue
 		}
-		e.mu.Lock()
+		e.lock()
 		e.abandonLocked(&e.sendq, w)
 		// Our wake-up may have been meant for room another sender can use.
 		e.wakeSendersLocked()
@@ -182,4 +188,28 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		putWaiter(w)
 	}
 	return i, err
+}
+
+// fastSendBatch sends the longest prefix of qs that may take the fast path
+// through the ring, yielding a few times (under Block, where the locked path
+// would wait) while a full ring in fast mode may be drained by a receiver on
+// another P, and returns how many it sent. The
+// rest of qs goes through admitBatch, which puts it behind them.
+func (e *Edge) fastSendBatch(qs []queued, lanes []uint8) int {
+	f := e.fast
+	n := 0
+	for i := 0; n < len(qs); {
+		k := f.trySendN(qs[n:], lanes[n:])
+		n += k
+		if k > 0 {
+			continue
+		}
+		if i == fastSendSpins || e.pol.Admission != Block || f.tail.Load()&slowBit != 0 ||
+			lanes[n] != laneBestEffort || qs[n].deadline != 0 {
+			break
+		}
+		i++
+		runtime.Gosched()
+	}
+	return n
 }

@@ -75,9 +75,12 @@
 //     DegradeAllowed, in which case it is delivered and counted as late.
 //   - Admitted = Delivered + Evicted + Expired + Drained + Len, at any quiet
 //     moment.
-//   - Sending and receiving when no one has to wait take one mutex and
-//     allocate nothing; waiting goroutines park on pooled waiters, in FIFO
-//     order, and honour their context.
+//   - Sending and receiving allocate nothing. On an edge without byte caps
+//     and not in DeadlineQoS mode, a BestEffort message without a deadline
+//     is sent and received lock-free (a CAS on a ring) while no one waits
+//     and nothing else is queued; every other case takes the edge's mutex
+//     (fast.go). Waiting goroutines park on pooled waiters, in FIFO order,
+//     and honour their context.
 //
 // # Errors
 //

@@ -65,16 +65,20 @@ const (
 // message. Within the LatencyCritical lane, and within the lane shared by
 // BestEffort and Background, order is FIFO by admission.
 //
-// The fast paths (a send that fits, a receive from a non-empty edge) take
-// one mutex and allocate nothing. SendBatch and RecvBatch take it once for
-// many tokens.
+// The fast paths (a send that fits, a receive from a non-empty edge)
+// allocate nothing. A BestEffort message without a deadline, on an edge
+// without byte caps and not in DeadlineQoS mode, goes through a lock-free
+// ring while nothing else is queued and no one waits (fast.go); the other
+// cases take one mutex. SendBatch and RecvBatch take it once for many
+// tokens.
 type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.
-	hs  HeaderStore
-	adm admitter // hs's fast path, when it has one (every *Store does)
-	pol Policy
-	_   atomicx.Pad
+	hs   HeaderStore
+	adm  admitter // hs's fast path, when it has one (every *Store does)
+	pol  Policy
+	fast *fastRing // the lock-free path (fast.go); nil when the policy rules it out
+	_    atomicx.Pad
 
 	mu        sync.Mutex
 	lanes     [numLanes]ring
@@ -87,8 +91,11 @@ type Edge struct {
 	// there are none. It lets a full edge skip looking for expired messages.
 	minDeadline int64
 	closed      bool
-	recvq       waitList
-	sendq       waitList
+	// slow is true while the fast ring is closed (fast.go); always true
+	// without a fast ring.
+	slow  bool
+	recvq waitList
+	sendq waitList
 	// wakeRecv is a receiver unlinked by enqueueLocked, to be signalled by
 	// the sender once it has released the lock (see send).
 	wakeRecv *waiter
@@ -106,8 +113,11 @@ func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64}
+	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64, slow: true}
 	e.adm, _ = hs.(admitter)
+	if fastEligible(&p) {
+		e.fast, e.slow = newFastRing(&p), false
+	}
 	for i := range e.lanes {
 		e.lanes[i].limit = p.MaxItems
 	}
@@ -141,13 +151,18 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		return err
 	}
 	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
-		e.mu.Lock()
+		e.mu.Lock() // a counter only: no need to leave fast mode
 		e.st.Rejected++
 		e.mu.Unlock()
 		return errExpiredOnSend
 	}
+	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil {
+		if e.fast.trySend(t, q.size) || (wait && e.pol.Admission == Block && e.spinSend(t, q.size)) {
+			return nil
+		}
+	}
 
-	e.mu.Lock()
+	e.lock()
 	var w *waiter
 	for {
 		if e.closed {
@@ -177,16 +192,16 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			// Woken but beaten to the room: keep our place at the front.
 			e.sendq.pushFront(w)
 		}
-		e.mu.Unlock()
+		e.unlock()
 		if w.wait(ctx.Done()) {
-			e.mu.Lock()
+			e.lock()
 		} else {
-			e.mu.Lock()
+			e.lock()
 			e.abandonLocked(&e.sendq, w)
 			// Our wake-up may have been meant for room another sender can use.
 			e.wakeSendersLocked()
 			e.st.Rejected++
-			e.mu.Unlock()
+			e.unlock()
 			putWaiter(w)
 			return ctx.Err()
 		}
@@ -251,10 +266,34 @@ func (e *Edge) abandonLocked(l *waitList, w *waiter) {
 	<-w.ch
 }
 
-// enqueueLocked appends q to its lane and wakes one receiver.
+// enqueueLocked appends q to its lane and wakes one receiver, or hands q
+// straight to a parked receiver (handOffLocked).
 func (e *Edge) enqueueLocked(q *queued, lane int) {
+	if e.handOffLocked(q) {
+		return
+	}
 	e.pushLocked(q, lane)
 	e.wakeReceiverLocked()
+}
+
+// handOffLocked gives q's token to the first parked receiver when the edge
+// is empty (so q is the next token any receive would return) and q has no
+// deadline (so it cannot expire between now and the receiver's return):
+// the receiver wakes up with the token, without taking the lock again. It
+// counts as a send and a receive at this instant: Admitted, Delivered, and
+// a queue of one for HighWater.
+func (e *Edge) handOffLocked(q *queued) bool {
+	w := e.recvq.head
+	if w == nil || e.n != 0 || e.wakeRecv != nil || q.deadline != 0 {
+		return false
+	}
+	e.recvq.remove(w)
+	w.tok, w.handed = q.tok, true
+	e.wakeRecv = w
+	e.st.Admitted++
+	e.st.Delivered++
+	e.st.HighWater = max(e.st.HighWater, 1)
+	return true
 }
 
 // unlockAndWake releases the edge's lock, then signals the receiver that
@@ -263,7 +302,7 @@ func (e *Edge) enqueueLocked(q *queued, lane int) {
 func (e *Edge) unlockAndWake() {
 	wr := e.wakeRecv
 	e.wakeRecv = nil
-	e.mu.Unlock()
+	e.unlock()
 	if wr != nil {
 		wr.ch <- struct{}{}
 	}
@@ -336,8 +375,8 @@ func (e *Edge) wakeSendersLocked() {
 // tokens that nobody receives stay owned by the edge: call Drain to free
 // them. A second Close returns an error matching ErrEdgeClosed.
 func (e *Edge) Close() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if e.closed {
 		return errCloseTwice
 	}
@@ -358,8 +397,8 @@ func (e *Edge) Closed() bool {
 // many it freed. It works on open and closed edges; Close followed by Drain
 // releases everything an abandoned edge still holds.
 func (e *Edge) Drain() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	freed := 0
 	for lane := range e.lanes {
 		for e.lanes[lane].len() > 0 {
@@ -376,21 +415,21 @@ func (e *Edge) Drain() int {
 
 // Len returns the number of queued tokens.
 func (e *Edge) Len() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.n
 }
 
 // Bytes returns the sum of the Size fields of the queued tokens' headers.
 func (e *Edge) Bytes() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.bytes
 }
 
 // Watermark returns the edge's current fill level against its caps.
 func (e *Edge) Watermark() Watermark {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.pol.level(e.n, e.bytes)
 }

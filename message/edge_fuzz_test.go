@@ -105,6 +105,11 @@ func efPolicy(b0, b1 byte) Policy {
 	if p.MaxBytes > 0 && p.SoftBytes > p.MaxBytes {
 		p.SoftBytes %= p.MaxBytes + 1
 	}
+	if b1&0x40 != 0 {
+		// No byte caps: such an edge (unless DeadlineQoS) has the lock-free
+		// fast path of fast.go, which random bytes would rarely reach.
+		p.MaxBytes, p.SoftBytes = 0, 0
+	}
 	return p
 }
 
@@ -956,8 +961,10 @@ func (m *efModel) finish() {
 }
 
 // fuzzEdgeModel is the body of FuzzEdgeModel, also run on fixed inputs by
-// TestEdgeModelSeeds. Input: 1 store byte (slots), 2 policy bytes per edge
-// (efPolicy), then 3-byte ops (b0 = edge<<4 | op; see step).
+// TestEdgeModelSeeds. Input: 1 store byte (slots in bits 0-2; bit 3:
+// compare counters every fourth op only), 2 policy bytes per edge
+// (efPolicy; bit 6 of the second: no byte caps), then 3-byte ops (b0 =
+// edge<<4 | op; see step).
 func fuzzEdgeModel(t *testing.T, data []byte) { efRun(t, data) }
 
 // efRun runs one input and returns the edges' final counters (zero for an
@@ -993,11 +1000,19 @@ func efRun(t *testing.T, data []byte) (sum EdgeStats) {
 	if len(ops) > 3*efMaxOps {
 		ops = ops[:3*efMaxOps]
 	}
+	// With data[0]&8 the counters are compared every fourth op only: Stats,
+	// Len and Bytes take an edge out of fast mode (fast.go), so checking
+	// after every op would never let fast sends and receives follow each
+	// other. Results of each op are still checked as it runs.
+	sparse := data[0]&8 != 0
 	for i := 0; i+3 <= len(ops); i += 3 {
 		m.n = i / 3
 		m.step(ops[i], ops[i+1], ops[i+2])
-		m.check()
+		if !sparse || m.n%4 == 3 {
+			m.check()
+		}
 	}
+	m.check()
 	m.finish()
 	for _, me := range m.edges {
 		st := me.st
@@ -1043,6 +1058,14 @@ func efSeeds() [][]byte {
 	fanout := func(edge int, k byte) []byte { return efOp(edge, 6, k, 0) }
 	free := func(k byte) []byte { return efOp(0, 7, k, 0) }
 	warp := efOp(0, 13, 0, 0)
+	sendBatch := func(edge int, k, count byte, bad bool, at byte) []byte {
+		b2 := count & 7
+		if bad {
+			b2 |= 8 | at<<4
+		}
+		return efOp(edge, 3, k, b2)
+	}
+	recvBatch := func(edge int, size byte) []byte { return efOp(edge, 5, size, 0) }
 	var seeds [][]byte
 	for adm := Block; adm <= DeadlineQoS; adm++ {
 		// 8 slots; e0: 3 items (soft 2) in mode adm, e1: 32 bytes. Fill e0
@@ -1085,17 +1108,34 @@ func efSeeds() [][]byte {
 		efPut(BestEffort, efPast, false, 0), send(1, 255), efPut(BestEffort, efPast, true, 0), send(1, 255),
 		efOp(1, 12, 4, 0), efOp(1, 12, 0, 0), efOp(1, 9, 0, 0), efOp(1, 9, 0, 0),
 	))
+	// The fast path (fast.go): edges without byte caps, counters compared
+	// every fourth op, so fast sends and receives run back to back and the
+	// edge switches modes in the middle of a queue (a LatencyCritical or
+	// Background message, a deadline, a full edge, a batch, Close).
+	for adm := Block; adm <= DropOldest; adm++ {
+		s := cat([]byte{8 | 7}, pol(3, 1, adm, 0, 0), pol(0, 0, adm, 0, 0))
+		s = cat(s,
+			efPut(BestEffort, efNone, false, 1), send(0, 255),
+			efPut(0, efNone, false, 2), send(0, 255),
+			efPut(LatencyCritical, efNone, false, 3), send(0, 255),
+			recv(0), recv(0),
+			efPut(BestEffort, efNone, false, 4), send(0, 255),
+			efPut(Background, efNone, false, 5), send(0, 255),
+			efPut(BestEffort, efNone, false, 6), send(0, 255),
+			efPut(BestEffort, efNone, false, 7), send(0, 255), // full
+			recv(0), recv(0), recv(0), recv(0),
+			efPut(BestEffort, efFar, false, 8), send(0, 255), efPut(BestEffort, efNone, false, 9), send(0, 255),
+			recv(0), recv(0), recv(0),
+			efPut(BestEffort, efNone, false, 10), fanout(0, 255), recv(1), recv(0),
+			efPut(BestEffort, efNone, false, 11), send(1, 255), sendBatch(1, 0, 3, false, 0),
+			recvBatch(1, 2), recv(1), efOp(1, 9, 0, 0), recv(1), recv(1),
+			free(0), free(0), free(0), free(0), free(0), free(0), free(0), free(0),
+		)
+		seeds = append(seeds, s)
+	}
 	// Batches: SendBatch past the cap of each mode (a partial batch), with
 	// an expired message and a bad token in the middle; RecvBatch across
 	// both lanes, past expired messages, and of an empty slice.
-	sendBatch := func(edge int, k, count byte, bad bool, at byte) []byte {
-		b2 := count & 7
-		if bad {
-			b2 |= 8 | at<<4
-		}
-		return efOp(edge, 3, k, b2)
-	}
-	recvBatch := func(edge int, size byte) []byte { return efOp(edge, 5, size, 0) }
 	for adm := Block; adm <= DeadlineQoS; adm++ {
 		s := cat([]byte{7}, pol(4, 2, adm, 0, 0), pol(0, 0, adm, 5, 3))
 		for i := 0; i < 6; i++ {

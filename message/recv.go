@@ -13,6 +13,11 @@ import (
 // closed and empty (returning ErrEdgeClosed). Expired messages met on the
 // way are freed, never returned.
 func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
+	if f := e.fast; f != nil {
+		if t, ok := f.tryRecv(); ok {
+			return t, nil
+		}
+	}
 	var one [1]token.Token
 	_, err := e.recv(ctx, one[:], 1)
 	return one[0], err
@@ -41,7 +46,22 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 	if ctx == nil { // a nil context waits without a deadline, never panics
 		ctx = context.Background()
 	}
-	e.mu.Lock()
+	if f := e.fast; f != nil {
+		for i := 0; ; i++ {
+			limit := len(dst)
+			if share > 1 {
+				limit = max(1, min(limit, (f.queuedHint()+share-1)/share))
+			}
+			if k := f.tryRecvN(dst[:limit]); k > 0 {
+				return k, nil
+			}
+			if i == fastRecvSpins || f.head.Load()&slowBit != 0 {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	e.lock()
 	var w *waiter
 	spins := 0
 	for {
@@ -67,7 +87,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 					// We were woken for one token; more may wait for others.
 					e.recvq.wake(e.recvq.head)
 				}
-				e.mu.Unlock()
+				e.unlock()
 				if w != nil {
 					putWaiter(w)
 				}
@@ -75,7 +95,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 			}
 		}
 		if e.closed {
-			e.mu.Unlock()
+			e.unlock()
 			if w != nil {
 				putWaiter(w)
 			}
@@ -83,11 +103,14 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 		}
 		if w == nil && spins < recvSpins {
 			// Empty: before parking (a futex round trip for both sides), give
-			// a producer on another P a moment to deliver.
+			// a producer on another P a moment to deliver. The edge stays in
+			// slow mode meanwhile (the raw unlock): reopening it for a moment
+			// would only cost the next holder a switch. Another holder may
+			// reopen it, so relocking goes through lock.
 			spins++
 			e.mu.Unlock()
 			runtime.Gosched()
-			e.mu.Lock()
+			e.lock()
 			continue
 		}
 		if w == nil {
@@ -96,17 +119,32 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 		} else {
 			e.recvq.pushFront(w)
 		}
-		e.mu.Unlock()
+		e.unlock()
 		if w.wait(ctx.Done()) {
-			e.mu.Lock()
+			if w.handed {
+				// A sender handed us its token directly (handOffLocked).
+				dst[0] = w.tok
+				putWaiter(w)
+				return 1, nil
+			}
+			e.lock()
 		} else {
-			e.mu.Lock()
+			e.lock()
+			if !w.linked && w.handed {
+				// Our context ended as a sender handed us a token: the
+				// receive happened; take its signal and the token.
+				<-w.ch
+				e.unlock()
+				dst[0] = w.tok
+				putWaiter(w)
+				return 1, nil
+			}
 			if !w.linked && e.n > 0 && !e.recvq.empty() {
 				// We consumed a wake-up meant for a queued token: pass it on.
 				e.recvq.wake(e.recvq.head)
 			}
 			e.abandonLocked(&e.recvq, w)
-			e.mu.Unlock()
+			e.unlock()
 			putWaiter(w)
 			return 0, ctx.Err()
 		}
@@ -116,15 +154,29 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 // recvSpins is how many times Recv yields before parking on an empty edge.
 const recvSpins = 2
 
+// fastRecvSpins is how many times recv yields on an empty ring in fast mode
+// before it takes the mutex (and with it the edge out of fast mode) to park.
+const fastRecvSpins = 2
+
 // TryRecv is Recv without waiting. It reports false when nothing
 // deliverable is queued, whether or not the edge is closed.
 func (e *Edge) TryRecv() (token.Token, bool) {
-	e.mu.Lock()
+	if f := e.fast; f != nil {
+		if t, ok := f.tryRecv(); ok {
+			return t, true
+		}
+		if f.head.Load()&slowBit == 0 {
+			// Fast mode and nothing published: the locked lanes are empty
+			// too, and a sender still publishing has not returned yet.
+			return token.Nil, false
+		}
+	}
+	e.lock()
 	t, ok := e.nextLocked()
 	if e.sendq.head != nil {
 		e.wakeSendersLocked()
 	}
-	e.mu.Unlock()
+	e.unlock()
 	return t, ok
 }
 

@@ -1,7 +1,9 @@
 package message
 
 // EdgeStats is a snapshot of an edge's counters and fill level. The
-// counters are exact: each is updated under the edge's lock. A SendBatch
+// counters are exact: each is updated under the edge's lock, or, for the
+// lock-free sends and receives, derived from the ring's positions when
+// the lock is next taken (fast.go). A SendBatch
 // or RecvBatch counts like the Sends and Recvs of the tokens it moved,
 // plus the one refusal that stopped a SendBatch (in Rejected or Invalid);
 // a SendBatch that had to wait counts once in Waited.
@@ -25,8 +27,8 @@ type EdgeStats struct {
 
 // Stats returns a snapshot of the edge's counters.
 func (e *Edge) Stats() EdgeStats {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	s := e.st
 	s.Invalid = e.invalid.Load()
 	s.Len, s.Bytes = e.n, e.bytes

@@ -3,6 +3,8 @@ package message
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/cella-go/cella/token"
 )
 
 // waiter is one goroutine parked in Send or Recv. Waiters form intrusive
@@ -15,6 +17,10 @@ type waiter struct {
 	next, prev *waiter
 	linked     bool
 	need       int64 // senders: the bytes they need
+	// Receivers: a token a sender handed over directly (handOffLocked),
+	// set before the signal.
+	tok    token.Token
+	handed bool
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
@@ -23,7 +29,7 @@ func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
 
 // putWaiter recycles w; w must be unlinked and its channel empty.
 func putWaiter(w *waiter) {
-	w.need = 0
+	w.need, w.tok, w.handed = 0, token.Nil, false
 	waiterPool.Put(w)
 }
 
