@@ -12,22 +12,23 @@ import (
 // time.Now) converts exactly on the monotonic clock, so setting the system
 // clock does not move it; a wall-clock-only time is converted through the
 // wall clock. The zero time means no deadline and returns 0. A time
-// before the process started returns 1, a deadline that has passed; the
+// before the machine booted returns 1, a deadline that has passed; the
 // result is never 0 for a non-zero t.
 func DeadlineAt(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
 	}
-	// Now() is time.Since(epoch) + 1: the same offset here. Sub saturates at
-	// the extreme durations, which only the checks below have to handle.
+	// Now() is time.Since(epoch) + epochBoot: the same offset here. Sub
+	// saturates at the extreme durations, which only the checks below have
+	// to handle.
 	d := t.Sub(epoch)
-	if d <= 0 {
+	if int64(d) <= -epochBoot {
 		return 1
 	}
-	if d == math.MaxInt64 {
+	if int64(d) > math.MaxInt64-epochBoot {
 		return math.MaxInt64
 	}
-	return int64(d) + 1
+	return int64(d) + epochBoot
 }
 
 // DeadlineFromContext returns ctx's deadline on the Now() clock and true,
@@ -59,5 +60,5 @@ func (h *Header) DeadlineTime() (time.Time, bool) {
 	if h.Deadline == 0 {
 		return time.Time{}, false
 	}
-	return epoch.Add(time.Duration(h.Deadline - 1)), true
+	return epoch.Add(time.Duration(h.Deadline - epochBoot)), true
 }

@@ -3,6 +3,8 @@ package message
 import (
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QoS is a message's quality-of-service class. Higher values are more urgent.
@@ -85,16 +87,31 @@ func DeadlineIn(d time.Duration) int64 { return Now() + int64(d) }
 
 // epoch anchors Now. time.Since on a time.Time taken with time.Now reads only
 // the monotonic clock, so Now never jumps when the wall clock is set.
-var epoch = time.Now()
+// epochBoot is epoch on CLOCK_MONOTONIC (nanoseconds since boot), which
+// every process on the machine shares.
+var epoch, epochBoot = bootAnchor()
 
-// Now returns the clock used by Header.Created and Header.Deadline: monotonic
-// nanoseconds since the process started, always greater than zero. It is not
-// wall-clock time and is meaningless outside the process.
+func bootAnchor() (time.Time, int64) {
+	t := time.Now()
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return t, 1
+	}
+	// The two reads are a few tens of nanoseconds apart: that is how far
+	// two processes' Now can disagree.
+	return t, max(ts.Nano()-int64(time.Since(t)), 1)
+}
+
+// Now returns the clock used by Header.Created and Header.Deadline:
+// CLOCK_MONOTONIC nanoseconds (since boot), always greater than zero. It is
+// not wall-clock time; it is the same clock in every process on the
+// machine, to within a few tens of nanoseconds, so deadlines and creation
+// times mean the same thing to processes that share a store (package shm).
 //
 // Measured on the build machine (KVM guest): about 25 ns per call, within a
 // few percent of runtime.nanotime reached through linkname and half the cost
 // of time.Now().UnixNano(), so no linkname is used.
-func Now() int64 { return int64(time.Since(epoch)) + 1 }
+func Now() int64 { return int64(time.Since(epoch)) + epochBoot }
 
 // Message is what a Store keeps in one slot: a header and a payload. P must
 // be free of Go pointers (the arena checks this when the store is created).

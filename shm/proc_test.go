@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
 
@@ -59,6 +60,9 @@ func runChild(role string) int {
 		return storeChurn(dir, name, arg)
 	case "memfdhold":
 		return memfdHold()
+	case "now":
+		fmt.Println(message.Now())
+		return 0
 	}
 	fmt.Fprintln(os.Stderr, "unknown role", role)
 	return 2

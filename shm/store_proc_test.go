@@ -360,3 +360,24 @@ func TestProcStoreKillLoop(t *testing.T) {
 	}
 	t.Logf("%d kills, %d recoveries; edges %+v", kills, s.Stats().Recoveries, stats)
 }
+
+// TestProcClockShared: message.Now, which stamps Created and Deadline,
+// reads the same clock in every process, so a deadline set by one process
+// means the same instant to another.
+func TestProcClockShared(t *testing.T) {
+	before := message.Now()
+	cmd := spawn(t, "now", "", "", "")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := message.Now()
+	var child int64
+	if _, err := fmt.Sscan(string(out), &child); err != nil {
+		t.Fatalf("child said %q: %v", out, err)
+	}
+	const skew = 10_000 // ns: the anchors of the two processes may differ by this much
+	if child < before-skew || child > after+skew {
+		t.Fatalf("child's Now %d outside this process's [%d, %d]: the clocks differ", child, before, after)
+	}
+}
