@@ -104,6 +104,12 @@ func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op stri
 			atomic.StoreUint64(entry, 0)
 		}
 		a.exit(p, w, 0)
+		// Close waits for every hold entry to come back: one whose callback
+		// has not started must not keep it waiting on a slot another
+		// process holds.
+		if a.closed.Load() {
+			return ErrClosed
+		}
 		wait.wait(a)
 	}
 	defer a.release(idx, add, entry)

@@ -93,6 +93,13 @@ func stale(op string, t token.Token) error {
 // returns ErrFull only when, at one instant, no freelist, frontier or
 // one-slot cache of any process held a free slot.
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
+	return a.alloc(nil)
+}
+
+// alloc takes a slot and fills it with *src, or zeroes it if src is nil,
+// inside the section: Close unmaps once no section is open, so a write
+// after exit could fault.
+func (a *Arena[T]) alloc(src *T) (token.Token, *T, error) {
 	for {
 		p, w, err := a.enter()
 		if err != nil {
@@ -101,10 +108,14 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 		idx, ok := a.take(p, w)
 		if ok {
 			gen := a.stamp(idx)
+			v := a.slot(idx)
+			if src != nil {
+				*v = *src
+			} else {
+				zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
+			}
 			a.exit(p, w, 1)
 			a.stats.add(p, statAllocs)
-			v := a.slot(idx)
-			zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
 			return token.New(idx, gen), v, nil
 		}
 		full := a.full()
@@ -117,12 +128,8 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 
 // Store allocates a slot and copies v into it.
 func (a *Arena[T]) Store(v T) (token.Token, error) {
-	t, p, err := a.Alloc()
-	if err != nil {
-		return token.Nil, err
-	}
-	*p = v
-	return t, nil
+	t, _, err := a.alloc(&v)
+	return t, err
 }
 
 // stamp makes a taken slot live, owned by this process, and returns its

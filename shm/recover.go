@@ -41,8 +41,10 @@ func (a *seg) Recover() (Recovery, error) {
 		if atomic.CompareAndSwapUint32(&a.hdr.recovering, 0, me) {
 			return a.lead(), nil
 		}
-		if a.awaitRecovery(true, false) {
-			return Recovery{}, nil // another process recovered
+		if waited, led := a.awaitRecovery(true, false); waited {
+			// Another process recovered, or this one took over the
+			// recovery of a leader that died: led says what that found.
+			return led, nil
 		}
 	}
 }
@@ -68,34 +70,39 @@ func (a *seg) anyDead() bool {
 
 // awaitRecovery waits until no recovery is running. If the recovering
 // process died, this one takes the recovery over and finishes it. It
-// returns true when it waited (or led) a recovery to its end. haveMu says
-// the caller holds recoverMu already; op says it is an operation, which
-// gives up once this handle is closing (it will fail with ErrClosed).
-func (a *seg) awaitRecovery(haveMu, op bool) bool {
+// reports whether it waited (or led) a recovery to its end, and what the
+// recoveries it took over cleaned up. haveMu says the caller holds
+// recoverMu already; op says it is an operation, which gives up once this
+// handle is closing (it will fail with ErrClosed).
+func (a *seg) awaitRecovery(haveMu, op bool) (waited bool, led Recovery) {
 	a.parked.Add(1)
 	defer a.parked.Add(-1)
 	word := &a.hdr.recovering
-	waited := false
 	for {
 		if op && a.closed.Load() {
-			return waited
+			return waited, led
 		}
 		r := atomic.LoadUint32(word)
 		if r == 0 {
-			return waited
+			return waited, led
 		}
 		waited = true
 		futexWait(word, r, 10*time.Millisecond)
-		if atomic.LoadUint32(word) != r || int(r-1) == a.me || recordLocked(a.file, int(r-1)) {
+		if atomic.LoadUint32(word) != r || int(r-1) != a.me && recordLocked(a.file, int(r-1)) {
 			continue
 		}
-		// The recovering process died: take over (with recoverMu, so that
-		// one goroutine of this process does it).
+		// The recovering process died, or the word names this process while
+		// none of its goroutines leads (a leader holds recoverMu; a corrupt
+		// word can name this record): take over, with recoverMu, so that
+		// one goroutine of this process does it.
 		if !haveMu && !a.recoverMu.TryLock() {
 			continue
 		}
 		if atomic.CompareAndSwapUint32(word, r, uint32(a.me+1)) {
-			a.lead()
+			rep := a.lead()
+			led.Dead += rep.Dead
+			led.Reclaimed += rep.Reclaimed
+			led.Holds += rep.Holds
 		}
 		if !haveMu {
 			a.recoverMu.Unlock()

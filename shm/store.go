@@ -184,12 +184,8 @@ func (s *Store[P]) Put(h message.Header, p P) (token.Token, error) {
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
 	}
-	t, m, err := s.alloc()
-	if err != nil {
-		return token.Nil, err
-	}
-	m.Header, m.Payload = h, p
-	return t, nil
+	t, _, err := s.alloc(&h, &p, false)
+	return t, err
 }
 
 // PutFunc stores a message built in place: the slot starts zeroed with h
@@ -207,12 +203,17 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
 	}
-	t, m, err := s.alloc()
+	// The hold entry makes Close wait for fill, which writes the slot
+	// outside any section.
+	e, err := s.a.holds.get()
 	if err != nil {
 		return token.Nil, err
 	}
-	m.Header = h
-	zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
+	defer s.a.holds.put(e)
+	t, m, err := s.alloc(&h, nil, true)
+	if err != nil {
+		return token.Nil, err
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -232,7 +233,8 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 // this store, never foreign bytes). Write every byte a reader will read.
 // It is PutFunc without the zeroing, for large payloads that a producer
 // builds in shared memory and would otherwise clear first for nothing.
-// The returned pointer is valid until the message is freed.
+// The returned pointer is valid until the message is freed or this handle
+// is closed.
 func (s *Store[P]) Loan(h message.Header) (token.Token, *message.Message[P], error) {
 	if h.Created == 0 {
 		h.Created = message.Now()
@@ -240,12 +242,7 @@ func (s *Store[P]) Loan(h message.Header) (token.Token, *message.Message[P], err
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
 	}
-	t, m, err := s.alloc()
-	if err != nil {
-		return token.Nil, nil, err
-	}
-	m.Header = h
-	return t, m, nil
+	return s.alloc(&h, nil, false)
 }
 
 // AwaitFree waits until some process frees a slot (after Put or Loan
@@ -268,29 +265,40 @@ func (s *Store[P]) PutWait(ctx context.Context, h message.Header, p P) (token.To
 	}
 }
 
-func (s *Store[P]) alloc() (token.Token, *message.Message[P], error) {
+// alloc takes a slot with one reference for this process and writes its
+// header, then *p, or zeroes, or (Loan) leaves the payload as it is, all
+// inside the section: Close unmaps once no section is open.
+func (s *Store[P]) alloc(h *message.Header, src *P, zero bool) (token.Token, *message.Message[P], error) {
 	a := s.a
 	for {
-		p, w, err := a.enter()
+		pp, w, err := a.enter()
 		if err != nil {
 			return token.Nil, nil, err
 		}
-		idx, ok := a.take(p, w)
+		idx, ok := a.take(pp, w)
 		if ok {
 			gen := a.stamp(idx)
 			atomic.StoreUint32(a.store.ref(idx), 1)
 			if err := a.store.tab.add(idx); err != nil {
 				atomic.StoreUint32(a.store.ref(idx), 0)
-				a.freeSlot(p, w, idx)
-				a.exit(p, w, 0)
+				a.freeSlot(pp, w, idx)
+				a.exit(pp, w, 0)
 				return token.Nil, nil, err
 			}
-			a.exit(p, w, 1)
-			a.stats.add(p, statAllocs)
-			return token.New(idx, gen), (*message.Message[P])(a.slotAt(idx)), nil
+			m := (*message.Message[P])(a.slotAt(idx))
+			m.Header = *h
+			switch {
+			case src != nil:
+				m.Payload = *src
+			case zero:
+				zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
+			}
+			a.exit(pp, w, 1)
+			a.stats.add(pp, statAllocs)
+			return token.New(idx, gen), m, nil
 		}
 		full := a.full()
-		a.exit(p, w, 0)
+		a.exit(pp, w, 0)
 		if full {
 			return token.Nil, nil, ErrFull
 		}
