@@ -72,6 +72,15 @@ func (a *seg) waitSections() {
 	}
 }
 
+// enterFor checks t's index and opens a section for an operation on it.
+func (a *seg) enterFor(t token.Token, op string) (idx uint32, p int, w *way, err error) {
+	if idx, err = a.index(t, op); err != nil {
+		return 0, 0, nil, err
+	}
+	p, w, err = a.enter()
+	return idx, p, w, err
+}
+
 // index checks the parts of a token that need no shared memory.
 func (a *seg) index(t token.Token, op string) (uint32, error) {
 	switch {
@@ -281,11 +290,7 @@ func (a *seg) recycle(p int, w *way, idx uint32) {
 // every process. If a callback still holds the slot, it is reused only
 // after the callback returns.
 func (a *seg) Free(t token.Token) error {
-	idx, err := a.index(t, "Free")
-	if err != nil {
-		return err
-	}
-	p, w, err := a.enter()
+	idx, p, w, err := a.enterFor(t, "Free")
 	if err != nil {
 		return err
 	}
@@ -313,11 +318,7 @@ func (a *seg) Free(t token.Token) error {
 // dies, recovery frees it; if the process that allocated it dies, it
 // survives. Pass tokens between processes and Adopt them on arrival.
 func (a *seg) Adopt(t token.Token) error {
-	idx, err := a.index(t, "Adopt")
-	if err != nil {
-		return err
-	}
-	p, w, err := a.enter()
+	idx, p, w, err := a.enterFor(t, "Adopt")
 	if err != nil {
 		return err
 	}

@@ -367,18 +367,11 @@ func TestProcProducerConsumer(t *testing.T) {
 	}
 }
 
-// TestProcDeadHolder: a process killed while it holds a View and an
-// Update, and owns two allocations, leaves nothing behind once a survivor
-// recovers: its slots are free, its tokens stale, and an Update that was
-// waiting on its hold goes through.
-func TestProcDeadHolder(t *testing.T) {
-	dir := t.TempDir()
-	a, err := Create[cell]("dead", Config{Slots: 2, Dir: dir, Watch: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	cmd := spawn(t, "hold", dir, "dead", "")
+// startHolder starts a "hold" child on segment name and returns it with
+// the tokens it holds a View and an Update on.
+func startHolder(t *testing.T, dir, name string) (*exec.Cmd, token.Token, token.Token) {
+	t.Helper()
+	cmd := spawn(t, "hold", dir, name, "")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -390,6 +383,21 @@ func TestProcDeadHolder(t *testing.T) {
 	if _, err := fmt.Fscan(out, &t1, &t2); err != nil {
 		t.Fatal(err)
 	}
+	return cmd, token.Token(t1), token.Token(t2)
+}
+
+// TestProcDeadHolder: a process killed while it holds a View and an
+// Update, and owns two allocations, leaves nothing behind once a survivor
+// recovers: its slots are free, its tokens stale, and an Update that was
+// waiting on its hold goes through.
+func TestProcDeadHolder(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Create[cell]("dead", Config{Slots: 2, Dir: dir, Watch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	cmd, t1, t2 := startHolder(t, dir, "dead")
 	if _, _, err := a.Alloc(); !errors.Is(err, ErrFull) {
 		t.Fatalf("Alloc with both slots held by the child: %v, want ErrFull", err)
 	}
@@ -405,7 +413,7 @@ func TestProcDeadHolder(t *testing.T) {
 	if rep.Dead != 1 || rep.Reclaimed != 2 || rep.Holds != 2 {
 		t.Fatalf("Recover = %+v, want 1 dead, 2 reclaimed, 2 holds", rep)
 	}
-	for _, tok := range []token.Token{token.Token(t1), token.Token(t2)} {
+	for _, tok := range []token.Token{t1, t2} {
 		if _, err := a.Load(tok); !errors.Is(err, ErrStale) {
 			t.Fatalf("Load of the dead child's %v: %v, want ErrStale", tok, err)
 		}
@@ -436,24 +444,13 @@ func TestProcWaiterRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	cmd := spawn(t, "hold", dir, "waiter", "")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var t1, t2 uint64
-	if _, err := fmt.Fscan(out, &t1, &t2); err != nil {
-		t.Fatal(err)
-	}
+	cmd, t1, t2 := startHolder(t, dir, "waiter")
 	// Adopt the viewed slot so that it survives the child.
-	if err := a.Adopt(token.Token(t1)); err != nil {
+	if err := a.Adopt(t1); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- a.Update(token.Token(t1), func(c *cell) { c.fill(7) }) }()
+	go func() { done <- a.Update(t1, func(c *cell) { c.fill(7) }) }()
 	select {
 	case err := <-done:
 		t.Fatalf("Update returned %v while the child held a View", err)
@@ -469,10 +466,10 @@ func TestProcWaiterRecovers(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Update still waiting 10s after the holder died")
 	}
-	if v, err := a.Load(token.Token(t1)); err != nil || v.Stamp != 7 {
+	if v, err := a.Load(t1); err != nil || v.Stamp != 7 {
 		t.Fatalf("adopted slot after recovery: %+v, %v", v, err)
 	}
-	if _, err := a.Load(token.Token(t2)); !errors.Is(err, ErrStale) {
+	if _, err := a.Load(t2); !errors.Is(err, ErrStale) {
 		t.Fatalf("the child's own slot after recovery: %v, want ErrStale", err)
 	}
 }
@@ -486,15 +483,7 @@ func TestProcStaleSegment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := spawn(t, "hold", dir, "stale", "")
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var t1, t2 uint64
-	if _, err := fmt.Fscan(out, &t1, &t2); err != nil {
-		t.Fatal(err)
-	}
+	cmd, _, _ := startHolder(t, dir, "stale")
 	if _, err := Create[cell]("stale", Config{Slots: 4, Dir: dir}); !errors.Is(err, ErrExists) {
 		t.Fatalf("Create of a segment in use: %v, want ErrExists", err)
 	}
@@ -514,20 +503,12 @@ func TestProcStaleSegment(t *testing.T) {
 	if b.Available() != 4 {
 		t.Fatalf("Available after Attach recovered = %d, want 4", b.Available())
 	}
-	_ = b.Close()
-	cmd = spawn(t, "hold", dir, "stale", "")
-	out, _ = cmd.StdoutPipe()
-	_ = os.Remove(a.Path()) // b removed it on Close already; start from a fresh one
+	_ = b.Close() // the last process: it removed the file
 	c, err := Create[cell]("stale", Config{Slots: 4, Dir: dir, Watch: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fmt.Fscan(out, &t1, &t2); err != nil {
-		t.Fatal(err)
-	}
+	cmd, _, _ = startHolder(t, dir, "stale")
 	_ = c.Close()
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()

@@ -327,11 +327,7 @@ func (s *Store[P]) Update(t token.Token, fn func(*message.Message[P])) error {
 // example to send it to one more edge).
 func (s *Store[P]) Retain(t token.Token) error {
 	a := s.a
-	idx, err := a.index(t, "Retain")
-	if err != nil {
-		return err
-	}
-	p, w, err := a.enter()
+	idx, p, w, err := a.enterFor(t, "Retain")
 	if err != nil {
 		return err
 	}
@@ -354,11 +350,7 @@ func (s *Store[P]) Retain(t token.Token) error {
 // reference anywhere frees the slot.
 func (s *Store[P]) Free(t token.Token) error {
 	a := s.a
-	idx, err := a.index(t, "Free")
-	if err != nil {
-		return err
-	}
-	p, w, err := a.enter()
+	idx, p, w, err := a.enterFor(t, "Free")
 	if err != nil {
 		return err
 	}
@@ -379,11 +371,7 @@ func (s *Store[P]) Free(t token.Token) error {
 // how many of those this process holds.
 func (s *Store[P]) Refs(t token.Token) (all, mine int, err error) {
 	a := s.a
-	idx, err := a.index(t, "Refs")
-	if err != nil {
-		return 0, 0, err
-	}
-	p, w, err := a.enter()
+	idx, p, w, err := a.enterFor(t, "Refs")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -421,34 +409,11 @@ func (a *seg) freeSlot(p int, w *way, idx uint32) {
 	}
 }
 
-// header copies a live slot's message header under a brief reader hold.
-// Message[P] starts with its Header, whatever P is.
+// header copies a live slot's message header under a brief reader hold:
+// Message[P] starts with its Header, whatever P is, so it is a Load of a
+// Header.
 func (a *seg) header(t token.Token, dst *message.Header, op string) error {
-	idx, err := a.index(t, op)
-	if err != nil {
-		return err
-	}
-	st := a.state(idx)
-	var wait waiter
-	for {
-		p, w, err := a.enter()
-		if err != nil {
-			return err
-		}
-		s := atomic.LoadUint64(st)
-		if !liveAs(s, t.Generation()) {
-			a.exit(p, w, 0)
-			return stale(op, t)
-		}
-		if s&writerBit == 0 && readersOf(s) < maxReaders && atomic.CompareAndSwapUint64(st, s, s+readerOne) {
-			*dst = *(*message.Header)(a.slotAt(idx))
-			a.unhold(p, w, idx, readerOne)
-			a.exit(p, w, 0)
-			return nil
-		}
-		a.exit(p, w, 0)
-		wait.wait(a)
-	}
+	return load(a, t, dst, op)
 }
 
 // Capacity returns the number of message slots.

@@ -20,38 +20,16 @@ import (
 // Cross-process tests of the shared Store and its edges. The roles run in
 // re-executed test binaries (see TestMain in proc_test.go).
 
-// msgCell is the payload of these tests: every word derives from Seq.
-type msgCell struct {
-	Seq   uint64
-	Words [5]uint64
-}
-
-func (c *msgCell) fill(seq uint64) {
-	c.Seq = seq
-	for i := range c.Words {
-		c.Words[i] = seq*0x9e3779b97f4a7c15 ^ uint64(i+1)
-	}
-}
-
-func (c *msgCell) whole() bool {
-	for i := range c.Words {
-		if c.Words[i] != c.Seq*0x9e3779b97f4a7c15^uint64(i+1) {
-			return false
-		}
-	}
-	return true
-}
-
 // storeProduce puts n messages and sends them on edge 0, then closes.
 func storeProduce(dir, name string, n int) int {
-	s, err := AttachStore[msgCell](name, StoreConfig{Dir: dir})
+	s, err := AttachStore[cell](name, StoreConfig{Dir: dir})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "produce attach:", err)
 		return exitBadError
 	}
 	ctx := context.Background()
 	e := s.Edge(0)
-	var c msgCell
+	var c cell
 	for i := 1; i <= n; i++ {
 		c.fill(uint64(i))
 		t, err := s.PutWait(ctx, message.Header{Seq: uint64(i)}, c)
@@ -79,7 +57,7 @@ func TestProcStoreProducerConsumer(t *testing.T) {
 		n = 300_000
 	}
 	dir := t.TempDir()
-	s, err := CreateStore[msgCell]("spc", StoreConfig{Slots: 1024, Dir: dir,
+	s, err := CreateStore[cell]("spc", StoreConfig{Slots: 1024, Dir: dir,
 		Edges: []message.Policy{{MaxItems: 512}}})
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +78,8 @@ func TestProcStoreProducerConsumer(t *testing.T) {
 			got++
 			var bad bool
 			var seq uint64
-			if err := s.View(tok, func(m *message.Message[msgCell]) {
-				seq = m.Payload.Seq
+			if err := s.View(tok, func(m *message.Message[cell]) {
+				seq = m.Payload.Stamp
 				bad = m.Header.Seq != seq || !m.Payload.whole()
 			}); err != nil {
 				t.Fatalf("message %d: %v", got, err)
@@ -131,7 +109,7 @@ func TestProcStoreProducerConsumer(t *testing.T) {
 // closes (dropping what it still holds).
 func storeChurn(dir, name, arg string) int {
 	slot, _ := strconv.Atoi(arg)
-	s, err := AttachStore[msgCell](name, StoreConfig{Dir: dir, Watch: 5 * time.Millisecond})
+	s, err := AttachStore[cell](name, StoreConfig{Dir: dir, Watch: 5 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "churn attach:", err)
 		return exitBadError
@@ -160,7 +138,7 @@ func storeChurn(dir, name, arg string) int {
 		switch op := rng.IntN(8); {
 		case op < 2 && len(mine) < 6:
 			seq++
-			var c msgCell
+			var c cell
 			c.fill(seq)
 			t, err := s.Put(message.Header{Seq: seq, QoS: message.QoS(rng.IntN(4))}, c)
 			if errors.Is(err, ErrFull) {
@@ -196,8 +174,8 @@ func storeChurn(dir, name, arg string) int {
 				return fail(exitBadError, "Recv: %v", err)
 			}
 			var bad bool
-			if err := s.View(t, func(m *message.Message[msgCell]) {
-				bad = !m.Payload.whole() || m.Payload.Seq != m.Header.Seq
+			if err := s.View(t, func(m *message.Message[cell]) {
+				bad = !m.Payload.whole() || m.Payload.Stamp != m.Header.Seq
 			}); err != nil {
 				return fail(exitBadError, "View received %v: %v", t, err)
 			}
@@ -207,8 +185,8 @@ func storeChurn(dir, name, arg string) int {
 			mine = append(mine, t)
 		case op < 7 && len(mine) > 0:
 			t := mine[rng.IntN(len(mine))]
-			if err := s.Update(t, func(m *message.Message[msgCell]) {
-				m.Payload.fill(m.Payload.Seq) // rewrite in place: a torn view would show
+			if err := s.Update(t, func(m *message.Message[cell]) {
+				m.Payload.fill(m.Payload.Stamp) // rewrite in place: a torn view would show
 			}); err != nil {
 				return fail(exitBadError, "Update: %v", err)
 			}
@@ -269,7 +247,7 @@ func TestProcStoreKillLoop(t *testing.T) {
 	}
 	const children = 3
 	dir := t.TempDir()
-	s, err := CreateStore[msgCell]("skill", StoreConfig{Slots: 48, Shards: 4, Dir: dir, Watch: -1,
+	s, err := CreateStore[cell]("skill", StoreConfig{Slots: 48, Shards: 4, Dir: dir, Watch: -1,
 		Edges: []message.Policy{
 			{MaxItems: 8},
 			{MaxItems: 6, SoftItems: 3, Admission: message.DeadlineQoS},
