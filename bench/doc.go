@@ -22,6 +22,10 @@
 //   - For message hops, Go channels: pool handles sent over a buffered
 //     channel, and chan-value, the payload itself sent by value; against
 //     cella-edge, a message.Store token sent over a message.Edge.
+//   - Between processes (ipc_test.go): a shm.Store and its edge in a
+//     segment under /dev/shm, against a unix stream socket and a pipe
+//     carrying the same bytes; the other process is this test binary,
+//     re-executed.
 //
 // Every get returns a zeroed object, as cella's Alloc does. Payloads are
 // pointer-free byte arrays of 16 B, 64 B, 1 KiB and 16 KiB; every benchmark
