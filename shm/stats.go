@@ -11,7 +11,7 @@ import (
 type Stats struct {
 	Allocs, Frees, Steals uint64
 	// Recoveries counts completed recoveries of the segment, by every
-	// process; Reclaimed the allocations they freed for dead processes.
+	// process (Recover's report says what each one cleaned up).
 	Recoveries uint64
 	// Processes is how many processes have the segment attached.
 	Processes int
