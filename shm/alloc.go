@@ -100,7 +100,7 @@ func stale(op string, t token.Token) error {
 
 // Alloc hands out a zeroed slot, owned by this process (see Adopt). It
 // returns ErrFull only when, at one instant, no freelist, frontier or
-// one-slot cache of any process held a free slot.
+// way cache of any process held a free slot.
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	return a.alloc(nil)
 }
@@ -156,7 +156,7 @@ func (a *seg) stamp(idx uint32) uint32 {
 // take finds a free slot: this way's cache, the home shard, the other
 // shards, then every process's caches.
 func (a *seg) take(p int, w *way) (uint32, bool) {
-	if idx, ok := takeCache(&w.cache); ok {
+	if idx, ok := a.takeCache(&w.cache); ok {
 		return idx, true
 	}
 	home := a.home(p)
@@ -175,7 +175,7 @@ func (a *seg) take(p int, w *way) (uint32, bool) {
 	for r := range MaxProcs {
 		rec := a.record(r)
 		for k := range rec.ways {
-			if idx, ok := takeCache(&rec.ways[k].cache); ok {
+			if idx, ok := a.takeCache(&rec.ways[k].cache); ok {
 				a.stats.add(p, statSteals)
 				return idx, true
 			}
@@ -260,28 +260,83 @@ func (a *seg) push(s *shardLine, idx uint32) {
 	}
 }
 
-func takeCache(c *uint64) (uint32, bool) {
+// A way's cache is a chain of free slots linked through links[], like a
+// shard's freelist, with its head in the cache word (version<<32 |
+// index+1). Frees push onto the freeing P's way, a line no other process
+// writes; once flushAt slots gathered there the whole chain moves to the
+// home shard with one CAS. So a consumer that frees what a producer in
+// another process allocates touches the shared shard head once per flushAt
+// slots, not once per slot. Takes (the owner, or a thief when the shards
+// are dry) pop one slot; the version makes the pop ABA-safe.
+
+// flushAt is how many slots a way's cache gathers before they move to the
+// home shard in one step.
+const flushAt = 32
+
+func (a *seg) takeCache(c *uint64) (uint32, bool) {
 	for {
 		v := atomic.LoadUint64(c)
-		if uint32(v) == 0 {
+		top := uint32(v)
+		if top == 0 || top > a.capacity {
 			return 0, false
 		}
-		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32) {
-			return uint32(v) - 1, true
+		next := atomic.LoadUint32(a.link(top - 1))
+		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32|uint64(next)) {
+			return top - 1, true
 		}
 	}
 }
 
-func putCache(c *uint64, idx uint32) bool {
-	v := atomic.LoadUint64(c)
-	return uint32(v) == 0 && atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32|uint64(idx+1))
+func (a *seg) putCache(c *uint64, idx uint32) {
+	for {
+		v := atomic.LoadUint64(c)
+		atomic.StoreUint32(a.link(idx), uint32(v))
+		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32|uint64(idx+1)) {
+			return
+		}
+	}
+}
+
+// flushCache moves the whole chain of c to shard s: one CAS to detach it,
+// a walk to its tail, one CAS to splice it onto the shard's list.
+func (a *seg) flushCache(c *uint64, s *shardLine) {
+	var v uint64
+	for {
+		v = atomic.LoadUint64(c)
+		if uint32(v) == 0 {
+			return
+		}
+		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32) {
+			break
+		}
+	}
+	first := uint32(v) - 1
+	last := first
+	for n := uint32(0); n < a.capacity; n++ { // bounded: a scribbled link cannot loop forever
+		next := atomic.LoadUint32(a.link(last))
+		if next == 0 || next > a.capacity {
+			break
+		}
+		last = next - 1
+	}
+	for {
+		h := atomic.LoadUint64(&s.head)
+		atomic.StoreUint32(a.link(last), uint32(h))
+		if atomic.CompareAndSwapUint64(&s.head, h, (h>>32+1)<<32|uint64(first+1)) {
+			return
+		}
+	}
 }
 
 // recycle puts a slot that just became reusable where the next Alloc on
-// this P finds it.
+// this P finds it: this way's cache, which moves to the home shard when it
+// has gathered flushAt slots.
 func (a *seg) recycle(p int, w *way, idx uint32) {
-	if !putCache(&w.cache, idx) {
-		a.push(a.shard(a.home(p)), idx)
+	a.putCache(&w.cache, idx)
+	k := uint(p) % cacheWays
+	if a.cacheLen[k].Add(1) >= flushAt {
+		a.cacheLen[k].Store(0)
+		a.flushCache(&w.cache, a.shard(a.home(p)))
 	}
 	a.notifyFree()
 }

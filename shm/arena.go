@@ -71,6 +71,9 @@ type seg struct {
 
 	gate   shard.Gate
 	closed atomic.Bool
+	// cacheLen counts, roughly, the slots gathered in each way's cache
+	// since its last flush (thieves do not tell it what they took).
+	cacheLen [cacheWays]atomic.Int32
 	// parked counts goroutines of this process that use the mapping outside
 	// any section: asleep on a futex word, or checking for dead processes
 	// between two attempts. Close waits for it to drop to 0.
@@ -568,7 +571,7 @@ func (a *seg) watch(every time.Duration) {
 }
 
 // Close detaches this process. Slots it allocated and did not free stay
-// allocated (and no longer die with it); its one-slot caches go back to the
+// allocated (and no longer die with it); its way caches go back to the
 // freelists. The last process to close removes the segment file. Close
 // waits for this process's callbacks to return; a second Close returns
 // ErrClosed.

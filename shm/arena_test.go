@@ -48,7 +48,7 @@ func allocAll[T any](t *testing.T, hs []*Arena[T], limit int) []token.Token {
 // TestExactFull: with capacity N and 1, 3 or 16 shards, one goroutine
 // allocates exactly N slots, through one handle or alternating two, and
 // the N+1-th is ErrFull; also when the free slots sit in the other handle's
-// one-slot caches (freed through B, allocated through A), and after the
+// way caches (freed through B, allocated through A), and after the
 // whole capacity went round once. Available is exact at each rest point.
 // Fails if Alloc stops looking in other processes' caches (ErrFull too
 // early, or a census that never concludes: the test times out).
@@ -408,7 +408,7 @@ func TestFullCensus(t *testing.T) {
 	}
 	// Move it from the cache to a freelist, as a second free would.
 	for k := range b.rec.ways {
-		if idx, ok := takeCache(&b.rec.ways[k].cache); ok {
+		if idx, ok := b.takeCache(&b.rec.ways[k].cache); ok {
 			b.push(b.shard(1), idx)
 		}
 	}

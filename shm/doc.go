@@ -38,7 +38,7 @@
 //	header    magic, layout version, payload size, alignment and type
 //	          fingerprint, capacity, region offsets, the recovery word
 //	records   one per attached process (at most MaxProcs): liveness,
-//	          per-way section counters and one-slot caches, hold entries
+//	          per-way section counters and way caches, hold entries
 //	shards    freelist heads (tagged Treiber stacks) and frontiers
 //	states    8-byte state word per slot (generation, live, writer,
 //	          pending, retired, owner, readers)
@@ -59,7 +59,8 @@
 //
 // Every operation that changes shared words runs inside a section: a count
 // on this process's record, opened before and closed after. A slot is
-// taken from this process's one-slot cache for its P, else the home shard,
+// taken from this process's cache for its P (a chain of slots it freed,
+// moved to the home shard every 32), else the home shard,
 // else any shard, else any process's cache; ErrFull means two censuses in a
 // row saw all of them empty and unchanged. Load copies under a reader count
 // inside its section; View and Update write a hold entry into the record

@@ -158,12 +158,13 @@ func holdAsDead[T any](t testing.TB, a *Arena[T], tok token.Token, write bool) {
 	t.Fatal("holdAsDead: no free hold entry")
 }
 
-// cachedSlots counts the slots sitting in a's one-slot caches.
+// cachedSlots counts the slots sitting in a's way caches.
 func cachedSlots[T any](a *Arena[T]) int {
 	n := 0
 	for k := range a.rec.ways {
-		if uint32(atomic.LoadUint64(&a.rec.ways[k].cache)) != 0 {
-			n++
+		// Each way's cache is a chain of slots linked through links[].
+		for top := uint32(atomic.LoadUint64(&a.rec.ways[k].cache)); top != 0 && n <= int(a.capacity); n++ {
+			top = atomic.LoadUint32(a.link(top - 1))
 		}
 	}
 	return n

@@ -25,7 +25,7 @@ const (
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64
-	// cacheWays is how many one-slot caches (and section counters) each
+	// cacheWays is how many way caches (and section counters) each
 	// process record has; a P uses way p % cacheWays.
 	cacheWays = 16
 	// holdsPerProc bounds the View and Update callbacks one process can have
@@ -120,14 +120,15 @@ type record struct {
 	holds [holdsPerProc]uint64
 }
 
-// way is one cache line of a record: the section word and a one-slot cache.
+// way is one cache line of a record: the section word and a cache (a chain of free slots).
 type way struct {
 	// section is net<<16 | open: open counts operations of this way
 	// inside a section (recovery waits for it to be 0 on every live record),
 	// net counts this way's allocations minus its frees (Available).
 	section uint64
-	// cache is version<<32 | index+1, or version<<32 when empty. Every
-	// change bumps version, so that two equal reads bracket an instant.
+	// cache is the head of a chain of free slots (linked through links[]):
+	// version<<32 | index+1, or version<<32 when empty. Every change bumps
+	// version: pops are ABA-safe, and two equal reads bracket an instant.
 	cache uint64
 	_     [atomicx.CacheLine - 16]byte
 }

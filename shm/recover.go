@@ -200,8 +200,12 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 			switch {
 			case dead[i]:
 				atomic.StoreUint64(c, (v>>32+1)<<32) // its slot is relinked below
-			case uint32(v) != 0:
-				cached[uint32(v)-1] = true
+			default:
+				// The whole chain (bounded: a scribbled link cannot loop).
+				for top, n := uint32(v), uint32(0); top != 0 && top <= a.capacity && n < a.capacity; n++ {
+					cached[top-1] = true
+					top = atomic.LoadUint32(a.link(top - 1))
+				}
 			}
 			if !dead[i] {
 				live += int64(atomic.LoadUint64(&r.ways[k].section)) >> 16
@@ -370,9 +374,7 @@ func (a *seg) detach() {
 	w := &a.rec.ways[0]
 	a.open(w)
 	for k := range a.rec.ways {
-		if idx, ok := takeCache(&a.rec.ways[k].cache); ok {
-			a.push(a.shard(a.home(k)), idx)
-		}
+		a.flushCache(&a.rec.ways[k].cache, a.shard(a.home(k)))
 	}
 	a.close(w, 0)
 	for sh := uint32(0); sh < a.shards; sh++ {
