@@ -109,28 +109,37 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 // inside the section: Close unmaps once no section is open, so a write
 // after exit could fault.
 func (a *Arena[T]) alloc(src *T) (token.Token, *T, error) {
+	idx, gen, p, w, err := a.takeSlot()
+	if err != nil {
+		return token.Nil, nil, err
+	}
+	v := a.slot(idx)
+	if src != nil {
+		*v = *src
+	} else {
+		zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
+	}
+	a.exit(p, w, 1)
+	a.stats.add(p, statAllocs)
+	return token.New(idx, gen), v, nil
+}
+
+// takeSlot takes a free slot and stamps it live, owned by this process. It
+// returns with the section open (the caller writes the slot, then exits
+// with net 1), or with an error (ErrClosed, ErrFull) and no section open.
+func (a *seg) takeSlot() (idx, gen uint32, p int, w *way, err error) {
 	for {
-		p, w, err := a.enter()
+		p, w, err = a.enter()
 		if err != nil {
-			return token.Nil, nil, err
+			return 0, 0, 0, nil, err
 		}
-		idx, ok := a.take(p, w)
-		if ok {
-			gen := a.stamp(idx)
-			v := a.slot(idx)
-			if src != nil {
-				*v = *src
-			} else {
-				zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
-			}
-			a.exit(p, w, 1)
-			a.stats.add(p, statAllocs)
-			return token.New(idx, gen), v, nil
+		if idx, ok := a.take(p, w); ok {
+			return idx, a.stamp(idx), p, w, nil
 		}
 		full := a.full()
 		a.exit(p, w, 0)
 		if full {
-			return token.Nil, nil, ErrFull
+			return 0, 0, 0, nil, ErrFull
 		}
 	}
 }

@@ -270,39 +270,28 @@ func (s *Store[P]) PutWait(ctx context.Context, h message.Header, p P) (token.To
 // inside the section: Close unmaps once no section is open.
 func (s *Store[P]) alloc(h *message.Header, src *P, zero bool) (token.Token, *message.Message[P], error) {
 	a := s.a
-	for {
-		pp, w, err := a.enter()
-		if err != nil {
-			return token.Nil, nil, err
-		}
-		idx, ok := a.take(pp, w)
-		if ok {
-			gen := a.stamp(idx)
-			atomic.StoreUint32(a.store.ref(idx), 1)
-			if err := a.store.tab.add(idx); err != nil {
-				atomic.StoreUint32(a.store.ref(idx), 0)
-				a.freeSlot(pp, w, idx)
-				a.exit(pp, w, 0)
-				return token.Nil, nil, err
-			}
-			m := (*message.Message[P])(a.slotAt(idx))
-			m.Header = *h
-			switch {
-			case src != nil:
-				m.Payload = *src
-			case zero:
-				zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
-			}
-			a.exit(pp, w, 1)
-			a.stats.add(pp, statAllocs)
-			return token.New(idx, gen), m, nil
-		}
-		full := a.full()
-		a.exit(pp, w, 0)
-		if full {
-			return token.Nil, nil, ErrFull
-		}
+	idx, gen, p, w, err := a.takeSlot()
+	if err != nil {
+		return token.Nil, nil, err
 	}
+	atomic.StoreUint32(a.store.ref(idx), 1)
+	if err := a.store.tab.add(idx); err != nil {
+		atomic.StoreUint32(a.store.ref(idx), 0)
+		a.freeSlot(p, w, idx)
+		a.exit(p, w, 0)
+		return token.Nil, nil, err
+	}
+	m := (*message.Message[P])(a.slotAt(idx))
+	m.Header = *h
+	switch {
+	case src != nil:
+		m.Payload = *src
+	case zero:
+		zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
+	}
+	a.exit(p, w, 1)
+	a.stats.add(p, statAllocs)
+	return token.New(idx, gen), m, nil
 }
 
 // Header returns a copy of the message's header.
