@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/cella-go/cella/internal/errs"
 )
 
 // Sentinel errors of the message runtime. Match them with errors.Is. Store
@@ -68,18 +70,9 @@ var (
 	errCloseTwice     = fmt.Errorf("%w: already closed", ErrEdgeClosed)
 )
 
-// sentinelsError is an error with its own text that matches several
-// sentinels with errors.Is. fmt.Errorf("%w: %w", a, b) would repeat the
-// package prefix of both.
-type sentinelsError struct {
-	msg  string
-	errs []error
-}
-
-func multiSentinel(msg string, errs ...error) error { return &sentinelsError{msg: msg, errs: errs} }
-
-func (e *sentinelsError) Error() string   { return e.msg }
-func (e *sentinelsError) Unwrap() []error { return e.errs }
+// multiSentinel is an error with its own text that matches several
+// sentinels with errors.Is (one "message:" prefix, not one per sentinel).
+var multiSentinel = errs.Multi
 
 // contextError adds context to an error and keeps one "message:" prefix:
 // "message: <what>: <err without its own message: prefix>".

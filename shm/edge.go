@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/internal/errs"
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
@@ -126,14 +127,7 @@ var (
 	errNilToken       = fmt.Errorf("shm: send: %w: nil token", ErrBadToken)
 )
 
-type sentinelsError struct {
-	msg  string
-	errs []error
-}
-
-func sentinels(msg string, errs ...error) error { return &sentinelsError{msg, errs} }
-func (e *sentinelsError) Error() string         { return e.msg }
-func (e *sentinelsError) Unwrap() []error       { return e.errs }
+var sentinels = errs.Multi
 
 // lock tries to take the edge's lock; the caller is inside a section.
 func (e *Edge) lock() bool {
