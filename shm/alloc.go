@@ -174,7 +174,7 @@ func (a *seg) take(p int, w *way) (uint32, bool) {
 		if s >= a.shards {
 			s -= a.shards
 		}
-		if idx, ok := a.pop(a.shard(s)); ok {
+		if idx, ok := a.pop(s); ok {
 			if i > 0 {
 				a.stats.add(p, statSteals)
 			}
@@ -213,10 +213,12 @@ func (a *seg) full() bool {
 func (a *seg) census() (sum uint64, empty bool) {
 	empty = true
 	for i := uint32(0); i < a.shards; i++ {
-		s := a.shard(i)
-		h, f := atomic.LoadUint64(&s.head), atomic.LoadUint32(&s.frontier)
+		h := atomic.LoadUint64(&a.shard(i).head)
+		f, _, end := a.frontier(i)
 		sum += h>>32 + uint64(f)
-		if uint32(h) != 0 || f < s.end {
+		// A head past the capacity (a scribbled segment) is empty to
+		// pop as well: census and pop must agree, or Alloc retries forever.
+		if top := uint32(h); top != 0 && top <= a.capacity || f < end {
 			empty = false
 		}
 	}
@@ -225,7 +227,7 @@ func (a *seg) census() (sum uint64, empty bool) {
 		for k := range rec.ways {
 			c := atomic.LoadUint64(&rec.ways[k].cache)
 			sum += c >> 32
-			if uint32(c) != 0 {
+			if top := uint32(c); top != 0 && top <= a.capacity {
 				empty = false
 			}
 		}
@@ -235,7 +237,8 @@ func (a *seg) census() (sum uint64, empty bool) {
 
 // pop takes a slot from a shard's freelist, or failing that from its
 // frontier of never-used slots.
-func (a *seg) pop(s *shardLine) (uint32, bool) {
+func (a *seg) pop(i uint32) (uint32, bool) {
+	s := a.shard(i)
 	for {
 		h := atomic.LoadUint64(&s.head)
 		top := uint32(h)
@@ -248,8 +251,8 @@ func (a *seg) pop(s *shardLine) (uint32, bool) {
 		}
 	}
 	for {
-		f := atomic.LoadUint32(&s.frontier)
-		if f >= s.end {
+		f, _, end := a.frontier(i)
+		if f >= end {
 			return 0, false
 		}
 		if atomic.CompareAndSwapUint32(&s.frontier, f, f+1) {
@@ -318,6 +321,9 @@ func (a *seg) flushCache(c *uint64, s *shardLine) {
 		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32) {
 			break
 		}
+	}
+	if uint32(v) > a.capacity {
+		return // a scribbled head: the chain is dropped; recovery rebuilds from the state words
 	}
 	first := uint32(v) - 1
 	last := first

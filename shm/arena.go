@@ -230,8 +230,7 @@ func initSeg(path string, f *os.File, g geometry, sp segSpec) (*seg, error) {
 	a.bind()
 	for i := uint32(0); i < g.shards; i++ {
 		s := a.shard(i)
-		s.start = uint32(uint64(g.capacity) * uint64(i) / uint64(g.shards))
-		s.end = uint32(uint64(g.capacity) * uint64(i+1) / uint64(g.shards))
+		s.start, s.end = span(g.capacity, g.shards, i)
 		s.frontier = s.start
 	}
 	if sp.init != nil {
@@ -361,6 +360,10 @@ func mapExisting(path string, f *os.File, typ reflect.Type, kind uint32, anon bo
 	a := newSeg(path, f, mem)
 	a.anon = anon
 	a.bind()
+	if err := a.checkShards(); err != nil {
+		_ = unix.Munmap(mem)
+		return unlockFail(fmt.Errorf("%s: %w", path, err))
+	}
 	if kind == kindStore {
 		if err := a.bindStore(); err != nil {
 			_ = unix.Munmap(mem)
@@ -496,6 +499,40 @@ func (a *seg) claimRecord() error {
 
 func (a *seg) record(i int) *record {
 	return (*record)(unsafe.Add(a.recsAt, uintptr(i)*a.recSize))
+}
+
+// span is the range of slot indices shard i of shards hands out from its
+// frontier. The handle computes it rather than trust the segment's copy,
+// so a scribbled shard line cannot make it index outside the slots.
+func span(capacity, shards, i uint32) (start, end uint32) {
+	return uint32(uint64(capacity) * uint64(i) / uint64(shards)),
+		uint32(uint64(capacity) * uint64(i+1) / uint64(shards))
+}
+
+// frontier reads shard i's frontier. One outside the shard's span (only a
+// scribbled segment has one) reads as end: the shard hands out nothing more
+// from it, and recovery walks the whole span.
+func (a *seg) frontier(i uint32) (f, start, end uint32) {
+	start, end = span(a.capacity, a.shards, i)
+	if f = atomic.LoadUint32(&a.shard(i).frontier); f < start || f > end {
+		f = end
+	}
+	return f, start, end
+}
+
+// checkShards refuses a segment whose shard lines do not partition its
+// slots the way its header's capacity and shard count say they must (a
+// header whose capacity was altered while its offsets still fit).
+func (a *seg) checkShards() error {
+	for i := uint32(0); i < a.shards; i++ {
+		s := a.shard(i)
+		start, end := span(a.capacity, a.shards, i)
+		if f := atomic.LoadUint32(&s.frontier); s.start != start || s.end != end || f < start || f > end {
+			return fmt.Errorf("%w: shard %d covers [%d, %d) with frontier %d; %d slots over %d shards put it at [%d, %d)",
+				ErrCorrupt, i, s.start, s.end, f, a.capacity, a.shards, start, end)
+		}
+	}
+	return nil
 }
 
 func (a *seg) shard(i uint32) *shardLine {

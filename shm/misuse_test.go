@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -166,9 +167,9 @@ func TestAttachMismatch(t *testing.T) {
 // half-way leaves (an empty file, a zero header, ready not set) is
 // ErrNotExist; never a fault. The check recomputes the
 // geometry from the header's inputs, so it refuses any header whose
-// offsets would reach past the file; an altered input that yields the same
-// geometry (capacity 40 → 41 fits the same pages) is not detectable and
-// not dangerous. The body (shard lines, records) is trusted.
+// offsets would reach past the file; an altered capacity that yields the
+// same offsets (40 → 41 fits the same pages) is caught by the shard lines,
+// which must partition exactly that many slots.
 func TestAttachCorrupt(t *testing.T) {
 	good := segment[pay](t, 1, Config{Slots: 40, Shards: 3})
 	goodBytes, err := os.ReadFile(good[0].Path())
@@ -224,6 +225,11 @@ func TestAttachCorrupt(t *testing.T) {
 		{"ready=2", func(h *header) { h.ready = 2 }, ErrNotExist},
 		{"capacity 0", func(h *header) { h.capacity = 0 }, ErrCorrupt},
 		{"capacity+1000", func(h *header) { h.capacity += 1000 }, ErrCorrupt},
+		// Small changes leave every offset where it was (the regions are
+		// rounded up): only the shard lines tell the capacity was altered.
+		{"capacity-1", func(h *header) { h.capacity-- }, ErrCorrupt},
+		{"capacity-2", func(h *header) { h.capacity -= 2 }, ErrCorrupt},
+		{"capacity+1", func(h *header) { h.capacity++ }, ErrCorrupt},
 		{"capacity huge", func(h *header) { h.capacity = MaxSlots }, ErrCorrupt},
 		{"capacity max", func(h *header) { h.capacity = 1<<32 - 1 }, ErrCorrupt},
 		{"shards 0", func(h *header) { h.shards = 0 }, ErrCorrupt},
@@ -255,6 +261,57 @@ func TestAttachCorrupt(t *testing.T) {
 	// Unaltered, the copy attaches (and recovers its dead records).
 	write(goodBytes)
 	must(t, attach(), "Attach to an unaltered copy")
+}
+
+// TestScribbledFreelistHeads: a peer that writes garbage into the shared
+// freelist words (a shard head, a way cache or a frontier past the
+// capacity) costs slots, never a fault, an index out of range or an Alloc
+// that spins forever: pop and the ErrFull census read the words the same way.
+func TestScribbledFreelistHeads(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		write func(a *seg)
+	}{
+		{"shard head", func(a *seg) { atomic.StoreUint64(&a.shard(0).head, 7<<32|uint64(a.capacity)+5) }},
+		{"way cache", func(a *seg) { atomic.StoreUint64(&a.rec.ways[3].cache, 9<<32|1<<31) }},
+		{"frontier", func(a *seg) { atomic.StoreUint32(&a.shard(1).frontier, 1<<30) }},
+		{"frontier below start", func(a *seg) { atomic.StoreUint32(&a.shard(1).frontier, 0) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a := segment[pay](t, 1, Config{Slots: 8, Shards: 2})[0]
+			var toks []token.Token
+			for range 3 {
+				tok, err := a.Store(pay{})
+				must(t, err, "Store")
+				toks = append(toks, tok)
+			}
+			c.write(a.seg)
+			done := make(chan error, 1)
+			go func() {
+				for range 2 * a.Capacity() {
+					tok, _, err := a.Alloc()
+					if err != nil {
+						done <- err
+						return
+					}
+					if tok.Index() >= uint32(a.Capacity()) {
+						done <- fmt.Errorf("Alloc handed out %v, capacity %d", tok, a.Capacity())
+						return
+					}
+				}
+				done <- errors.New("more allocations than slots")
+			}()
+			select {
+			case err := <-done:
+				wantErr(t, err, ErrFull, "Alloc after the scribble")
+			case <-time.After(10 * time.Second):
+				t.Fatal("Alloc spins on a scribbled freelist word")
+			}
+			for _, tok := range toks {
+				must(t, a.Free(tok), "Free")
+			}
+		})
+	}
 }
 
 // forged returns tokens no arena of capacity slots with the live token

@@ -235,7 +235,8 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 	for sh := uint32(0); sh < a.shards; sh++ {
 		s := a.shard(sh)
 		var chain uint32
-		for idx := atomic.LoadUint32(&s.frontier); idx > s.start; {
+		f, start, _ := a.frontier(sh)
+		for idx := f; idx > start; {
 			idx--
 			st := a.state(idx)
 			old := atomic.LoadUint64(st)
@@ -378,9 +379,9 @@ func (a *seg) detach() {
 	}
 	a.close(w, 0)
 	for sh := uint32(0); sh < a.shards; sh++ {
-		s := a.shard(sh)
 		a.open(w)
-		for idx := s.start; idx < atomic.LoadUint32(&s.frontier); idx++ {
+		f, start, _ := a.frontier(sh)
+		for idx := start; idx < f; idx++ {
 			st := a.state(idx)
 			for {
 				v := atomic.LoadUint64(st)
