@@ -14,6 +14,7 @@ FUZZTIME=${FUZZTIME:-20s}
 MINTIME=${FUZZMINIMIZETIME:-2s}
 status=0
 found=0
+failed=()
 for pkg in $(go list ./...); do
 	dir=$(go list -f '{{.Dir}}' "$pkg")
 	targets=$(grep -ho '^func Fuzz[A-Za-z0-9_]*(' "$dir"/*_test.go 2>/dev/null | sed 's/^func //; s/($//' | sort -u || true)
@@ -22,9 +23,19 @@ for pkg in $(go list ./...); do
 		echo "== fuzz $pkg $t ($FUZZTIME)"
 		if ! go test -run '^$' -fuzz "^${t}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$MINTIME" "$pkg"; then
 			echo "FAIL: fuzz $pkg $t (a failing input was written to $dir/testdata/fuzz/$t/)"
+			failed+=("$pkg $t")
 			status=1
 		fi
 	done
+done
+# A worker that crashed or hung shows only "exit status 2" above: rerun each
+# failed target on its corpus (the new input included) and print the start
+# of what it says, last, where a truncated CI log still shows it.
+for f in "${failed[@]}"; do
+	set -- $f
+	echo "== rerun of $1 $2 on its corpus (first lines of the failure):"
+	go test -count=1 -run "^$2\$" "$1" 2>&1 | grep -m1 -A30 -E '^(panic|fatal error|--- FAIL)|input still running' | cut -c1-200 || true
+	ls "$(go list -f '{{.Dir}}' "$1")/testdata/fuzz/$2/" | tail -3 | sed 's/^/   new input: /'
 done
 echo "fuzz: $found targets, status $status"
 exit $status
