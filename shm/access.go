@@ -77,12 +77,8 @@ func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op stri
 	if err != nil {
 		return err
 	}
-	e, err := a.holds.get()
-	if err != nil {
-		return err
-	}
-	defer a.holds.put(e)
-	st, entry := a.state(idx), &a.rec.holds[e]
+	st := a.state(idx)
+	var entry *uint64
 	var wait waiter
 	for {
 		p, w, err := a.enter()
@@ -96,12 +92,19 @@ func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op stri
 		}
 		free := s&writerBit == 0 && (add == readerOne && readersOf(s) < maxReaders || readersOf(s) == 0)
 		if free {
-			atomic.StoreUint64(entry, kind|uint64(idx+1))
-			if atomic.CompareAndSwapUint64(st, s, s+add) {
+			// The entry is written (claimed) before the state word, both
+			// inside the section: recovery sees both or neither.
+			if entry, err = a.holds.claim(kind | uint64(idx+1)); err != nil {
 				a.exit(p, w, 0)
-				break
+				return err
 			}
-			atomic.StoreUint64(entry, 0)
+			if entry != nil {
+				if atomic.CompareAndSwapUint64(st, s, s+add) {
+					a.exit(p, w, 0)
+					break
+				}
+				unclaim(entry)
+			}
 		}
 		a.exit(p, w, 0)
 		// Close waits for every hold entry to come back: one whose callback
@@ -125,7 +128,7 @@ func (a *seg) release(idx uint32, add uint64, entry *uint64) {
 	w := &a.rec.ways[uint(p)%cacheWays]
 	a.open(w)
 	a.unhold(p, w, idx, add)
-	atomic.StoreUint64(entry, 0)
+	unclaim(entry)
 	a.close(w, 0)
 }
 

@@ -120,7 +120,7 @@ func (a *Arena[T]) alloc(src *T) (token.Token, *T, error) {
 		zeroBytes(unsafe.Pointer(v), unsafe.Sizeof(*v))
 	}
 	a.exit(p, w, 1)
-	a.stats.add(p, statAllocs)
+	a.stats.add(statAllocs)
 	return token.New(idx, gen), v, nil
 }
 
@@ -158,7 +158,7 @@ func (a *seg) stamp(idx uint32) uint32 {
 	if gen == 0 {
 		gen = a.hdr.genBase
 	}
-	atomic.StoreUint64(st, uint64(gen)|liveBit|ownerBits(a.me))
+	atomicx.StoreRelease64(st, uint64(gen)|liveBit|ownerBits(a.me))
 	return gen
 }
 
@@ -176,7 +176,7 @@ func (a *seg) take(p int, w *way) (uint32, bool) {
 		}
 		if idx, ok := a.pop(s); ok {
 			if i > 0 {
-				a.stats.add(p, statSteals)
+				a.stats.add(statSteals)
 			}
 			return idx, true
 		}
@@ -185,7 +185,7 @@ func (a *seg) take(p int, w *way) (uint32, bool) {
 		rec := a.record(r)
 		for k := range rec.ways {
 			if idx, ok := a.takeCache(&rec.ways[k].cache); ok {
-				a.stats.add(p, statSteals)
+				a.stats.add(statSteals)
 				return idx, true
 			}
 		}
@@ -380,7 +380,7 @@ func (a *seg) Free(t token.Token) error {
 		}
 	}
 	a.exit(p, w, -1)
-	a.stats.add(p, statFrees)
+	a.stats.add(statFrees)
 	return nil
 }
 

@@ -448,7 +448,7 @@ func cstring(b []byte) string {
 }
 
 func newSeg(path string, f *os.File, mem []byte) *seg {
-	a := &seg{path: path, file: f, mem: mem, base: unsafe.Pointer(unsafe.SliceData(mem))}
+	a := &seg{path: path, file: f, mem: mem, base: unsafe.Pointer(unsafe.SliceData(mem)), stats: newStats()}
 	a.hdr = (*header)(a.base)
 	a.gate.Init()
 	return a
@@ -488,6 +488,7 @@ func (a *seg) claimRecord() error {
 		atomic.AddUint64(&r.incarnation, 1)
 		atomic.StoreUint32(&r.state, recordAlive)
 		a.me, a.rec = i, r
+		a.holds.entries = &r.holds
 		if a.store != nil {
 			a.store.tab.rec = r
 			a.store.tab.counts = a.store.table(i)

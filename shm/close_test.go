@@ -348,3 +348,55 @@ func TestCloseStopsWatcher(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestHoldEntriesExhausted: with every hold entry of the process taken by
+// a running callback, one more View waits (it neither fails nor runs
+// without an entry recovery could see) and runs once a callback returns;
+// a Close that starts meanwhile waits for all of them, and the waiting
+// View then gets ErrClosed or runs, never a fault.
+func TestHoldEntriesExhausted(t *testing.T) {
+	a := segment[pay](t, 1, Config{Slots: 4})[0]
+	tok, err := a.Store(patterned(1, 1))
+	must(t, err, "Store")
+	var running sync.WaitGroup
+	running.Add(holdsPerProc)
+	release := make(chan struct{})
+	var done sync.WaitGroup
+	for range holdsPerProc {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			err := a.View(tok, func(*pay) {
+				running.Done()
+				<-release
+			})
+			if err != nil {
+				t.Errorf("View: %v", err)
+			}
+		}()
+	}
+	running.Wait()
+	var extra atomic.Bool
+	extraDone := make(chan error, 1)
+	go func() { extraDone <- a.View(tok, func(*pay) { extra.Store(true) }) }()
+	time.Sleep(50 * time.Millisecond)
+	if extra.Load() {
+		t.Fatal("a View ran while every hold entry was taken")
+	}
+	close(release)
+	within(t, 5*time.Second, "the extra View once entries came back", func() {
+		must(t, <-extraDone, "extra View")
+	})
+	if !extra.Load() {
+		t.Fatal("the extra View returned without running")
+	}
+	done.Wait()
+	for i := range a.rec.holds {
+		if v := atomic.LoadUint64(&a.rec.holds[i]); v != 0 {
+			t.Fatalf("hold entry %d still %#x after every callback returned", i, v)
+		}
+	}
+	if s := atomic.LoadUint64(a.state(tok.Index())); readersOf(s) != 0 {
+		t.Fatalf("state %#x: readers left", s)
+	}
+}

@@ -134,7 +134,9 @@ func (e *Edge) lock() bool {
 	return atomic.CompareAndSwapUint32(&e.ctl.lock, 0, uint32(e.a.me+1))
 }
 
-func (e *Edge) unlock() { atomic.StoreUint32(&e.ctl.lock, 0) }
+// unlock releases the lock: a release store, as any spinlock's (what the
+// holder wrote is visible to the next holder, whose CAS reads the 0).
+func (e *Edge) unlock() { atomicx.StoreRelease32(&e.ctl.lock, 0) }
 
 // locked runs fn inside a section with the edge locked.
 func (e *Edge) locked(fn func(p int, w *way)) error {

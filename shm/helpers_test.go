@@ -121,7 +121,10 @@ func die[T any](a *Arena[T]) {
 		close(a.watchStop)
 		<-a.watchDone
 	}
-	a.holds.drain()
+	// No callback is running (a has no operation in flight), so there is
+	// nothing to wait for; the entries holdAsDead wrote are the dead
+	// process's holds and stay for recovery to find.
+	a.holds.closed.Store(true)
 	a.gate.Close()
 	a.recoverMu.Lock()
 	defer a.recoverMu.Unlock()

@@ -1,9 +1,11 @@
 package shm
 
 import (
+	"runtime"
 	"sync/atomic"
 
 	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/shard"
 )
 
 // Stats counts this process's operations on a shared arena, and the
@@ -24,17 +26,41 @@ const (
 	numStats
 )
 
-// stats is striped by way, so that Ps rarely share a counter's line.
-type stats struct {
-	stripes [cacheWays]struct {
-		n [numStats]uint64
-		_ [atomicx.CacheLine - numStats*8]byte
-	}
+// statLine is one line of counters.
+type statLine struct {
+	n [numStats]uint64
+	_ [atomicx.CacheLine - numStats*8]byte
 }
 
-func (s *stats) add(p, which int) { atomic.AddUint64(&s.stripes[uint(p)%cacheWays].n[which], 1) }
+// stats are this process's counters, in its own memory. In the default
+// build a goroutine pinned to P p counts in perP[p] with plain increments:
+// only goroutines pinned to p write it, so no atomic is needed. P ids
+// beyond perP (GOMAXPROCS raised after the handle was made), the purego
+// build and the race detector count in stripes, with atomics.
+type stats struct {
+	perP    []statLine
+	stripes [cacheWays]statLine
+}
+
+func newStats() stats {
+	return stats{perP: make([]statLine, max(runtime.GOMAXPROCS(0), runtime.NumCPU()))}
+}
+
+func (s *stats) add(which int) {
+	p := shard.Pin()
+	if shard.Pinned && !atomicx.Race && p < len(s.perP) {
+		s.perP[p].n[which]++
+		shard.Unpin()
+		return
+	}
+	shard.Unpin()
+	atomic.AddUint64(&s.stripes[uint(p)%cacheWays].n[which], 1)
+}
 
 func (s *stats) sum(which int) (n uint64) {
+	for i := range s.perP {
+		n += atomic.LoadUint64(&s.perP[i].n[which])
+	}
 	for i := range s.stripes {
 		n += atomic.LoadUint64(&s.stripes[i].n[which])
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
@@ -205,11 +206,11 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 	}
 	// The hold entry makes Close wait for fill, which writes the slot
 	// outside any section.
-	e, err := s.a.holds.get()
+	e, err := s.a.holds.claimWait(holdFill)
 	if err != nil {
 		return token.Nil, err
 	}
-	defer s.a.holds.put(e)
+	defer unclaim(e)
 	t, m, err := s.alloc(&h, nil, true)
 	if err != nil {
 		return token.Nil, err
@@ -274,7 +275,7 @@ func (s *Store[P]) alloc(h *message.Header, src *P, zero bool) (token.Token, *me
 	if err != nil {
 		return token.Nil, nil, err
 	}
-	atomic.StoreUint32(a.store.ref(idx), 1)
+	atomicx.StoreRelease32(a.store.ref(idx), 1) // the slot is ours alone until its token leaves
 	if err := a.store.tab.add(idx); err != nil {
 		atomic.StoreUint32(a.store.ref(idx), 0)
 		a.freeSlot(p, w, idx)
@@ -290,7 +291,7 @@ func (s *Store[P]) alloc(h *message.Header, src *P, zero bool) (token.Token, *me
 		zeroBytes(unsafe.Pointer(&m.Payload), unsafe.Sizeof(m.Payload))
 	}
 	a.exit(p, w, 1)
-	a.stats.add(p, statAllocs)
+	a.stats.add(statAllocs)
 	return token.New(idx, gen), m, nil
 }
 
@@ -392,7 +393,7 @@ func (a *seg) freeSlot(p int, w *way, idx uint32) {
 			if reusable(n) {
 				a.recycle(p, w, idx)
 			}
-			a.stats.add(p, statFrees)
+			a.stats.add(statFrees)
 			return
 		}
 	}

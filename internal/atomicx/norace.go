@@ -1,0 +1,6 @@
+//go:build !race
+
+package atomicx
+
+// Race: see race.go.
+const Race = false
