@@ -46,7 +46,7 @@ const machineBench = `^BenchmarkMachine$`
 
 // suiteBench selects the comparison benchmarks (everything but the GC
 // headline and lazy capacity, which run one case per process).
-const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|Load|View|Update|CrossP|Burst|Hop|MessageHop|MessagePipeline|MessageFanOut|IPC|IPCLatency)$`
+const suiteBench = `^Benchmark(Pair|PairParallel|StoreLoadFree|Load|View|Update|CrossP|Burst|Hop|MessageHop|MessageLifecycle|MessageBatch|MessagePipeline|MessageFanOut|IPC|IPCLatency)$`
 
 type options struct {
 	count          int
@@ -249,7 +249,8 @@ var benchstatGroups = []struct {
 }{
 	{"allocators, against sync.Pool", []string{"Pair", "PairParallel", "StoreLoadFree", "CrossP", "Burst", "Hop"}, "syncpool"},
 	{"live-object access, against a per-object sync.RWMutex", []string{"View", "Update"}, "rwmutex"},
-	{"message runtime, against Go channels of tokens", []string{"MessageHop", "MessagePipeline"}, "chan-token"},
+	{"message runtime, against Go channels of tokens", []string{"MessageHop", "MessageBatch", "MessagePipeline"}, "chan-token"},
+	{"message lifecycle, against a Go channel of values", []string{"MessageLifecycle"}, "chan-value"},
 	{"message fan-out, against copying into channels", []string{"MessageFanOut"}, "chan-copy"},
 	{"GC headline and lazy capacity", []string{"GC", "GCChurn", "NewClose"}, ""},
 }

@@ -33,6 +33,8 @@ var families = []struct{ name, what string }{
 	{"Burst", "Take 4096 objects (the whole capacity), then give them all back. Per object; cella reports steals/op."},
 	{"Hop", "One message from a producer to a consumer goroutine over a buffered Go channel. Per message."},
 	{"MessageHop", "message.Edge Send+Recv between two goroutines (transport only), against buffered channels of tokens and of pointers. Per message."},
+	{"MessageLifecycle", "A message's whole life on one goroutine: Put (by value), Send, Recv, View, Free, against sending a value on a buffered channel and receiving it. Per message."},
+	{"MessageBatch", "Tokens from a producer to a consumer goroutine: SendBatch and RecvBatch of 16 over an edge, against a channel of tokens one at a time (a channel has no batch operation). Per token."},
 	{"MessagePipeline", "Three stages joined by two edges (or channels): saturated, and paced at one message every 2 µs. Per message; p50/p99 are per hop."},
 	{"MessageFanOut", "One message to k consumers: cella stores it once and sends the token on k edges (one Retain per extra edge); chan-copy copies the value into k channels. Per message."},
 	{"IPC", "A producer process sends messages to this one. cella: a shared shm.Store, the producer builds each message in place (Loan) and sends batches of 16, the consumer views it in place and frees it; unix and pipe: the producer writes every byte (small messages through a 64 KiB bufio.Writer), the consumer reads them all. Per message; each side checks the first and last word."},
@@ -40,7 +42,7 @@ var families = []struct{ name, what string }{
 }
 
 // baselines: the implementation each family's ratios are taken against.
-var baselines = []string{"syncpool", "rwmutex", "chan-token", "chan-copy", "unix"}
+var baselines = []string{"syncpool", "rwmutex", "chan-token", "chan-copy", "chan-value", "unix"}
 
 func renderPage(in pageInput) string {
 	var b strings.Builder
@@ -170,8 +172,66 @@ func ns(s *summary) float64 {
 	return s.median["ns/op"]
 }
 
+type targetRow struct{ target, measured, verdict string }
+
+// absolute is a target row for a figure that must stay at or below limit
+// ns (an absolute target, not a ratio).
+func absolute(target string, v, limit float64) targetRow {
+	verdict := "no"
+	if v <= limit {
+		verdict = "yes"
+	}
+	return targetRow{target, fmtNs(v), verdict}
+}
+
+// renderMessageTargets adds the message runtime's targets (channels as the
+// peer) and the cross-process throughput targets (a unix socket as the
+// peer), each a ratio of medians from the same run.
+func renderMessageTargets(byFam map[string][]*summary, ratio func(string, float64, float64, func(float64) bool, string)) {
+	atMost := func(limit float64) func(float64) bool { return func(r float64) bool { return r <= limit } }
+	atLeast := func(limit float64) func(float64) bool { return func(r float64) bool { return r >= limit } }
+	hop := byFam["Hop"]
+	ratio("producer -> consumer goroutine, Put+Send / Recv+View+Free (64 B), at or below 1.0x a channel of values",
+		ns(find(hop, "BenchmarkHop/impl=cella-edge/payload=64")), ns(find(hop, "BenchmarkHop/impl=chan-value/payload=64")),
+		atMost(1), "%.2fx chan-value")
+	ratio("producer -> consumer goroutine, Put by value (4 KiB), at or below 0.5x a channel of values",
+		ns(find(hop, "BenchmarkHop/impl=cella-edge/payload=4096")), ns(find(hop, "BenchmarkHop/impl=chan-value/payload=4096")),
+		atMost(0.5), "%.2fx chan-value")
+	life := byFam["MessageLifecycle"]
+	ratio("one-goroutine lifecycle Put+Send+Recv+View+Free (64 B) at or below 1.5x a channel of values",
+		ns(find(life, "BenchmarkMessageLifecycle/impl=cella-edge/payload=64")), ns(find(life, "BenchmarkMessageLifecycle/impl=chan-value/payload=64")),
+		atMost(1.5), "%.2fx chan-value")
+	mh := byFam["MessageHop"]
+	ratio("edge hop (Send+Recv of a token) at or below 0.8x chan token.Token",
+		ns(find(mh, "BenchmarkMessageHop/impl=cella-edge/payload=64")), ns(find(mh, "BenchmarkMessageHop/impl=chan-token/payload=64")),
+		atMost(0.8), "%.2fx chan-token")
+	mb := byFam["MessageBatch"]
+	ratio("SendBatch/RecvBatch of 16: per-token cost at or below 0.2x a channel's",
+		ns(find(mb, "BenchmarkMessageBatch/impl=cella-edge/batch=16")), ns(find(mb, "BenchmarkMessageBatch/impl=chan-token/batch=16")),
+		atMost(0.2), "%.2fx chan-token")
+	fo := byFam["MessageFanOut"]
+	ratio("fan-out of a 4 KiB message to 4 consumers at or below 0.5x copying it into 4 channels",
+		ns(find(fo, "BenchmarkMessageFanOut/impl=cella-edge/edges=4/payload=4096")), ns(find(fo, "BenchmarkMessageFanOut/impl=chan-copy/edges=4/payload=4096")),
+		atMost(0.5), "%.2fx chan-copy")
+	pl := byFam["MessagePipeline"]
+	ratio("3-stage pipeline, saturated, at or below 1.0x channels of tokens",
+		ns(find(pl, "BenchmarkMessagePipeline/impl=cella-edge/mode=saturated")), ns(find(pl, "BenchmarkMessagePipeline/impl=chan-token/mode=saturated")),
+		atMost(1), "%.2fx chan-token")
+	if c, t := find(pl, "BenchmarkMessagePipeline/impl=cella-edge/mode=paced"), find(pl, "BenchmarkMessagePipeline/impl=chan-token/mode=paced"); c != nil && t != nil {
+		ratio("3-stage pipeline, paced: p99 per hop at or below the channel pipeline's",
+			c.median["ns/hop-p99"], t.median["ns/hop-p99"], atMost(1), "%.2fx chan-token's p99")
+	}
+	ipc := byFam["IPC"]
+	ratio("between processes, 4 KiB messages: at least 10x a unix socket's throughput",
+		ns(find(ipc, "BenchmarkIPC/4KiB/impl=unix")), ns(find(ipc, "BenchmarkIPC/4KiB/impl=cella")),
+		atLeast(10), "%.1fx the unix socket's")
+	ratio("between processes, 1 MiB messages: at least 100x a unix socket's throughput",
+		ns(find(ipc, "BenchmarkIPC/1MiB/impl=unix")), ns(find(ipc, "BenchmarkIPC/1MiB/impl=cella")),
+		atLeast(100), "%.0fx the unix socket's")
+}
+
 func renderTargets(b *strings.Builder, in pageInput, byFam map[string][]*summary) {
-	type row struct{ target, measured, verdict string }
+	type row = targetRow
 	var rows []row
 	ratio := func(target string, num, den float64, ok func(float64) bool, format string) {
 		if math.IsNaN(num) || math.IsNaN(den) || den == 0 {
@@ -219,6 +279,14 @@ func renderTargets(b *strings.Builder, in pageInput, byFam map[string][]*summary
 		ratio(fmt.Sprintf("%s (64 B, one goroutine per P) at or below 1.0x sync.RWMutex", fam),
 			ns(find(rows, "Benchmark"+fam+"/impl=cella"+g)), ns(find(rows, "Benchmark"+fam+"/impl=rwmutex"+g)),
 			func(r float64) bool { return r <= 1 }, "%.2fx RWMutex")
+	}
+
+	renderMessageTargets(byFam, ratio)
+	if l := find(byFam["IPCLatency"], "BenchmarkIPCLatency/impl=cella-parked"); l != nil {
+		rows = append(rows, absolute("cross-process one-way latency p50 (64 B, parked receiver) at or below 1 µs", l.median["ns/hop-p50"], 1000))
+	}
+	if l := find(byFam["IPCLatency"], "BenchmarkIPCLatency/impl=cella-spinning"); l != nil {
+		rows = append(rows, absolute("cross-process one-way latency p50 (64 B, polling receiver) at or below 250 ns", l.median["ns/hop-p50"], 250))
 	}
 
 	// 0 allocs/op on every cella hot path.

@@ -163,3 +163,43 @@ func TestProcsOf(t *testing.T) {
 		t.Errorf("procsOf with -64 suffix = %d, want 64", got)
 	}
 }
+
+// TestMessageTargets: the message runtime's and the cross-process targets
+// appear in the targets table with the ratio of the same-run medians, and
+// a met or missed verdict.
+func TestMessageTargets(t *testing.T) {
+	raw := strings.Join([]string{
+		"BenchmarkHop/impl=chan-value/payload=64-2 100 80 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=cella-edge/payload=64-2 100 240 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=chan-value/payload=4096-2 100 700 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=cella-edge/payload=4096-2 100 300 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkMessageHop/impl=cella-edge/payload=64-2 100 56 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkMessageHop/impl=chan-token/payload=64-2 100 80 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkMessageBatch/impl=cella-edge/batch=16-2 100 30 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkMessageBatch/impl=chan-token/batch=16-2 100 75 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkMessagePipeline/impl=cella-edge/mode=paced-2 100 2800 ns/op 1100 ns/hop-p50 90000 ns/hop-p99 0 B/op 0 allocs/op",
+		"BenchmarkMessagePipeline/impl=chan-token/mode=paced-2 100 2300 ns/op 320 ns/hop-p50 200000 ns/hop-p99 0 B/op 0 allocs/op",
+		"BenchmarkIPC/4KiB/impl=cella-2 100 500 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkIPC/4KiB/impl=unix-2 100 2500 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkIPCLatency/impl=cella-spinning-2 100 1500 ns/op 700 ns/hop-p50 900 ns/hop-p99 0 B/op 0 allocs/op",
+	}, "\n") + "\n"
+	in := testInput(raw)
+	top := renderTop(in, byFamily(in.sums))
+	for _, want := range []string{
+		"| producer -> consumer goroutine, Put+Send / Recv+View+Free (64 B), at or below 1.0x a channel of values | 3.00x chan-value | no |",
+		"| producer -> consumer goroutine, Put by value (4 KiB), at or below 0.5x a channel of values | 0.43x chan-value | yes |",
+		"| edge hop (Send+Recv of a token) at or below 0.8x chan token.Token | 0.70x chan-token | yes |",
+		"| SendBatch/RecvBatch of 16: per-token cost at or below 0.2x a channel's | 0.40x chan-token | no |",
+		"| 3-stage pipeline, paced: p99 per hop at or below the channel pipeline's | 0.45x chan-token's p99 | yes |",
+		"| between processes, 4 KiB messages: at least 10x a unix socket's throughput | 5.0x the unix socket's | no |",
+		"| cross-process one-way latency p50 (64 B, polling receiver) at or below 250 ns | 700 ns | no |",
+	} {
+		if !strings.Contains(top, want) {
+			t.Errorf("targets lack %q:\n%s", want, top)
+		}
+	}
+	// A target whose benchmarks did not run has no row.
+	if strings.Contains(top, "1 MiB messages") || strings.Contains(top, "fan-out of a 4 KiB") {
+		t.Errorf("rows for benchmarks that did not run:\n%s", top)
+	}
+}
