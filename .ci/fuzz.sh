@@ -21,11 +21,27 @@ for pkg in $(go list ./...); do
 	for t in $targets; do
 		found=$((found + 1))
 		echo "== fuzz $pkg $t ($FUZZTIME)"
-		if ! go test -run '^$' -fuzz "^${t}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$MINTIME" "$pkg"; then
-			echo "FAIL: fuzz $pkg $t (a failing input was written to $dir/testdata/fuzz/$t/)"
+		corpus="$dir/testdata/fuzz/$t"
+		before=$(ls "$corpus" 2>/dev/null | sort || true)
+		out=$(mktemp)
+		if go test -run '^$' -fuzz "^${t}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$MINTIME" "$pkg" 2>&1 | tee "$out"; then
+			rm -f "$out"
+			continue
+		fi
+		after=$(ls "$corpus" 2>/dev/null | sort || true)
+		# The engine can stop at the -fuzztime boundary with "context
+		# deadline exceeded" and a non-zero exit while finding nothing
+		# (golang/go#51484): no input written, nothing to reproduce. Every
+		# real finding writes its input, so only that, or any other
+		# failure, fails the step.
+		if [ "$before" = "$after" ] && grep -q 'context deadline exceeded' "$out" && ! grep -qE '^(panic|fatal error)|Failing input written' "$out"; then
+			echo "NOTE: fuzz $pkg $t stopped at the fuzztime boundary with no input written (golang/go#51484); not a finding"
+		else
+			echo "FAIL: fuzz $pkg $t (a failing input was written to $corpus/)"
 			failed+=("$pkg $t")
 			status=1
 		fi
+		rm -f "$out"
 	done
 done
 # A worker that crashed or hung shows only "exit status 2" above: rerun each

@@ -174,7 +174,7 @@ func (a *seg) take(p int, w *way) (uint32, bool) {
 		if s >= a.shards {
 			s -= a.shards
 		}
-		if idx, ok := a.pop(s); ok {
+		if idx, ok := a.pop(s, w); ok {
 			if i > 0 {
 				a.stats.add(statSteals)
 			}
@@ -230,14 +230,28 @@ func (a *seg) census() (sum uint64, empty bool) {
 			if top := uint32(c); top != 0 && top <= a.capacity {
 				empty = false
 			}
+			// A chain on the move: its word changes (to or from 0) each
+			// time a move starts or ends, so equal sums mean no move did.
+			if m := atomic.LoadUint64(&rec.ways[k].moving); m != 0 {
+				sum += m>>32 + 1
+				if top := uint32(m); top != 0 && top <= a.capacity {
+					empty = false
+				}
+			}
 		}
 	}
 	return sum, empty
 }
 
-// pop takes a slot from a shard's freelist, or failing that from its
-// frontier of never-used slots.
-func (a *seg) pop(i uint32) (uint32, bool) {
+// pop takes a slot from shard i's freelist, or failing that from its
+// frontier of never-used slots. When the freelist holds more than one slot
+// and w's cache is empty, it takes the whole list (grab): the first slot
+// for the caller, the rest into w's cache, so that the next takes on this
+// way pop them from a line of this process's instead of the shared shard
+// head (which the processes that free, flushing their chains onto it,
+// keep pulling away). The list travels in w's moving word, where the
+// ErrFull census sees it.
+func (a *seg) pop(i uint32, w *way) (uint32, bool) {
 	s := a.shard(i)
 	for {
 		h := atomic.LoadUint64(&s.head)
@@ -246,6 +260,16 @@ func (a *seg) pop(i uint32) (uint32, bool) {
 			break
 		}
 		next := atomic.LoadUint32(a.link(top - 1))
+		if next != 0 && next <= a.capacity && uint32(atomic.LoadUint64(&w.cache)) == 0 &&
+			atomic.CompareAndSwapUint64(&w.moving, 0, h) {
+			if atomic.CompareAndSwapUint64(&s.head, h, (h>>32+1)<<32) {
+				a.adopt(w, next-1)
+				atomic.StoreUint64(&w.moving, 0)
+				return top - 1, true
+			}
+			atomic.StoreUint64(&w.moving, 0)
+			continue
+		}
 		if atomic.CompareAndSwapUint64(&s.head, h, (h>>32+1)<<32|uint64(next)) {
 			return top - 1, true
 		}
@@ -255,8 +279,30 @@ func (a *seg) pop(i uint32) (uint32, bool) {
 		if f >= end {
 			return 0, false
 		}
-		if atomic.CompareAndSwapUint32(&s.frontier, f, f+1) {
+		if atomic.CompareAndSwapUint32(&a.shard(i).frontier, f, f+1) {
 			return f, true
+		}
+	}
+}
+
+// adopt puts the chain that starts at first (a list pop took whole) into
+// w's cache, on top of whatever was pushed there since pop saw it empty.
+func (a *seg) adopt(w *way, first uint32) {
+	var last uint32
+	walked := false
+	for {
+		c := atomic.LoadUint64(&w.cache)
+		if uint32(c) != 0 && !walked {
+			last, _ = a.walk(first, a.capacity)
+			walked = true
+		}
+		if walked {
+			// The chain's tail links to the cache's top as read now (0
+			// when the cache emptied again since the last try).
+			atomic.StoreUint32(a.link(last), uint32(c))
+		}
+		if atomic.CompareAndSwapUint64(&w.cache, c, (c>>32+1)<<32|uint64(first+1)) {
+			return
 		}
 	}
 }
@@ -275,11 +321,15 @@ func (a *seg) push(s *shardLine, idx uint32) {
 // A way's cache is a chain of free slots linked through links[], like a
 // shard's freelist, with its head in the cache word (version<<32 |
 // index+1). Frees push onto the freeing P's way, a line no other process
-// writes; once flushAt slots gathered there the whole chain moves to the
-// home shard with one CAS. So a consumer that frees what a producer in
-// another process allocates touches the shared shard head once per flushAt
-// slots, not once per slot. Takes (the owner, or a thief when the shards
-// are dry) pop one slot; the version makes the pop ABA-safe.
+// writes; once flushAt slots gathered there, flushAt of them move to the
+// home shard with one CAS. A take that finds its cache empty and a shard's
+// freelist longer than one slot takes the whole list into its cache (pop).
+// So a consumer that frees what a producer in another process allocates
+// touches the shared shard head once per flushAt slots, and the producer
+// once per list it takes, not once per slot. Takes from a cache (the
+// owner, or a thief when the shards are dry) pop one slot; the version
+// makes the pop ABA-safe. A chain between a cache and a shard is in the
+// way's moving word (see way), where the census finds it.
 
 // flushAt is how many slots a way's cache gathers before they move to the
 // home shard in one step.
@@ -309,31 +359,64 @@ func (a *seg) putCache(c *uint64, idx uint32) {
 	}
 }
 
-// flushCache moves the whole chain of c to shard s: one CAS to detach it,
-// a walk to its tail, one CAS to splice it onto the shard's list.
-func (a *seg) flushCache(c *uint64, s *shardLine) {
+// flushCache moves up to limit slots from the top of w's cache to shard s:
+// it claims w's moving word with the cache's head, walks limit-1 links
+// down the chain, detaches that prefix (one CAS, which fails and retries if
+// the cache changed meanwhile), splices it onto the shard's list (one CAS)
+// and clears moving. The prefix is never out of the census's sight: in the
+// cache, in moving, or in the shard. If another move of this way is under
+// way, the slots stay in the cache for the next flush.
+func (a *seg) flushCache(w *way, s *shardLine, limit uint32) {
 	var v uint64
+	var first, last uint32
 	for {
-		v = atomic.LoadUint64(c)
-		if uint32(v) == 0 {
+		v = atomic.LoadUint64(&w.cache)
+		if uint32(v) == 0 || !atomic.CompareAndSwapUint64(&w.moving, 0, v) {
 			return
 		}
-		if atomic.CompareAndSwapUint64(c, v, (v>>32+1)<<32) {
+		if uint32(v) > a.capacity {
+			// A scribbled head: drop the chain; recovery rebuilds the
+			// freelists from the state words.
+			atomic.CompareAndSwapUint64(&w.cache, v, (v>>32+1)<<32)
+			atomic.StoreUint64(&w.moving, 0)
+			return
+		}
+		first = uint32(v) - 1
+		var rest uint32
+		last, rest = a.walk(first, limit)
+		if atomic.CompareAndSwapUint64(&w.cache, v, (v>>32+1)<<32|uint64(rest)) {
 			break
 		}
+		atomic.StoreUint64(&w.moving, 0) // the cache changed: look again
 	}
-	if uint32(v) > a.capacity {
-		return // a scribbled head: the chain is dropped; recovery rebuilds from the state words
+	if testHookMoving != nil {
+		testHookMoving()
 	}
-	first := uint32(v) - 1
-	last := first
-	for n := uint32(0); n < a.capacity; n++ { // bounded: a scribbled link cannot loop forever
+	a.splice(s, first, last)
+	atomic.StoreUint64(&w.moving, 0)
+}
+
+// testHookMoving, when set by a test, runs while a chain is on the move.
+var testHookMoving func()
+
+// walk follows the chain from first for at most limit slots and returns
+// the last of them and the link after it (index+1, or 0 at the chain's end).
+func (a *seg) walk(first, limit uint32) (last, rest uint32) {
+	last = first
+	for n := uint32(1); ; n++ {
 		next := atomic.LoadUint32(a.link(last))
-		if next == 0 || next > a.capacity {
-			break
+		if next == 0 || next > a.capacity { // a scribbled link ends the chain
+			return last, 0
+		}
+		if n >= min(limit, a.capacity) { // bounded: a scribbled link cannot loop forever
+			return last, next
 		}
 		last = next - 1
 	}
+}
+
+// splice puts the chain first..last on top of shard s's freelist.
+func (a *seg) splice(s *shardLine, first, last uint32) {
 	for {
 		h := atomic.LoadUint64(&s.head)
 		atomic.StoreUint32(a.link(last), uint32(h))
@@ -351,7 +434,7 @@ func (a *seg) recycle(p int, w *way, idx uint32) {
 	k := uint(p) % cacheWays
 	if a.cacheLen[k].Add(1) >= flushAt {
 		a.cacheLen[k].Store(0)
-		a.flushCache(&w.cache, a.shard(a.home(p)))
+		a.flushCache(w, a.shard(a.home(p)), flushAt)
 	}
 	a.notifyFree()
 }

@@ -422,6 +422,68 @@ func TestFullCensus(t *testing.T) {
 	}
 }
 
+// TestNoErrFullWhileChainMoves: while a flush moves a way's chain of freed
+// slots to a shard (detached from the cache, not yet on the freelist), an
+// Alloc in another process must not report ErrFull: the chain is in the
+// mover's moving word, which the census reads. Before the moving word the
+// chain was out of sight for the length of the walk to its tail, and a
+// census that ran inside that window (a preempted flusher makes it long)
+// said full with flushAt slots free.
+func TestNoErrFullWhileChainMoves(t *testing.T) {
+	hs := segment[pay](t, 2, Config{Slots: flushAt, Shards: 1})
+	a, b := hs[0], hs[1]
+	var toks []token.Token
+	for range flushAt {
+		tok, err := a.Store(pay{})
+		must(t, err, "Store")
+		toks = append(toks, tok)
+	}
+	moving, release := make(chan struct{}), make(chan struct{})
+	testHookMoving = func() {
+		close(moving)
+		<-release
+	}
+	defer func() { testHookMoving = nil }()
+	freed := make(chan error, 1)
+	go func() {
+		// Every free lands in one way's cache only if they run on one P;
+		// the flush that follows the flushAt-th is the one the hook stops.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var err error
+		for _, tok := range toks {
+			if e := a.Free(tok); e != nil && err == nil {
+				err = e
+			}
+		}
+		freed <- err
+	}()
+	select {
+	case <-moving:
+	case err := <-freed:
+		t.Skipf("the frees never filled one way's cache (%v): the case is not exercised", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no flush started")
+	}
+	testHookMoving = nil
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := b.Alloc()
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		close(release)
+		t.Fatalf("Alloc while %d freed slots were moving to a shard: %v", flushAt, err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	within(t, 5*time.Second, "Alloc once the chain arrived", func() {
+		must(t, <-got, "Alloc")
+	})
+	must(t, <-freed, "Free")
+}
+
 // TestHotPathsDoNotAllocate: Alloc, Store, Load, LoadInto, View, Update,
 // Adopt and Free allocate nothing on the Go heap.
 func TestHotPathsDoNotAllocate(t *testing.T) {

@@ -60,9 +60,12 @@
 // Every operation that changes shared words runs inside a section: a count
 // on this process's record, opened before and closed after. A slot is
 // taken from this process's cache for its P (a chain of slots it freed,
-// moved to the home shard every 32), else the home shard,
-// else any shard, else any process's cache; ErrFull means two censuses in a
-// row saw all of them empty and unchanged. Load copies under a reader count
+// 32 of which move to the home shard at a time, or a shard's whole freelist
+// it took in one step), else the home shard, else any shard, else any
+// process's cache. A chain on its way between a cache and a shard sits in
+// its way's moving word meanwhile, so every free slot is always in a
+// freelist, a cache or a moving word; ErrFull means two censuses in a row
+// saw all of them empty and unchanged. Load copies under a reader count
 // inside its section; View and Update write a hold entry into the record
 // before taking their reader count or writer bit, and run the callback
 // outside any section.

@@ -21,7 +21,7 @@ import (
 const (
 	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
 	// layoutVersion changes whenever the bytes below change meaning.
-	layoutVersion = 1
+	layoutVersion = 2
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64
@@ -130,7 +130,16 @@ type way struct {
 	// version<<32 | index+1, or version<<32 when empty. Every change bumps
 	// version: pops are ABA-safe, and two equal reads bracket an instant.
 	cache uint64
-	_     [atomicx.CacheLine - 16]byte
+	// moving holds a chain on its way between this cache and a shard's
+	// freelist (a flush, or a grab of a whole freelist): the moved list's
+	// head word as it was, so version<<32 | index+1, or 0. It is set before
+	// the chain leaves where it was and cleared after it arrived, so at
+	// every instant each free slot is in a freelist, a cache or a moving
+	// word, all of which the ErrFull census reads. One move per way at a
+	// time: a second would-be mover skips (a flush) or pops one slot
+	// instead (a grab).
+	moving uint64
+	_      [atomicx.CacheLine - 24]byte
 }
 
 // shardLine is one freelist: a tagged Treiber stack of slot indices linked

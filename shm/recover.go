@@ -199,7 +199,8 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 			v := atomic.LoadUint64(c)
 			switch {
 			case dead[i]:
-				atomic.StoreUint64(c, (v>>32+1)<<32) // its slot is relinked below
+				atomic.StoreUint64(c, (v>>32+1)<<32)     // its slots are relinked below
+				atomic.StoreUint64(&r.ways[k].moving, 0) // and so are those of a move it left half done
 			default:
 				// The whole chain (bounded: a scribbled link cannot loop).
 				for top, n := uint32(v), uint32(0); top != 0 && top <= a.capacity && n < a.capacity; n++ {
@@ -375,7 +376,9 @@ func (a *seg) detach() {
 	w := &a.rec.ways[0]
 	a.open(w)
 	for k := range a.rec.ways {
-		a.flushCache(&a.rec.ways[k].cache, a.shard(a.home(k)))
+		for atomic.LoadUint64(&a.rec.ways[k].cache)&(1<<32-1) != 0 && atomic.LoadUint64(&a.rec.ways[k].moving) == 0 {
+			a.flushCache(&a.rec.ways[k], a.shard(a.home(k)), a.capacity)
+		}
 	}
 	a.close(w, 0)
 	for sh := uint32(0); sh < a.shards; sh++ {
