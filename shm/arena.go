@@ -463,7 +463,7 @@ func (a *seg) bind() {
 	a.shardsAt = unsafe.Add(a.base, h.shardsOff)
 	a.states = unsafe.Add(a.base, h.statesOff)
 	a.links = unsafe.Add(a.base, h.linksOff)
-	a.payload = unsafe.Add(a.base, h.payloadOff)
+	a.payload = unsafe.Add(a.base, h.payloadOff+slotMeta)
 }
 
 // claimRecord finds a record whose lock it can take and that no dead
@@ -541,11 +541,11 @@ func (a *seg) shard(i uint32) *shardLine {
 }
 
 func (a *seg) state(idx uint32) *uint64 {
-	return (*uint64)(unsafe.Add(a.states, uintptr(idx)*8))
+	return (*uint64)(unsafe.Add(a.states, uintptr(idx)*a.stride))
 }
 
 func (a *seg) link(idx uint32) *uint32 {
-	return (*uint32)(unsafe.Add(a.links, uintptr(idx)*4))
+	return (*uint32)(unsafe.Add(a.links, uintptr(idx)*a.stride))
 }
 
 func (a *seg) slotAt(idx uint32) unsafe.Pointer {

@@ -40,13 +40,18 @@
 //	records   one per attached process (at most MaxProcs): liveness,
 //	          per-way section counters and way caches, hold entries
 //	shards    freelist heads (tagged Treiber stacks) and frontiers
-//	states    8-byte state word per slot (generation, live, writer,
-//	          pending, retired, owner, readers)
-//	links     4-byte freelist link per slot
-//	[Store]   reference count per slot, a reference table per record,
-//	          edge control blocks
-//	payload   the slots
+//	[Store]   a reference table per record, edge control blocks
+//	slots     each on cache lines of its own (stride: 16 + sizeof(T)
+//	          rounded up to 64 bytes): the 8-byte state word (generation,
+//	          live, writer, pending, retired, owner, readers), the 4-byte
+//	          freelist link and, in a Store, the 4-byte reference count,
+//	          then the payload
 //	[Store]   each edge's rings, one per lane
+//
+// A slot's words share its first cache line with the start of its payload
+// (a message's header): a process that takes over a slot another process
+// freed or wrote pulls that one line, not one from each of three arrays
+// as well. The price is memory: a slot takes at least 64 bytes.
 //
 // Attach recomputes the layout from the header's own numbers and refuses a
 // segment whose offsets, size, type (fields, offsets, size, alignment) or

@@ -11,9 +11,17 @@ import (
 //	header      one page: identity, geometry, offsets, the recovery word
 //	records     MaxProcs process records, page-aligned each
 //	shards      one 64-byte line per shard: freelist head, frontier, range
-//	states      one 8-byte state word per slot
-//	links       one 4-byte freelist link per slot
-//	payload     the slots, page-aligned, stride = sizeof(T) rounded to its alignment
+//	[Store]     a reference table per record, the edge control blocks
+//	slots       page-aligned; each slot starts on a cache line of its own:
+//	            its state word (8 bytes), freelist link (4) and, in a
+//	            Store, reference count (4), then T; stride = 16 + sizeof(T)
+//	            rounded up to 64 bytes (and to T's alignment)
+//	[Store]     each edge's rings
+//
+// A slot's words sit in front of its payload so that a process taking a
+// slot over from another pulls one cache line for its link, state word,
+// count and the start of the payload (a message's header), not one line
+// from each of three arrays and one from the slot.
 //
 // Every cross-reference is an offset or a slot index: a process maps the
 // segment wherever its kernel likes, and nothing in it is a Go pointer.
@@ -21,7 +29,7 @@ import (
 const (
 	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
 	// layoutVersion changes whenever the bytes below change meaning.
-	layoutVersion = 2
+	layoutVersion = 3
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64
@@ -42,6 +50,10 @@ const (
 	pageSize    = 4096
 	headerSize  = pageSize
 	typeNameLen = 128
+
+	// slotMeta is the size of the words in front of each slot's payload:
+	// state (at 0), link (at 8), reference count (at 12, Store only).
+	slotMeta = 16
 )
 
 // header is the first page of a segment. Its fields are written by the
@@ -65,6 +77,9 @@ type header struct {
 	recordsOff uint64
 	recordSize uint64
 	shardsOff  uint64
+	// statesOff, linksOff and refsOff are the offsets of slot 0's state
+	// word, link and reference count; slot i's are i strides further.
+	// payloadOff is where slot 0 starts (its state word).
 	statesOff  uint64
 	linksOff   uint64
 	payloadOff uint64
@@ -202,22 +217,23 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // inputs, so an attaching process recomputes it to check the header.
 func layoutFor(capacity, shards uint32, slotSize, align uint64, st *storeShape) geometry {
 	g := geometry{capacity: capacity, shards: shards, slotSize: slotSize, align: max(align, 1)}
-	g.stride = roundUp(max(slotSize, 1), g.align)
+	g.stride = roundUp(roundUp(slotMeta+max(slotSize, 1), atomicx.CacheLine), g.align)
 	g.recordsOff = headerSize
 	g.recordSize = roundUp(uint64(unsafe.Sizeof(record{})), pageSize)
 	g.shardsOff = g.recordsOff + MaxProcs*g.recordSize
-	g.statesOff = roundUp(g.shardsOff+uint64(shards)*uint64(unsafe.Sizeof(shardLine{})), atomicx.CacheLine)
-	g.linksOff = roundUp(g.statesOff+8*uint64(capacity), atomicx.CacheLine)
-	end := g.linksOff + 4*uint64(capacity)
+	end := g.shardsOff + uint64(shards)*uint64(unsafe.Sizeof(shardLine{}))
 	if st != nil {
-		g.refsOff = roundUp(end, atomicx.CacheLine)
-		g.tablesOff = roundUp(g.refsOff+4*uint64(capacity), pageSize)
+		g.tablesOff = roundUp(end, pageSize)
 		g.tableLen = st.tableLen
 		g.edgesOff = roundUp(g.tablesOff+MaxProcs*4*st.tableLen, pageSize)
 		g.edges = uint32(len(st.laneCaps))
 		end = g.edgesOff + uint64(len(st.laneCaps))*uint64(unsafe.Sizeof(edgeCtl{}))
 	}
 	g.payloadOff = roundUp(end, max(pageSize, g.align))
+	g.statesOff, g.linksOff = g.payloadOff, g.payloadOff+8
+	if st != nil {
+		g.refsOff = g.payloadOff + 12
+	}
 	g.ringsOff = roundUp(g.payloadOff+g.stride*uint64(capacity), pageSize)
 	end = g.ringsOff
 	if st != nil {

@@ -55,14 +55,17 @@ type Store[P any] struct {
 
 // storeCore is a Store's part of the segment, bound in this process.
 type storeCore struct {
-	refs     unsafe.Pointer // uint32 reference count per slot
+	refs     unsafe.Pointer // slot 0's uint32 reference count; slot i's is i strides on
+	stride   uintptr
 	tables   unsafe.Pointer // MaxProcs reference tables of tableLen uint32 counts
 	tableLen uint64
 	edges    []*Edge
 	tab      refTable
 }
 
-func (c *storeCore) ref(idx uint32) *uint32 { return (*uint32)(unsafe.Add(c.refs, uintptr(idx)*4)) }
+func (c *storeCore) ref(idx uint32) *uint32 {
+	return (*uint32)(unsafe.Add(c.refs, uintptr(idx)*c.stride))
+}
 
 func (c *storeCore) table(rec int) unsafe.Pointer {
 	return unsafe.Add(c.tables, uintptr(rec)*uintptr(c.tableLen)*4)
@@ -136,6 +139,7 @@ func (a *seg) bindStore() error {
 	h := a.hdr
 	c := &storeCore{
 		refs:     unsafe.Add(a.base, h.refsOff),
+		stride:   a.stride,
 		tables:   unsafe.Add(a.base, h.tablesOff),
 		tableLen: h.tableLen,
 	}
