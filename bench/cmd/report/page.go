@@ -352,15 +352,17 @@ func renderFamily(b *strings.Builder, rows []*summary) {
 		}
 		cell[k][im] = s
 	}
-	base := ""
-	for _, c := range baselines {
-		if contains(impls, c) {
-			base = c
-			break
-		}
-	}
 	fmt.Fprintf(b, "| workload | %s |\n|---|%s\n", strings.Join(impls, " | "), strings.Repeat("---|", len(impls)))
 	for _, k := range keys {
+		// Each row's ratios are against the first baseline that row has
+		// (Hop's 4 KiB row has no sync.Pool, only a channel of values).
+		base := ""
+		for _, c := range baselines {
+			if cell[k][c] != nil {
+				base = c
+				break
+			}
+		}
 		label := strings.Join(strings.Split(k, "/")[1:], " ")
 		fmt.Fprintf(b, "| %s |", label)
 		for _, im := range impls {

@@ -203,3 +203,23 @@ func TestMessageTargets(t *testing.T) {
 		t.Errorf("rows for benchmarks that did not run:\n%s", top)
 	}
 }
+
+// TestRowBaseline: a row without the family's first baseline takes its
+// ratios against the next one it has (Hop's 4 KiB row: a channel of
+// values, no sync.Pool).
+func TestRowBaseline(t *testing.T) {
+	in := testInput(strings.Join([]string{
+		"BenchmarkHop/impl=syncpool/payload=64-2 100 100 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=chan-value/payload=64-2 100 80 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=cella-edge/payload=64-2 100 250 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=chan-value/payload=4096-2 100 700 ns/op 0 B/op 0 allocs/op",
+		"BenchmarkHop/impl=cella-edge/payload=4096-2 100 1400 ns/op 0 B/op 0 allocs/op",
+	}, "\n") + "\n")
+	var b strings.Builder
+	renderFamily(&b, byFamily(in.sums)["Hop"])
+	for _, want := range []string{"| payload=64 | 100 ns (1.00x) | 80 ns (0.80x) | 250 ns (2.50x) |", "| payload=4096 | - | 700 ns (1.00x) | 1400 ns (2.00x) |"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
