@@ -43,22 +43,29 @@ type ringEntry struct {
 	flags    uint32
 }
 
-// Edge counters, indices into edgeCtl.st.
+// Edge counters, indices for edgeCtl.stat. The first numHotStats change on
+// every send and receive and sit on the edge's hot line.
 const (
 	stAdmitted = iota
+	stDelivered
 	stRejected
 	stInvalid
 	stEvicted
 	stExpired
-	stDelivered
 	stLate
 	stDrained
 	stFreeErrors
 	stWaited
 	numEdgeStats
+	numHotStats = 2
 )
 
-// edgeCtl is one edge's block in the segment.
+// edgeCtl is one edge's block in the segment. Its lines are laid out for a
+// hop between processes, where every line a send or a receive writes
+// changes cores: one line holds the lock and everything a send or receive
+// changes under it except the lanes; the lanes have the next line to
+// themselves; what changes rarely or never (the policy, the other
+// counters) comes after, so it stays shared in every core's cache.
 type edgeCtl struct {
 	// Futex words, bumped on every change a waiter may want, and the
 	// number of waiters (a sender skips the wake syscall when 0).
@@ -68,26 +75,54 @@ type edgeCtl struct {
 	sendWaiters uint32
 	_           [atomicx.CacheLine - 16]byte
 
+	// The hot line: the lock, and under it the totals and the admission
+	// sequence, and the two counters every hop bumps.
 	lock   uint32 // 0, or the holder's record index + 1
 	closed uint32
+	n      int64
+	bytes  int64
+	seq    uint64
+	hot    [numHotStats]uint64 // stat(stAdmitted), stat(stDelivered)
+	_      [atomicx.CacheLine - 48]byte
+
+	// Under the lock: the lanes' positions, the high-water mark (written
+	// only when it rises) and the earliest deadline queued.
+	lanes       [numLanes]struct{ head, tail uint64 }
+	highWater   int64
+	minDeadline int64
+	_           [atomicx.CacheLine - numLanes*16 - 16]byte
+
+	// Under the lock, kept only by DeadlineQoS edges (the only admission
+	// that evicts by lane and needs each lane's bytes).
+	laneBytes [numLanes]int64
+	_         [atomicx.CacheLine - numLanes*8]byte
+
 	// The policy and ring shape, written at Create and never again.
 	admission                                uint32
 	_                                        uint32
 	maxItems, softItems, maxBytes, softBytes int64
 	laneCap, ringOff                         uint64
+	_                                        [atomicx.CacheLine - 56]byte
 
-	// Under the lock.
-	n           int64
-	bytes       int64
-	laneBytes   [numLanes]int64
-	seq         uint64
-	minDeadline int64
-	lanes       [numLanes]struct{ head, tail uint64 }
-	highWater   int64
-	_           [atomicx.CacheLine - 32]byte
+	cold [numEdgeStats - numHotStats]uint64 // the other counters; atomic
+	_    [atomicx.CacheLine - ((numEdgeStats-numHotStats)*8)%atomicx.CacheLine]byte
+}
 
-	st [numEdgeStats]uint64 // atomic
-	_  [atomicx.CacheLine - (numEdgeStats*8)%atomicx.CacheLine]byte
+// The hot line and the lanes' line are a line each (a compile error
+// otherwise).
+var (
+	_ [unsafe.Offsetof(edgeCtl{}.lanes) - unsafe.Offsetof(edgeCtl{}.lock) - atomicx.CacheLine]byte
+	_ [atomicx.CacheLine - (unsafe.Offsetof(edgeCtl{}.lanes) - unsafe.Offsetof(edgeCtl{}.lock))]byte
+	_ [unsafe.Offsetof(edgeCtl{}.laneBytes) - unsafe.Offsetof(edgeCtl{}.lanes) - atomicx.CacheLine]byte
+	_ [atomicx.CacheLine - (unsafe.Offsetof(edgeCtl{}.laneBytes) - unsafe.Offsetof(edgeCtl{}.lanes))]byte
+)
+
+// stat returns counter which of the edge.
+func (c *edgeCtl) stat(which int) *uint64 {
+	if which < numHotStats {
+		return &c.hot[which]
+	}
+	return &c.cold[which-numHotStats]
 }
 
 // Edge is one process's handle on a shared edge of a Store.
@@ -98,6 +133,7 @@ type Edge struct {
 	laneCap uint64
 	pol     message.Policy
 	id      int
+	byLane  bool // DeadlineQoS: the edge keeps each lane's bytes (ctl.laneBytes)
 }
 
 func (e *Edge) entry(lane int, pos uint64) *ringEntry {
@@ -107,8 +143,8 @@ func (e *Edge) entry(lane int, pos uint64) *ringEntry {
 
 // count bumps a counter outside the lock; counted bumps one under it (the
 // lock orders it, and Stats reads under the lock).
-func (e *Edge) count(which int)   { atomic.AddUint64(&e.ctl.st[which], 1) }
-func (e *Edge) counted(which int) { e.ctl.st[which]++ }
+func (e *Edge) count(which int)   { atomic.AddUint64(e.ctl.stat(which), 1) }
+func (e *Edge) counted(which int) { *e.ctl.stat(which)++ }
 
 // Policy returns the edge's policy.
 func (e *Edge) Policy() message.Policy { return e.pol }
@@ -192,7 +228,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 	a := e.a
 	sent := 0
 	waited, spun := false, false
-	var lockWait, busyWait waiter
+	var lockWait waiter
 	for sent < len(ts) {
 		p, w, err := a.enter()
 		if err != nil {
@@ -204,16 +240,15 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			continue
 		}
 		// One section and one lock for as many tokens as fit. Each token's
-		// header is read here under a brief reader hold, which never
-		// waits: a token under Update stops the batch (errBusy) and is
-		// retried after the lock is released.
+		// header is read here without a hold (admitHeader), so nothing
+		// here waits on a slot.
 		var net int64
 		progressed := false
 		for {
 			t := ts[sent]
 			var q ringEntry
 			var lane int
-			if lane, err = e.checkLocked(p, w, t, &q); err != nil {
+			if lane, err = e.checkLocked(t, &q); err != nil {
 				break
 			}
 			if atomic.LoadUint32(&e.ctl.closed) != 0 {
@@ -239,13 +274,9 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 				break
 			}
 		}
-		busy := err == errBusy
-		if busy {
-			err = nil
-		}
 		// Everything that touches the segment happens before the section
 		// closes, or inside an outside-window (Close waits for both).
-		full := err == nil && !busy && sent < len(ts)
+		full := err == nil && sent < len(ts)
 		if progressed {
 			e.wakeReceivers()
 		}
@@ -269,9 +300,6 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		switch {
 		case err != nil:
 			return sent, err
-		case busy:
-			busyWait.wait(a)
-			continue
 		case !full:
 			continue
 		case !wait:
@@ -332,9 +360,9 @@ func isInvalid(err error) bool {
 
 // checkLocked validates t and reads what admission needs from its header
 // into q, inside the section and under the lock; it returns q's lane. It
-// must not wait: a header under an Update is errBusy. Token and header
-// errors count in Invalid; an expired message is errExpiredOnSend.
-func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, error) {
+// never waits. Token and header errors count in Invalid; an expired
+// message is errExpiredOnSend.
+func (e *Edge) checkLocked(t token.Token, q *ringEntry) (int, error) {
 	a := e.a
 	if t.IsNil() {
 		e.counted(stInvalid)
@@ -346,21 +374,15 @@ func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, err
 		return 0, err
 	}
 	st := a.state(idx)
-	for {
-		s := atomic.LoadUint64(st)
-		if !liveAs(s, t.Generation()) {
-			e.counted(stInvalid)
-			return 0, stale("Send", t)
-		}
-		if s&writerBit != 0 || readersOf(s) >= maxReaders {
-			return 0, errBusy
-		}
-		if atomic.CompareAndSwapUint64(st, s, s+readerOne) {
-			break
-		}
+	if !liveAs(atomic.LoadUint64(st), t.Generation()) {
+		e.counted(stInvalid)
+		return 0, stale("Send", t)
 	}
-	h := *(*message.Header)(a.slotAt(idx))
-	a.unhold(p, w, idx, readerOne)
+	h := a.admitHeader(idx)
+	if !liveAs(atomic.LoadUint64(st), t.Generation()) {
+		e.counted(stInvalid)
+		return 0, stale("Send", t)
+	}
 	switch {
 	case !h.QoS.Valid():
 		e.counted(stInvalid)
@@ -381,9 +403,42 @@ func (e *Edge) checkLocked(p int, w *way, t token.Token, q *ringEntry) (int, err
 	return laneBestEffort, nil
 }
 
-// errBusy stops a batch at a token under Update; the batch resumes with it
-// outside the lock.
-var errBusy = fmt.Errorf("shm: slot busy")
+// admitHeader reads the header fields admission needs (Deadline; QoS,
+// Flags and Size) with three atomic loads, without a hold: the caller holds
+// a reference, so the slot stays this allocation's while it reads (it
+// checks the state word before and after), and each field is read whole.
+// An Update running meanwhile may give a mix of the fields before and after
+// it, each a value the message had: the same as message.Edge, which reads
+// its store's deadline and info words one by one. Taking a reader hold
+// instead wrote the slot's state word on every send, so the slot's line
+// changed cores on every hop between processes.
+func (a *seg) admitHeader(idx uint32) message.Header {
+	base := a.slotAt(idx)
+	var h message.Header
+	h.Deadline = int64(atomic.LoadUint64((*uint64)(unsafe.Add(base, offDeadline))))
+	qf := atomic.LoadUint64((*uint64)(unsafe.Add(base, offQoS)))
+	*(*uint64)(unsafe.Pointer(&h.QoS)) = qf // QoS and Flags: the word at offQoS
+	h.Size = atomic.LoadUint32((*uint32)(unsafe.Add(base, offSize)))
+	return h
+}
+
+// The header offsets admitHeader reads; QoS and Flags share one aligned
+// word, Size follows it (a compile error otherwise).
+const (
+	offDeadline = unsafe.Offsetof(message.Header{}.Deadline)
+	offQoS      = unsafe.Offsetof(message.Header{}.QoS)
+	offSize     = unsafe.Offsetof(message.Header{}.Size)
+)
+
+var (
+	_ [offDeadline % 8]struct{}
+	_ [0 - offDeadline%8]struct{}
+	_ [0 - offQoS%8]struct{}
+	_ [unsafe.Offsetof(message.Header{}.Flags) + unsafe.Sizeof(message.Header{}.Flags) - offQoS - 8]struct{}
+	_ [offQoS + 8 - unsafe.Offsetof(message.Header{}.Flags) - unsafe.Sizeof(message.Header{}.Flags)]struct{}
+	_ [offSize - offQoS - 8]struct{}
+	_ [offQoS + 8 - offSize]struct{}
+)
 
 // wakeReceivers wakes parked receivers after a send made progress. A
 // receiver announces itself (recvWaiters) under the lock before it reads

@@ -103,7 +103,9 @@ func (e *Edge) push(q *ringEntry, lane int) {
 	atomic.AddUint64(&c.lanes[lane].tail, 1)
 	c.n++
 	c.bytes += int64(q.size)
-	c.laneBytes[lane] += int64(q.size)
+	if e.byLane {
+		c.laneBytes[lane] += int64(q.size)
+	}
 	if q.deadline != 0 && q.flags&uint32(message.DegradeAllowed) == 0 && q.deadline < c.minDeadline {
 		c.minDeadline = q.deadline
 	}
@@ -120,7 +122,9 @@ func (e *Edge) pop(lane int) ringEntry {
 	atomic.AddUint64(&c.lanes[lane].head, 1)
 	c.n--
 	c.bytes -= int64(q.size)
-	c.laneBytes[lane] -= int64(q.size)
+	if e.byLane {
+		c.laneBytes[lane] -= int64(q.size)
+	}
 	return q
 }
 
@@ -130,7 +134,9 @@ func (e *Edge) unpop(lane int, q *ringEntry) {
 	atomic.AddUint64(&c.lanes[lane].head, ^uint64(0))
 	c.n++
 	c.bytes += int64(q.size)
-	c.laneBytes[lane] += int64(q.size)
+	if e.byLane {
+		c.laneBytes[lane] += int64(q.size)
+	}
 }
 
 // release drops the edge's reference to a token it took off its queue.
@@ -169,7 +175,9 @@ func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 				if now > q.deadline {
 					c.n--
 					c.bytes -= int64(q.size)
-					c.laneBytes[l] -= int64(q.size)
+					if e.byLane {
+						c.laneBytes[l] -= int64(q.size)
+					}
 					e.counted(stExpired)
 					net += e.release(p, w, q.tok)
 					continue
@@ -400,7 +408,7 @@ func (e *Edge) Drain() int {
 				freed++
 			}
 		}
-		e.ctl.st[stDrained] += uint64(freed)
+		*e.ctl.stat(stDrained) += uint64(freed)
 		e.ctl.minDeadline = math.MaxInt64
 		e.wakeSenders()
 		return net
@@ -467,16 +475,16 @@ func (e *Edge) Stats() message.EdgeStats {
 	_ = e.locked(func(int, *way) {
 		c := e.ctl
 		s = message.EdgeStats{
-			Admitted:   atomic.LoadUint64(&c.st[stAdmitted]),
-			Rejected:   atomic.LoadUint64(&c.st[stRejected]),
-			Invalid:    atomic.LoadUint64(&c.st[stInvalid]),
-			Evicted:    atomic.LoadUint64(&c.st[stEvicted]),
-			Expired:    atomic.LoadUint64(&c.st[stExpired]),
-			Delivered:  atomic.LoadUint64(&c.st[stDelivered]),
-			Late:       atomic.LoadUint64(&c.st[stLate]),
-			Drained:    atomic.LoadUint64(&c.st[stDrained]),
-			FreeErrors: atomic.LoadUint64(&c.st[stFreeErrors]),
-			Waited:     atomic.LoadUint64(&c.st[stWaited]),
+			Admitted:   atomic.LoadUint64(c.stat(stAdmitted)),
+			Rejected:   atomic.LoadUint64(c.stat(stRejected)),
+			Invalid:    atomic.LoadUint64(c.stat(stInvalid)),
+			Evicted:    atomic.LoadUint64(c.stat(stEvicted)),
+			Expired:    atomic.LoadUint64(c.stat(stExpired)),
+			Delivered:  atomic.LoadUint64(c.stat(stDelivered)),
+			Late:       atomic.LoadUint64(c.stat(stLate)),
+			Drained:    atomic.LoadUint64(c.stat(stDrained)),
+			FreeErrors: atomic.LoadUint64(c.stat(stFreeErrors)),
+			Waited:     atomic.LoadUint64(c.stat(stWaited)),
 			Len:        int(c.n),
 			Bytes:      c.bytes,
 			HighWater:  int(c.highWater),

@@ -155,7 +155,8 @@ func (a *seg) bindStore() error {
 		case ctl.admission > uint32(message.DeadlineQoS) || pol.Validate() != nil:
 			return fmt.Errorf("%w: edge %d: bad policy", ErrCorrupt, i)
 		}
-		c.edges = append(c.edges, &Edge{a: a, ctl: ctl, ring: unsafe.Add(a.base, at), laneCap: lc, pol: pol, id: i})
+		c.edges = append(c.edges, &Edge{a: a, ctl: ctl, ring: unsafe.Add(a.base, at), laneCap: lc, pol: pol, id: i,
+			byLane: pol.Admission == message.DeadlineQoS})
 		at += ringBytes(lc)
 	}
 	a.store = c

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/cella-go/cella/message"
 )
@@ -68,5 +69,65 @@ func TestStoreSmoke(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSendDuringUpdate: a Send of a message another goroutine is updating
+// does not wait for the Update (as with message.Edge): it admits the
+// message with header fields the message had, each read whole, and the
+// edge keeps the ones it admitted it with after the Update changes them.
+func TestSendDuringUpdate(t *testing.T) {
+	s, err := CreateStore[tick]("su", StoreConfig{Slots: 8, Dir: t.TempDir(), Watch: -1,
+		Edges: []message.Policy{{MaxItems: 4, MaxBytes: 1 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tok, err := s.Put(message.Header{Size: 100, QoS: message.LatencyCritical}, tick{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Retain(tok); err != nil { // one reference for the Send, one kept
+		t.Fatal(err)
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	updated := make(chan error, 1)
+	go func() {
+		updated <- s.Update(tok, func(m *message.Message[tick]) {
+			close(inside)
+			<-release
+			m.Header.Size = 300
+		})
+	}()
+	<-inside
+	sent := make(chan error, 1)
+	go func() { sent <- s.Edge(0).Send(context.Background(), tok) }()
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatalf("Send during Update: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("Send waited for the Update")
+	}
+	close(release)
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if b := s.Edge(0).Bytes(); b != 100 {
+		t.Fatalf("edge counts %d bytes, want the 100 it admitted the message with", b)
+	}
+	got, err := s.Edge(0).Recv(context.Background())
+	if err != nil || got != tok {
+		t.Fatalf("Recv: %v %v", got, err)
+	}
+	if b := s.Edge(0).Bytes(); b != 0 {
+		t.Fatalf("edge counts %d bytes after the Recv, want 0", b)
+	}
+	for range 2 {
+		if err := s.Free(tok); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
