@@ -128,6 +128,7 @@ func (a *Arena[T]) alloc(src *T) (token.Token, *T, error) {
 // returns with the section open (the caller writes the slot, then exits
 // with net 1), or with an error (ErrClosed, ErrFull) and no section open.
 func (a *seg) takeSlot() (idx, gen uint32, p int, w *way, err error) {
+	var wait waiter
 	for {
 		p, w, err = a.enter()
 		if err != nil {
@@ -141,6 +142,11 @@ func (a *seg) takeSlot() (idx, gen uint32, p int, w *way, err error) {
 		if full {
 			return 0, 0, 0, nil, ErrFull
 		}
+		// A free slot exists but no take found it: another operation is
+		// moving it (it is in a moving word, or between pop and stamp).
+		// Back off; if that lasts, the mover may have died with the slots
+		// in its moving word, and a recovery relinks them.
+		wait.wait(a)
 	}
 }
 

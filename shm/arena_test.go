@@ -484,6 +484,45 @@ func TestNoErrFullWhileChainMoves(t *testing.T) {
 	must(t, <-freed, "Free")
 }
 
+// TestDeadMoverIsRecovered: a process that died in the middle of a move
+// (its chain detached from its cache, still in its moving word) leaves
+// slots that are free but in no freelist. The census sees them, so Alloc
+// in a survivor does not say ErrFull; it must not spin on them forever
+// either: after a while it runs the recovery, which relinks them.
+func TestDeadMoverIsRecovered(t *testing.T) {
+	hs := segment[pay](t, 2, Config{Slots: 4, Shards: 1}) // no watcher
+	a, b := hs[0], hs[1]
+	var toks []token.Token
+	for range 4 {
+		tok, err := a.Store(pay{})
+		must(t, err, "Store")
+		toks = append(toks, tok)
+	}
+	for _, tok := range toks {
+		must(t, a.Free(tok), "Free")
+	}
+	moved := false
+	for k := range a.rec.ways {
+		w := &a.rec.ways[k]
+		if v := atomic.LoadUint64(&w.cache); uint32(v) != 0 {
+			// What a flush leaves between detaching the chain and splicing it.
+			atomic.StoreUint64(&w.moving, v)
+			atomic.StoreUint64(&w.cache, (v>>32+1)<<32)
+			moved = true
+		}
+	}
+	if !moved {
+		t.Fatal("the freed slots are in no cache of A: the case is not exercised")
+	}
+	die(a)
+	within(t, 5*time.Second, "Alloc with the free slots in a dead process's moving word", func() {
+		for range 4 {
+			_, _, err := b.Alloc()
+			must(t, err, "Alloc")
+		}
+	})
+}
+
 // TestHotPathsDoNotAllocate: Alloc, Store, Load, LoadInto, View, Update,
 // Adopt and Free allocate nothing on the Go heap.
 func TestHotPathsDoNotAllocate(t *testing.T) {
