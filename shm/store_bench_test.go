@@ -8,9 +8,14 @@ import (
 	"github.com/cella-go/cella/token"
 )
 
-func BenchmarkZZOps(b *testing.B) {
+// BenchmarkStoreOps is the cost of a shared Store's operations on one
+// goroutine of one process, with nothing contending: what the locked
+// instructions and sections of each path cost before any cache line has
+// to change cores (BenchmarkIPC in bench/ measures two processes). ns/op is
+// per message.
+func BenchmarkStoreOps(b *testing.B) {
 	dir := b.TempDir()
-	s, err := CreateStore[[64]byte]("zz", StoreConfig{Slots: 1024, Dir: dir, Watch: -1, Edges: []message.Policy{{MaxItems: 512}}})
+	s, err := CreateStore[[64]byte]("ops", StoreConfig{Slots: 1024, Dir: dir, Watch: -1, Edges: []message.Policy{{MaxItems: 512}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -19,12 +24,14 @@ func BenchmarkZZOps(b *testing.B) {
 	e := s.Edge(0)
 	var sink byte
 	b.Run("Loan+Free", func(b *testing.B) {
+		b.ReportAllocs()
 		for range b.N {
 			t, _, _ := s.Loan(message.Header{})
 			s.Free(t)
 		}
 	})
 	b.Run("Loan+Send+Recv+Free", func(b *testing.B) {
+		b.ReportAllocs()
 		for range b.N {
 			t, _, _ := s.Loan(message.Header{})
 			e.Send(ctx, t)
@@ -33,6 +40,7 @@ func BenchmarkZZOps(b *testing.B) {
 		}
 	})
 	b.Run("Loan+Send+Recv+View+Free", func(b *testing.B) {
+		b.ReportAllocs()
 		for range b.N {
 			t, _, _ := s.Loan(message.Header{})
 			e.Send(ctx, t)
@@ -42,6 +50,7 @@ func BenchmarkZZOps(b *testing.B) {
 		}
 	})
 	b.Run("batch16", func(b *testing.B) {
+		b.ReportAllocs()
 		var buf [16]token.Token
 		for i := 0; i < b.N; i += 16 {
 			for k := range buf {
@@ -57,11 +66,13 @@ func BenchmarkZZOps(b *testing.B) {
 	})
 	t, _, _ := s.Loan(message.Header{})
 	b.Run("View", func(b *testing.B) {
+		b.ReportAllocs()
 		for range b.N {
 			s.View(t, func(m *message.Message[[64]byte]) { sink += m.Payload[0] })
 		}
 	})
 	b.Run("Header", func(b *testing.B) {
+		b.ReportAllocs()
 		for range b.N {
 			s.Header(t)
 		}
