@@ -193,6 +193,10 @@ func (s *Store[P]) finishPut(t token.Token, m *Message[P], h *Header, p *P) (tok
 	return t, nil
 }
 
+// raceEnabled is true under the race detector, which publish must not
+// hide plain stores from.
+const raceEnabled = atomicx.Race
+
 // publish makes t's freshly written message visible with one reference.
 //
 // It writes the three words with plain stores, not atomic ones (on amd64 an

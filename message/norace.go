@@ -1,6 +1,0 @@
-//go:build !race
-
-package message
-
-// raceEnabled: see race.go.
-const raceEnabled = false

@@ -1,6 +1,0 @@
-package message
-
-// tso is true where the hardware keeps stores in program order and never
-// moves a store ahead of an earlier load (x86-TSO): there a plain store
-// publishes like a release store (see storeRelease).
-const tso = true
