@@ -16,15 +16,7 @@ import (
 // the consumer reads it with View and Frees it.
 func benchHopEdge[T any](b *testing.B) {
 	b.Run("impl=cella-edge/"+sizeName[T](), func(b *testing.B) {
-		st, err := message.NewStore[T](arena.Config{Slots: pairCapacity})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer st.Close()
-		e, err := message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block})
-		if err != nil {
-			b.Fatal(err)
-		}
+		st, e := storeAndEdge[T](b)
 		var z T
 		size := uint32(unsafe.Sizeof(z))
 		ctx := context.Background()
@@ -51,6 +43,21 @@ func benchHopEdge[T any](b *testing.B) {
 			b.Fatal(err)
 		}
 	})
+}
+
+// storeAndEdge returns a store of pairCapacity messages, closed when the
+// benchmark ends, and a Block edge on it with the channels' capacity.
+func storeAndEdge[T any](b *testing.B) (*message.Store[T], *message.Edge) {
+	st, err := message.NewStore[T](arena.Config{Slots: pairCapacity})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	e, err := message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st, e
 }
 
 // consumeEdge receives from e until it is closed, reading and freeing every

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
@@ -16,15 +15,7 @@ import (
 // and receives it. Per message.
 func BenchmarkMessageLifecycle(b *testing.B) {
 	b.Run("impl=cella-edge/"+sizeName[P64](), func(b *testing.B) {
-		st, err := message.NewStore[P64](arena.Config{Slots: pairCapacity})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer st.Close()
-		e, err := message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block})
-		if err != nil {
-			b.Fatal(err)
-		}
+		st, e := storeAndEdge[P64](b)
 		ctx := context.Background()
 		var acc uint64
 		read := func(m *message.Message[P64]) { acc += first(&m.Payload) }
