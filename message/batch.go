@@ -51,27 +51,19 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 		// Check outside the lock, as Send does, and stop at the first
 		// token that is bad in itself; it is reported only if every token
 		// before it gets in.
-		valid := len(chunk)
-		var cerr error
-		invalid := false
+		valid, cerr := e.checkBatch(chunk, qs[:len(chunk)], lanes[:len(chunk)])
+		invalid := cerr != nil
 		var now int64
-		for i, t := range chunk {
-			q := &qs[i]
-			lane, err := e.check(t, q)
-			if err != nil {
-				valid, cerr, invalid = i, err, true
-				break
-			}
-			if q.deadline != 0 && !q.flags.Has(DegradeAllowed) {
+		for i := range valid {
+			if q := &qs[i]; q.deadline != 0 && !q.flags.Has(DegradeAllowed) {
 				if now == 0 {
 					now = Now()
 				}
 				if now > q.deadline {
-					valid, cerr = i, errExpiredOnSend
+					valid, cerr, invalid = i, errExpiredOnSend, false
 					break
 				}
 			}
-			lanes[i] = uint8(lane)
 		}
 		k := 0
 		if e.fast != nil {

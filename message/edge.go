@@ -75,7 +75,7 @@ type Edge struct {
 	// Read-only after NewEdge, read by senders outside the lock: kept off
 	// the cache lines the lock holder writes.
 	hs   HeaderStore
-	adm  admitter // hs's fast path, when it has one (every *Store does)
+	meta *metaTable // hs's metadata, when hs is a *Store: the fast path of Header
 	pol  Policy
 	fast *fastRing // the lock-free path (fast.go); nil when the policy rules it out
 	_    atomicx.Pad
@@ -114,7 +114,9 @@ func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
 		return nil, err
 	}
 	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64, slow: true}
-	e.adm, _ = hs.(admitter)
+	if ts, ok := hs.(tabled); ok {
+		e.meta = ts.table()
+	}
 	if fastEligible(&p) {
 		e.fast, e.slow = newFastRing(&p), false
 	}
@@ -227,16 +229,12 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 		return 0, errNilToken
 	}
 	var qos QoS
-	if e.adm != nil {
-		deadline, info, err := e.adm.admitInfo(t)
+	if e.meta != nil {
+		deadline, info, err := e.meta.admitInfo(t)
 		if err != nil {
 			return 0, withContext("send "+t.String(), err)
 		}
-		q.deadline, q.size = deadline, uint32(info>>32)
-		if info&infoDegrade != 0 {
-			q.flags = DegradeAllowed
-		}
-		qos = QoS(info)
+		qos = q.setInfo(deadline, info)
 	} else {
 		h, err := e.hs.Header(t)
 		if err != nil {
@@ -253,6 +251,51 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 		return 0, errOverMaxBytes
 	}
 	return int(qos.effective()) - 1, nil
+}
+
+// setInfo fills q's admission fields from what admitInfo read and returns
+// the header's QoS.
+func (q *queued) setInfo(deadline int64, info uint64) QoS {
+	q.deadline, q.size, q.flags = deadline, uint32(info>>32), 0
+	if info&infoDegrade != 0 {
+		q.flags = DegradeAllowed
+	}
+	return QoS(info)
+}
+
+// checkBatch is check for each token of ts in order, up to the first bad
+// one: it fills qs[i] and lanes[i] for ts[:n] and returns n and, when n <
+// len(ts), the error check gives ts[n]. len(ts) is at most sendChunk. The
+// store reads the headers of the whole run in one gate section and one
+// call (admitInfoN); a token it does not pass goes through check alone,
+// for check's exact error.
+func (e *Edge) checkBatch(ts []token.Token, qs []queued, lanes []uint8) (int, error) {
+	n := 0
+	if e.meta != nil {
+		m := 0
+		for m < len(ts) && !ts[m].IsNil() {
+			m++
+		}
+		var deadlines [sendChunk]int64
+		var infos [sendChunk]uint64
+		for k := e.meta.admitInfoN(ts[:m], deadlines[:m], infos[:m]); n < k; n++ {
+			q := &qs[n]
+			q.tok = ts[n]
+			qos := q.setInfo(deadlines[n], infos[n])
+			if !qos.Valid() || (e.pol.MaxBytes > 0 && int64(q.size) > e.pol.MaxBytes) {
+				break // check gives its error
+			}
+			lanes[n] = uint8(qos.effective()) - 1
+		}
+	}
+	for ; n < len(ts); n++ {
+		lane, err := e.check(ts[n], &qs[n])
+		if err != nil {
+			return n, err
+		}
+		lanes[n] = uint8(lane)
+	}
+	return n, nil
 }
 
 // abandonLocked takes w out of l after its context ended. If a waker had

@@ -179,6 +179,39 @@ func TestSendBatchStopsAtRefusal(t *testing.T) {
 	}
 }
 
+// TestSendBatchChunksDoNotShareFlags sends a batch longer than one chunk
+// (sendChunk tokens are checked at a time, into reused entries): a token
+// must not inherit DegradeAllowed from the token at its place in the chunk
+// before, or an expired message gets in.
+func TestSendBatchChunksDoNotShareFlags(t *testing.T) {
+	s := newStore[payload](t, 2*sendChunk)
+	e := mustEdge(t, s, Policy{})
+	ts := make([]token.Token, sendChunk+1)
+	for i := range ts {
+		h := Header{Seq: uint64(i), Deadline: Now() + int64(time.Hour)}
+		if i == 0 {
+			h.Deadline, h.Flags = 1, DegradeAllowed // expired, but may arrive late
+		}
+		if i == sendChunk {
+			h.Deadline = 1 // expired, and may not
+		}
+		tok, err := s.Put(h, payload{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts[i] = tok
+	}
+	n, err := e.SendBatch(nilCtx, ts)
+	if n != sendChunk || !errors.Is(err, ErrExpired) {
+		t.Fatalf("SendBatch = %d, %v; want %d, ErrExpired (the first of the second chunk is expired)", n, err, sendChunk)
+	}
+	e.Drain()
+	s.Free(ts[sendChunk])
+	if s.Available() != s.Capacity() {
+		t.Fatal("leak")
+	}
+}
+
 func TestSendBatchDropOldest(t *testing.T) {
 	s := newStore[payload](t, 16)
 	e := mustEdge(t, s, Policy{MaxItems: 4, Admission: DropOldest})

@@ -129,7 +129,7 @@ func (f *fastRing) trySend(t token.Token, size uint32) bool {
 		h := f.headCache.Load()
 		if f.limit > 0 && pos-h >= f.limit {
 			h = f.head.Load() &^ slowBit
-			f.headCache.Store(h)
+			storeRelease(&f.headCache, h)
 			if pos-h >= f.limit {
 				return false
 			}
@@ -161,7 +161,7 @@ func (f *fastRing) trySend(t token.Token, size uint32) bool {
 // before pos is published (so the head is at most pos).
 func (f *fastRing) raiseHighWater(pos uint64) {
 	h := f.head.Load() &^ slowBit
-	f.headCache.Store(h) // any head once seen is at most the real one
+	storeRelease(&f.headCache, h) // any head once seen is at most the real one
 	n := int64(pos + 1 - h)
 	for {
 		hw := f.hw.Load()
@@ -217,7 +217,7 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 		h := f.headCache.Load()
 		if f.limit > 0 && pos-h+k > f.limit {
 			h = f.head.Load() &^ slowBit
-			f.headCache.Store(h)
+			storeRelease(&f.headCache, h)
 			if pos-h >= f.limit {
 				return 0
 			}

@@ -101,15 +101,26 @@ func refOf(gen uint32, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
 // The right order is still: close and drain edges, free what you hold,
 // then Close the store.
 type Store[P any] struct {
-	gate  shard.Gate // by value: sections of Put and the metadata fast paths
-	a     *arena.Arena[Message[P]]
-	meta  unsafe.Pointer // slots × slotMeta, off-heap; set once by NewStore
-	slots uint32
+	metaTable
+	a *arena.Arena[Message[P]]
 
 	writers []writerStripe // PutFunc fills in progress, per P
 
 	late lateState
 }
+
+// metaTable is the part of a Store that an edge reads on every send: the
+// gate and the metadata. It does not depend on the payload type, so an edge
+// calls its methods directly (Edge.meta), not through an interface: no
+// dynamic call per token, and the batch path's arrays stay on the stack.
+type metaTable struct {
+	gate  shard.Gate     // by value: sections of Put and the metadata fast paths
+	meta  unsafe.Pointer // slots × slotMeta, off-heap; set once by NewStore
+	slots uint32
+}
+
+// table gives an edge the store's metaTable.
+func (s *metaTable) table() *metaTable { return s }
 
 // lateState is what Close decides about the metadata, and the bookkeeping
 // of references freed after Close. All fields are guarded by mu; fast paths
@@ -139,14 +150,14 @@ func NewStore[P any](cfg arena.Config) (*Store[P], error) {
 		return nil, fmt.Errorf("message: NewStore: mapping metadata for %d slots: %w", n, err)
 	}
 	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
-	s := &Store[P]{a: a, meta: region.Base(), slots: uint32(n), writers: make([]writerStripe, nP)}
+	s := &Store[P]{metaTable: metaTable{meta: region.Base(), slots: uint32(n)}, a: a, writers: make([]writerStripe, nP)}
 	s.late.region = region
 	s.gate.Init()
 	return s, nil
 }
 
 // md returns slot idx's metadata; idx < s.slots.
-func (s *Store[P]) md(idx uint32) *slotMeta {
+func (s *metaTable) md(idx uint32) *slotMeta {
 	return (*slotMeta)(unsafe.Add(s.meta, uintptr(idx)*metaSize))
 }
 
@@ -347,7 +358,7 @@ func (s *Store[P]) putBytes(h Header, data []byte) (token.Token, error) {
 // the header fields admission needs, with a few atomic loads and without
 // touching the slot. Its errors carry no "message: op of token" prefix: the
 // edge adds its own.
-func (s *Store[P]) admitInfo(t token.Token) (deadline int64, info uint64, err error) {
+func (s *metaTable) admitInfo(t token.Token) (deadline int64, info uint64, err error) {
 	idx, gen := t.Index(), uint64(t.Generation())
 	g := s.gate.EnterAny()
 	if s.gate.Closed() {
@@ -375,9 +386,41 @@ func (s *Store[P]) admitInfo(t token.Token) (deadline int64, info uint64, err er
 	return deadline, info, nil
 }
 
+// admitInfoN is admitInfo for a batch, in one gate section: it fills
+// deadlines[i] and infos[i] for ts[i] and returns how many tokens, from the
+// first, it found live. It stops at the first one that is not (nil, out of
+// range, stale, or the store closed); the edge checks that one again with
+// admitInfo for its error.
+func (s *metaTable) admitInfoN(ts []token.Token, deadlines []int64, infos []uint64) int {
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return 0
+	}
+	n := 0
+	for ; n < len(ts); n++ {
+		idx, gen := ts[n].Index(), uint64(ts[n].Generation())
+		if gen == 0 || idx >= s.slots {
+			break
+		}
+		md := s.md(idx)
+		r := md.ref.Load()
+		deadlines[n], infos[n] = md.deadline.Load(), md.info.Load()
+		// As in admitInfo: live in both loads means live in between.
+		if r>>32 != gen || uint32(r) == 0 {
+			break
+		}
+		if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
+			break
+		}
+	}
+	s.gate.Exit(g)
+	return n
+}
+
 // live reports whether t holds references, for callers inside an arena hold
 // (which keeps the metadata mapped).
-func (s *Store[P]) live(t token.Token) bool {
+func (s *metaTable) live(t token.Token) bool {
 	r := s.md(t.Index()).ref.Load()
 	return r>>32 == uint64(t.Generation()) && uint32(r) != 0
 }
@@ -697,13 +740,11 @@ func (s *Store[P]) outstanding(bound int64) (msgs, refs int64, first []token.Tok
 // HeaderStore is implemented by every Store.
 var _ HeaderStore = (*Store[struct{}])(nil)
 
-// admitter is the fast path an edge uses instead of HeaderStore.Header when
-// its store offers it.
-type admitter interface {
-	admitInfo(token.Token) (deadline int64, info uint64, err error)
-}
+// tabled is implemented by every Store: an edge on one reads headers
+// through the store's metaTable instead of HeaderStore.Header.
+type tabled interface{ table() *metaTable }
 
-var _ admitter = (*Store[struct{}])(nil)
+var _ tabled = (*Store[struct{}])(nil)
 
 // referencedError is Close's report of the references still outstanding.
 type referencedError struct {
