@@ -276,13 +276,10 @@ func (e *Edge) checkBatch(ts []token.Token, qs []queued, lanes []uint8) (int, er
 		for m < len(ts) && !ts[m].IsNil() {
 			m++
 		}
-		var deadlines [sendChunk]int64
-		var infos [sendChunk]uint64
-		for k := e.meta.admitInfoN(ts[:m], deadlines[:m], infos[:m]); n < k; n++ {
-			q := &qs[n]
-			q.tok = ts[n]
-			qos := q.setInfo(deadlines[n], infos[n])
-			if !qos.Valid() || (e.pol.MaxBytes > 0 && int64(q.size) > e.pol.MaxBytes) {
+		// lanes[i] holds ts[i]'s raw QoS until it is checked.
+		for k := e.meta.admitInfoN(ts[:m], qs, lanes); n < k; n++ {
+			qos := QoS(lanes[n])
+			if !qos.Valid() || (e.pol.MaxBytes > 0 && int64(qs[n].size) > e.pol.MaxBytes) {
 				break // check gives its error
 			}
 			lanes[n] = uint8(qos.effective()) - 1

@@ -386,12 +386,13 @@ func (s *metaTable) admitInfo(t token.Token) (deadline int64, info uint64, err e
 	return deadline, info, nil
 }
 
-// admitInfoN is admitInfo for a batch, in one gate section: it fills
-// deadlines[i] and infos[i] for ts[i] and returns how many tokens, from the
-// first, it found live. It stops at the first one that is not (nil, out of
-// range, stale, or the store closed); the edge checks that one again with
+// admitInfoN is admitInfo for a batch, in one gate section: for each
+// token of ts, from the first, it fills qs[i] (token, deadline, size,
+// flags) and qos[i] (the header's raw QoS) and returns how many tokens it
+// found live. It stops at the first one that is not (nil, out of range,
+// stale, or the store closed); the edge checks that one again with
 // admitInfo for its error.
-func (s *metaTable) admitInfoN(ts []token.Token, deadlines []int64, infos []uint64) int {
+func (s *metaTable) admitInfoN(ts []token.Token, qs []queued, qos []uint8) int {
 	g := s.gate.EnterAny()
 	if s.gate.Closed() {
 		s.gate.Exit(g)
@@ -405,7 +406,7 @@ func (s *metaTable) admitInfoN(ts []token.Token, deadlines []int64, infos []uint
 		}
 		md := s.md(idx)
 		r := md.ref.Load()
-		deadlines[n], infos[n] = md.deadline.Load(), md.info.Load()
+		deadline, info := md.deadline.Load(), md.info.Load()
 		// As in admitInfo: live in both loads means live in between.
 		if r>>32 != gen || uint32(r) == 0 {
 			break
@@ -413,6 +414,9 @@ func (s *metaTable) admitInfoN(ts []token.Token, deadlines []int64, infos []uint
 		if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
 			break
 		}
+		q := &qs[n]
+		q.tok = ts[n]
+		qos[n] = uint8(q.setInfo(deadline, info))
 	}
 	s.gate.Exit(g)
 	return n
