@@ -202,6 +202,7 @@ func pace(next, gap int64) int64 {
 func BenchmarkMessagePipeline(b *testing.B) {
 	for _, mode := range pipelineModes {
 		b.Run("impl=cella-edge/mode="+mode.name, func(b *testing.B) { benchPipelineEdge(b, mode.gap) })
+		b.Run("impl=cella-graph/mode="+mode.name, func(b *testing.B) { benchPipelineGraph(b, mode.gap) })
 		b.Run("impl=chan-ptr/mode="+mode.name, func(b *testing.B) { benchPipelineChanPtr(b, mode.gap) })
 		b.Run("impl=chan-token/mode="+mode.name, func(b *testing.B) { benchPipelineChanToken(b, mode.gap) })
 	}
@@ -279,6 +280,62 @@ func benchPipelineEdge(b *testing.B, gap int64) {
 		b.Fatal(err)
 	default:
 	}
+	lat.report(b, pipelineStages)
+}
+
+// benchPipelineGraph is benchPipelineEdge built as a message.Graph, the
+// runtime's own pipeline: a source, two pass-through stages and a sink,
+// one worker each, joined by the same three edges. The graph's workers
+// receive with RecvBatch and its stages send with SendBatch where several
+// tokens are ready (a paced stream gets one at a time).
+func benchPipelineGraph(b *testing.B, gap int64) {
+	st, err := message.NewStore[P64](arena.Config{Slots: pairCapacity})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	edges := make([]*message.Edge, pipelineStages)
+	for i := range edges {
+		if edges[i], err = message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	lat := newSampler(b.N)
+	g := message.NewGraph(st)
+	g.Source("producer", 1, func(ctx context.Context, out *message.Emitter) error {
+		next := message.Now()
+		for i := 0; i < b.N; i++ {
+			next = pace(next, gap)
+			var v P64
+			stamp(&v, uint64(i))
+			t, err := st.Put(message.Header{Seq: uint64(i), Size: 64}, v) // Created = Now()
+			if err == nil {
+				err = out.Emit(t)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}, edges[0])
+	pass := func(_ context.Context, t token.Token, out *message.Emitter) error { return out.Emit(t) }
+	for i := 1; i < pipelineStages; i++ {
+		g.Stage("stage"+strconv.Itoa(i), 1, edges[i-1], pass, edges[i])
+	}
+	g.Sink("sink", 1, edges[pipelineStages-1], func(_ context.Context, t token.Token) error {
+		h, err := st.Header(t)
+		if err == nil {
+			lat.add(h.Seq, h.Created)
+		}
+		return err
+	})
+	settle()
+	b.ReportAllocs()
+	b.ResetTimer()
+	if err := g.Run(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
 	lat.report(b, pipelineStages)
 }
 
