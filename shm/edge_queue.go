@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
@@ -100,7 +101,9 @@ func (e *Edge) push(q *ringEntry, lane int) {
 	c.seq++
 	d := e.entry(lane, c.lanes[lane].tail)
 	d.tok, d.seq, d.deadline, d.size, d.flags = q.tok, c.seq, q.deadline, q.size, q.flags
-	atomic.AddUint64(&c.lanes[lane].tail, 1)
+	// A release store, not an atomic add: only the lock's holder writes the
+	// positions; nonEmpty reads them without the lock.
+	atomicx.StoreRelease64(&c.lanes[lane].tail, c.lanes[lane].tail+1)
 	c.n++
 	c.bytes += int64(q.size)
 	if e.byLane {
@@ -119,7 +122,7 @@ func (e *Edge) push(q *ringEntry, lane int) {
 func (e *Edge) pop(lane int) ringEntry {
 	c := e.ctl
 	q := *e.entry(lane, c.lanes[lane].head)
-	atomic.AddUint64(&c.lanes[lane].head, 1)
+	atomicx.StoreRelease64(&c.lanes[lane].head, c.lanes[lane].head+1) // as push's tail
 	c.n--
 	c.bytes -= int64(q.size)
 	if e.byLane {
@@ -131,7 +134,7 @@ func (e *Edge) pop(lane int) ringEntry {
 // unpop puts back the entry pop just took (its ring slot still holds it).
 func (e *Edge) unpop(lane int, q *ringEntry) {
 	c := e.ctl
-	atomic.AddUint64(&c.lanes[lane].head, ^uint64(0))
+	atomicx.StoreRelease64(&c.lanes[lane].head, c.lanes[lane].head-1)
 	c.n++
 	c.bytes += int64(q.size)
 	if e.byLane {
