@@ -3,10 +3,13 @@ package message
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
 )
 
@@ -451,3 +454,108 @@ func TestBatchNoAllocs(t *testing.T) {
 // nilCtx is a nil context.Context, for the tests of "a nil ctx waits like
 // Background" (a variable, so that linters do not flag a literal nil).
 var nilCtx context.Context
+
+// TestSendBatchMatchesSend checks SendBatch against Send, token by token,
+// on long random batches (several chunks of sendChunk) of messages with
+// every kind of header admission looks at (expired or not, DegradeAllowed,
+// each QoS, an invalid QoS, sizes over MaxBytes) and every kind of bad
+// token (Nil, stale): SendBatch must take the same prefix Send takes one by
+// one, stop with the same error, deliver the same order and count the same
+// Stats.
+func TestSendBatchMatchesSend(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	policies := []Policy{
+		{MaxItems: 100, Admission: DropNewest},                // the fast ring
+		{MaxItems: 70, MaxBytes: 4000, Admission: DropNewest}, // locked, byte cap
+		{MaxItems: 90, Admission: DeadlineQoS, SoftItems: 60}, // locked, shedding
+	}
+	s := newStore[payload](t, 512)
+	crossed := 0 // trials whose batch got past the first chunk
+	for trial := range 300 {
+		pol := policies[trial%len(policies)]
+		a, b := mustEdge(t, s, pol), mustEdge(t, s, pol)
+		n := rng.IntN(3*sendChunk + 8)
+		ts := make([]token.Token, n)
+		var stale []token.Token
+		for i := range ts {
+			h := Header{Seq: uint64(i), QoS: QoS(rng.IntN(4)), Size: uint32(1 + rng.IntN(64))}
+			// Mostly admissible headers, so that batches run past a chunk
+			// or two before the first refusal.
+			switch r := rng.IntN(100); {
+			case r < 20:
+				h.Deadline, h.Flags = 1, DegradeAllowed // expired, may be late
+			case r < 35:
+				h.Deadline = Now() + int64(time.Hour)
+			case r < 36:
+				h.Deadline = 1 // expired: refused
+			case r < 37:
+				h.QoS = LatencyCritical + 1 + QoS(rng.IntN(3)) // invalid
+			case r < 38:
+				h.Size = 5000 // over MaxBytes where there is one
+			}
+			tok, err := s.Put(h, payload{A: uint64(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts[i] = tok
+			switch rng.IntN(150) {
+			case 0:
+				ts[i] = token.Nil
+				s.Free(tok)
+			case 1:
+				stale = append(stale, tok)
+				s.Free(tok)
+			}
+		}
+		na, errA := a.SendBatch(nilCtx, ts)
+		if na > sendChunk {
+			crossed++
+		}
+		nb := 0
+		var errB error
+		for _, tok := range ts {
+			if errB = b.TrySend(tok); errB != nil {
+				break
+			}
+			nb++
+		}
+		if na != nb || (errA == nil) != (errB == nil) {
+			t.Fatalf("trial %d (%+v): SendBatch = %d, %v; Send one by one took %d, then %v", trial, pol, na, errA, nb, errB)
+		}
+		for _, target := range []error{ErrRejected, ErrExpired, ErrEdgeFull, arena.ErrStale, arena.ErrBadToken} {
+			if errors.Is(errA, target) != errors.Is(errB, target) {
+				t.Fatalf("trial %d: SendBatch's %v and Send's %v differ on %v", trial, errA, errB, target)
+			}
+		}
+		if sa, sb := a.Stats(), b.Stats(); sa != sb {
+			t.Fatalf("trial %d: Stats after SendBatch %+v, after Sends %+v", trial, sa, sb)
+		}
+		// Both edges hold the same tokens in the same order (one reference
+		// for the two of them: receive from both, free once).
+		for {
+			ta, okA := a.TryRecv()
+			tb, okB := b.TryRecv()
+			if okA != okB || ta != tb {
+				t.Fatalf("trial %d: received %v/%v from the batch edge, %v/%v from the other", trial, ta, okA, tb, okB)
+			}
+			if !okA {
+				break
+			}
+		}
+		for _, tok := range ts {
+			if !tok.IsNil() && !slices.Contains(stale, tok) {
+				if err := s.Free(tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		a.Close()
+		b.Close()
+	}
+	if s.Available() != s.Capacity() {
+		t.Fatalf("leak: %d of %d free", s.Available(), s.Capacity())
+	}
+	if crossed < 30 {
+		t.Fatalf("only %d of 300 batches got past their first chunk: the test does not test chunks", crossed)
+	}
+}
