@@ -208,18 +208,25 @@ func BenchmarkMessagePipeline(b *testing.B) {
 	}
 }
 
-func benchPipelineEdge(b *testing.B, gap int64) {
+// pipelineEdges returns a store, closed when the benchmark ends, and the
+// pipeline's Block edges on it, each with the channels' capacity.
+func pipelineEdges(b *testing.B) (*message.Store[P64], []*message.Edge) {
 	st, err := message.NewStore[P64](arena.Config{Slots: pairCapacity})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer st.Close()
+	b.Cleanup(func() { st.Close() })
 	edges := make([]*message.Edge, pipelineStages)
 	for i := range edges {
 		if edges[i], err = message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block}); err != nil {
 			b.Fatal(err)
 		}
 	}
+	return st, edges
+}
+
+func benchPipelineEdge(b *testing.B, gap int64) {
+	st, edges := pipelineEdges(b)
 	ctx := context.Background()
 	lat := newSampler(b.N)
 	var wg sync.WaitGroup
@@ -289,17 +296,7 @@ func benchPipelineEdge(b *testing.B, gap int64) {
 // receive with RecvBatch and its stages send with SendBatch where several
 // tokens are ready (a paced stream gets one at a time).
 func benchPipelineGraph(b *testing.B, gap int64) {
-	st, err := message.NewStore[P64](arena.Config{Slots: pairCapacity})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	edges := make([]*message.Edge, pipelineStages)
-	for i := range edges {
-		if edges[i], err = message.NewEdge(st, message.Policy{MaxItems: hopBuffer, Admission: message.Block}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	st, edges := pipelineEdges(b)
 	lat := newSampler(b.N)
 	g := message.NewGraph(st)
 	g.Source("producer", 1, func(ctx context.Context, out *message.Emitter) error {
