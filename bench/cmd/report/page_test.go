@@ -223,3 +223,27 @@ func TestRowBaseline(t *testing.T) {
 		}
 	}
 }
+
+// TestViewUpdateBothLevels: the targets table shows View and Update on one
+// goroutine as well as at one per P, each against RWMutex at its level.
+func TestViewUpdateBothLevels(t *testing.T) {
+	var b strings.Builder
+	for _, fam := range []string{"View", "Update"} {
+		for _, lv := range []struct{ g, cella, rw int }{{1, 30, 20}, {4, 9, 10}} {
+			fmt.Fprintf(&b, "Benchmark%s/impl=cella/payload=64/goroutines=%d-4 100 %d ns/op 0 B/op 0 allocs/op\n", fam, lv.g, lv.cella)
+			fmt.Fprintf(&b, "Benchmark%s/impl=rwmutex/payload=64/goroutines=%d-4 100 %d ns/op 0 B/op 0 allocs/op\n", fam, lv.g, lv.rw)
+		}
+	}
+	in := testInput(b.String())
+	top := renderTop(in, byFamily(in.sums))
+	for _, want := range []string{
+		"| View (64 B, one goroutine) at or below 1.0x sync.RWMutex | 1.50x RWMutex | no |",
+		"| View (64 B, one goroutine per P) at or below 1.0x sync.RWMutex | 0.90x RWMutex | yes |",
+		"| Update (64 B, one goroutine) at or below 1.0x sync.RWMutex | 1.50x RWMutex | no |",
+		"| Update (64 B, one goroutine per P) at or below 1.0x sync.RWMutex | 0.90x RWMutex | yes |",
+	} {
+		if !strings.Contains(top, want) {
+			t.Errorf("targets lack %q:\n%s", want, top)
+		}
+	}
+}
