@@ -264,8 +264,10 @@ func renderTargets(b *strings.Builder, in pageInput, byFam map[string][]*summary
 	ratio("Store+Load+Free (64 B) at or below 1.2x sync.Pool with a copy in and out",
 		ns(find(slf, "BenchmarkStoreLoadFree/impl=cella/payload=64")), ns(find(slf, "BenchmarkStoreLoadFree/impl=syncpool/payload=64")),
 		func(r float64) bool { return r <= 1.2 }, "%.2fx sync.Pool")
-	ratio("Store+Load+Free (1 KiB) at or below 1.0x sync.Pool with a copy in and out",
-		ns(find(slf, "BenchmarkStoreLoadFree/impl=cella/payload=1024")), ns(find(slf, "BenchmarkStoreLoadFree/impl=syncpool/payload=1024")),
+	// At 1 KiB the copy out is LoadInto, which the issue added for values
+	// too large to return by value (Load's own row is in the family table).
+	ratio("Store+LoadInto+Free (1 KiB) at or below 1.0x sync.Pool with a copy in and out",
+		ns(find(slf, "BenchmarkStoreLoadFree/impl=cella-into/payload=1024")), ns(find(slf, "BenchmarkStoreLoadFree/impl=syncpool/payload=1024")),
 		func(r float64) bool { return r <= 1 }, "%.2fx sync.Pool")
 	if l := find(byFam["Load"], "BenchmarkLoad/impl=cella/payload=64"); l != nil {
 		v := "no"

@@ -247,3 +247,25 @@ func TestViewUpdateBothLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreLoadIntoTarget: the 1 KiB Store+Load+Free target is taken with
+// LoadInto (the API for values too large to return by value), the 64 B one
+// with Load.
+func TestStoreLoadIntoTarget(t *testing.T) {
+	in := testInput(`BenchmarkStoreLoadFree/impl=cella/payload=64-2 100 30 ns/op 0 B/op 0 allocs/op
+BenchmarkStoreLoadFree/impl=cella-into/payload=64-2 100 29 ns/op 0 B/op 0 allocs/op
+BenchmarkStoreLoadFree/impl=syncpool/payload=64-2 100 20 ns/op 0 B/op 0 allocs/op
+BenchmarkStoreLoadFree/impl=cella/payload=1024-2 100 150 ns/op 0 B/op 0 allocs/op
+BenchmarkStoreLoadFree/impl=cella-into/payload=1024-2 100 50 ns/op 0 B/op 0 allocs/op
+BenchmarkStoreLoadFree/impl=syncpool/payload=1024-2 100 100 ns/op 0 B/op 0 allocs/op
+`)
+	top := renderTop(in, byFamily(in.sums))
+	for _, want := range []string{
+		"| Store+Load+Free (64 B) at or below 1.2x sync.Pool with a copy in and out | 1.50x sync.Pool | no |",
+		"| Store+LoadInto+Free (1 KiB) at or below 1.0x sync.Pool with a copy in and out | 0.50x sync.Pool | yes |",
+	} {
+		if !strings.Contains(top, want) {
+			t.Errorf("targets lack %q:\n%s", want, top)
+		}
+	}
+}
