@@ -28,6 +28,14 @@ type ByteStore[B ByteArray] struct {
 	*Store[B]
 }
 
+// table is Store.table, nil for a nil byte store too.
+func (s *ByteStore[B]) table() *metaTable {
+	if s == nil {
+		return nil
+	}
+	return s.Store.table()
+}
+
 // NewByteStore creates a byte store of cfg.Slots slots of type B.
 func NewByteStore[B ByteArray](cfg arena.Config) (*ByteStore[B], error) {
 	s, err := NewStore[B](cfg)

@@ -113,10 +113,13 @@ func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64, slow: true}
+	var meta *metaTable
 	if ts, ok := hs.(tabled); ok {
-		e.meta = ts.table()
+		if meta = ts.table(); meta == nil {
+			return nil, fmt.Errorf("%w: nil store", ErrBadPolicy)
+		}
 	}
+	e := &Edge{hs: hs, meta: meta, pol: p, minDeadline: math.MaxInt64, slow: true}
 	if fastEligible(&p) {
 		e.fast, e.slow = newFastRing(&p), false
 	}

@@ -373,3 +373,17 @@ func TestNilContext(t *testing.T) {
 		t.Fatalf("Recv(nil) = %v, %v", got, err)
 	}
 }
+
+// TestNewEdgeTypedNilStore: a nil *Store or *ByteStore in the HeaderStore
+// interface (a non-nil interface holding a nil pointer) is refused like a
+// nil HeaderStore, not a panic in NewEdge or a later Send.
+func TestNewEdgeTypedNilStore(t *testing.T) {
+	var s *Store[payload]
+	if _, err := NewEdge(s, Policy{}); !errors.Is(err, ErrBadPolicy) {
+		t.Fatalf("NewEdge(nil *Store) = %v, want ErrBadPolicy", err)
+	}
+	var bs *ByteStore[[64]byte]
+	if _, err := NewEdge(bs, Policy{}); !errors.Is(err, ErrBadPolicy) {
+		t.Fatalf("NewEdge(nil *ByteStore) = %v, want ErrBadPolicy", err)
+	}
+}

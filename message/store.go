@@ -119,8 +119,13 @@ type metaTable struct {
 	slots uint32
 }
 
-// table gives an edge the store's metaTable.
-func (s *metaTable) table() *metaTable { return s }
+// table gives an edge the store's metaTable; nil for a nil store.
+func (s *Store[P]) table() *metaTable {
+	if s == nil {
+		return nil
+	}
+	return &s.metaTable
+}
 
 // lateState is what Close decides about the metadata, and the bookkeeping
 // of references freed after Close. All fields are guarded by mu; fast paths
