@@ -104,22 +104,29 @@ type Edge struct {
 	invalid  atomic.Uint64
 }
 
+// nilStore reports whether hs is nil, or a nil *Store or *ByteStore in a
+// non-nil interface (which == nil does not catch).
+func nilStore(hs HeaderStore) bool {
+	if hs == nil {
+		return true
+	}
+	ts, ok := hs.(tabled)
+	return ok && ts.table() == nil
+}
+
 // NewEdge returns an open edge for tokens of hs with policy p, or an error
 // wrapping ErrBadPolicy.
 func NewEdge(hs HeaderStore, p Policy) (*Edge, error) {
-	if hs == nil {
-		return nil, fmt.Errorf("%w: nil HeaderStore", ErrBadPolicy)
+	if nilStore(hs) {
+		return nil, fmt.Errorf("%w: nil HeaderStore (%w)", ErrBadPolicy, ErrNilStore)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	var meta *metaTable
+	e := &Edge{hs: hs, pol: p, minDeadline: math.MaxInt64, slow: true}
 	if ts, ok := hs.(tabled); ok {
-		if meta = ts.table(); meta == nil {
-			return nil, fmt.Errorf("%w: nil store", ErrBadPolicy)
-		}
+		e.meta = ts.table()
 	}
-	e := &Edge{hs: hs, meta: meta, pol: p, minDeadline: math.MaxInt64, slow: true}
 	if fastEligible(&p) {
 		e.fast, e.slow = newFastRing(&p), false
 	}

@@ -383,7 +383,21 @@ func TestNewEdgeTypedNilStore(t *testing.T) {
 		t.Fatalf("NewEdge(nil *Store) = %v, want ErrBadPolicy", err)
 	}
 	var bs *ByteStore[[64]byte]
-	if _, err := NewEdge(bs, Policy{}); !errors.Is(err, ErrBadPolicy) {
-		t.Fatalf("NewEdge(nil *ByteStore) = %v, want ErrBadPolicy", err)
+	if _, err := NewEdge(bs, Policy{}); !errors.Is(err, ErrBadPolicy) || !errors.Is(err, ErrNilStore) {
+		t.Fatalf("NewEdge(nil *ByteStore) = %v, want ErrBadPolicy and ErrNilStore", err)
 	}
+	// The other entry points that take a store say ErrNilStore too.
+	real := newStore[payload](t, 2)
+	e := mustEdge(t, real, Policy{})
+	tok, err := real.Put(Header{}, payload{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := SendAll(context.Background(), s, tok, e); n != 0 || !errors.Is(err, ErrNilStore) {
+		t.Fatalf("SendAll(nil *Store) = %d, %v; want 0, ErrNilStore", n, err)
+	}
+	if err := NewGraph(bs).Run(context.Background()); !errors.Is(err, ErrNilStore) {
+		t.Fatalf("NewGraph(nil *ByteStore).Run = %v, want ErrNilStore", err)
+	}
+	real.Free(tok)
 }

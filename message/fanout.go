@@ -34,7 +34,7 @@ import (
 //
 // SendAll allocates nothing unless an edge refuses t.
 func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (sent int, err error) {
-	if rs == nil {
+	if nilStore(rs) {
 		return 0, fmt.Errorf("%w: SendAll needs the store of the token", ErrNilStore)
 	}
 	if len(edges) == 0 {

@@ -86,7 +86,7 @@ type node struct {
 // NewGraph returns an empty graph whose tokens live in rs.
 func NewGraph(rs RefStore) *Graph {
 	g := &Graph{rs: rs, stop: make(chan struct{})}
-	if rs == nil {
+	if nilStore(rs) {
 		g.err = fmt.Errorf("%w: NewGraph needs the store its tokens live in", ErrNilStore)
 	}
 	return g
