@@ -156,7 +156,19 @@ const recvSpins = 2
 
 // fastRecvSpins is how many times recv yields on an empty ring in fast mode
 // before it takes the mutex (and with it the edge out of fast mode) to park.
-const fastRecvSpins = 2
+//
+// It trades a little CPU for tail latency. A receiver that parks is woken
+// through the scheduler, and when its P has gone idle that takes an OS
+// thread wake-up, which on a VM can mean waking a halted vCPU: tens to
+// hundreds of microseconds. Sixteen yields (a few microseconds while
+// nothing else is runnable, and other goroutines' turns when something is)
+// keep a receiver of a steady stream from parking between messages. On the
+// build machine (2 vCPUs) against 2: the paced 3-stage pipeline's p99 per
+// hop fell from about 250 µs to 4-20 µs (as a Graph, 248 -> 20 µs), a 4 KiB
+// fan-out to 4 consumers took 1.22 µs instead of 1.82, batches did not
+// change; the saturated pipeline, where the polls compete with the producer
+// for the 2 CPUs, got about 5% slower.
+const fastRecvSpins = 16
 
 // TryRecv is Recv without waiting. It reports false when nothing
 // deliverable is queued, whether or not the edge is closed.
