@@ -275,8 +275,7 @@ func (q *queued) setInfo(deadline int64, info uint64) QoS {
 
 // checkBatch is check for each token of ts in order, up to the first bad
 // one: it fills qs[i] and lanes[i] for ts[:n] and returns n and, when n <
-// len(ts), the error check gives ts[n]. len(ts) is at most sendChunk. The
-// store reads the headers of the whole run in one gate section and one
+// len(ts), the error check gives ts[n]. The store reads the headers of the whole run in one gate section and one
 // call (admitInfoN); a token it does not pass goes through check alone,
 // for check's exact error.
 func (e *Edge) checkBatch(ts []token.Token, qs []queued, lanes []uint8) (int, error) {
