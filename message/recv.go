@@ -163,13 +163,13 @@ const recvSpins = 2
 // hundreds of microseconds. Sixteen yields (a few microseconds while
 // nothing else is runnable, and other goroutines' turns when something is)
 // keep a receiver of a steady stream from parking between messages. On the
-// build machine (2 vCPUs) against 2: the paced 3-stage pipeline's p99 per
-// hop fell from 249-315 µs to 3-20 µs in 7 of 9 runs and 93-122 µs in the
-// other two, still under the channels' 160-205 µs (as a Graph, the median
-// of 5 went from 248 to 20 µs), a 4 KiB
-// fan-out to 4 consumers took 1.22 µs instead of 1.82, batches did not
-// change; the saturated pipeline, where the polls compete with the producer
-// for the 2 CPUs, got about 5% slower.
+// build machine (2 vCPUs), against 2 yields: the paced 3-stage pipeline's
+// p99 per hop fell from 249-315 µs to 3-20 µs in 7 of 9 runs and to
+// 93-122 µs in the other two, still under the channels' 160-205 µs (as a
+// Graph, the median of 5 went from 248 to 20 µs); a 4 KiB fan-out to 4
+// consumers took 1.22 µs instead of 1.82; batches did not change; the
+// saturated pipeline, where the polls compete with the producer for the 2
+// CPUs, got about 5% slower.
 const fastRecvSpins = 16
 
 // TryRecv is Recv without waiting. It reports false when nothing
