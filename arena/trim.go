@@ -66,35 +66,46 @@ func (c *core) TrimWith(release func(first, end uint32)) (released int64, err er
 	if !c.trimmable() && release == nil {
 		return 0, nil
 	}
+	type chain struct {
+		shard       int
+		first, last uint32
+	}
+	var chains []chain
+	for sh := 0; sh < c.set.Len(); sh++ {
+		if first, ok := c.set.Detach(sh); ok {
+			chains = append(chains, chain{shard: sh, first: first})
+		}
+	}
+	// The frontiers are read after the lists are ours: a slot on a list we
+	// took was handed out (and its shard's frontier moved past it) before
+	// it was freed onto that list. Read before, they could miss slots that
+	// other goroutines took past them and freed onto a list we had not
+	// detached yet. mark grows the bitmap all the same, so that no index
+	// can ever fall outside it.
 	var touched uint32
 	for sh := 0; sh < c.set.Len(); sh++ {
 		_, frontier := c.set.Touched(sh)
 		touched = max(touched, frontier)
 	}
-	type chain struct {
-		shard       int
-		first, last uint32
-	}
-	var (
-		chains []chain
-		free   = make([]uint64, (touched+63)/64) // bit i: slot i is in our hands
-	)
-	for sh := 0; sh < c.set.Len(); sh++ {
-		first, ok := c.set.Detach(sh)
-		if !ok {
-			continue
+	free := make([]uint64, (touched+63)/64) // bit i: slot i is in our hands
+	mark := func(i uint32) {
+		for int(i/64) >= len(free) {
+			free = append(free, 0)
 		}
-		last := first
-		free[first/64] |= 1 << (first % 64)
+		free[i/64] |= 1 << (i % 64)
+	}
+	for k := range chains {
+		last := chains[k].first
+		mark(last)
 		for {
 			next, ok := c.set.Next(last)
 			if !ok {
 				break
 			}
-			free[next/64] |= 1 << (next % 64)
+			mark(next)
 			last = next
 		}
-		chains = append(chains, chain{sh, first, last})
+		chains[k].last = last
 	}
 	released = c.releaseRuns(free, uintptr(os.Getpagesize()), release)
 	for _, ch := range chains {
