@@ -125,7 +125,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 			}
 			if ok {
 				i++
-				progress = true
+				progress, pushed = true, true // queued, or handed to a receiver
 				continue
 			}
 		}
@@ -148,14 +148,21 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		w.need = int64(qs[i].size)
 		progress = false
 		if pushed {
-			e.wakeReceiverLocked()
+			e.wakeForBatchLocked()
 			pushed = false
 		}
 		// What we admitted so far may have a receiver to wake; it must not
 		// wait for the rest of the batch (it may be what makes room).
+		expiry := e.senderExpiryLocked(w)
 		e.unlockAndWake()
-		if w.wait(ctx.Done()) {
+		switch w.waitOrExpiry(ctx.Done(), expiry) {
+		case waitSignalled:
 			e.lock()
+			continue
+		case waitExpiry:
+			// A queued message has expired: look for room again.
+			e.lock()
+			e.abandonLocked(&e.sendq, w)
 			continue
 		}
 		e.lock()
@@ -169,7 +176,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		e.st.Rejected++
 	}
 	if pushed {
-		e.wakeReceiverLocked()
+		e.wakeForBatchLocked()
 	}
 	if !e.sendq.empty() {
 		// Room may remain for the next waiting sender (wakes chain).
@@ -180,6 +187,23 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		putWaiter(w)
 	}
 	return i, err
+}
+
+// wakeForBatchLocked wakes a receiver for what a batch queued under this
+// acquisition of the lock. The receiver already picked to be woken
+// (wakeRecv) takes a token and passes the wake-up on while more are queued,
+// so one is enough, unless it was handed a token of its own (handOffLocked:
+// a token of the batch that found the edge empty, after an eviction or
+// expiry emptied it); it then returns without looking at the queue, so the
+// next parked receiver is woken here for the tokens queued after it.
+func (e *Edge) wakeForBatchLocked() {
+	if w := e.wakeRecv; w != nil && w.handed {
+		if e.n > 0 && !e.recvq.empty() {
+			e.recvq.wake(e.recvq.head)
+		}
+		return
+	}
+	e.wakeReceiverLocked()
 }
 
 // fastSendBatch sends the longest prefix of qs that may take the fast path

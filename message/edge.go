@@ -54,7 +54,9 @@ const (
 // a send of an already expired message is refused with ErrExpired (the
 // caller keeps it), and a message that expires while queued is freed and
 // counted in Stats.Expired when a receiver reaches it, or earlier when a
-// sender needs its room. The DegradeAllowed flag opts out: such a message is
+// sender needs its room (a Block sender parked on a full edge looks again
+// when the earliest queued message expires, and takes its room). The
+// DegradeAllowed flag opts out: such a message is
 // delivered even when late (counted in Stats.Late, so the receiver can
 // check Header.Expired itself), though it can still be evicted like any
 // other message.
@@ -204,10 +206,17 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			// Woken but beaten to the room: keep our place at the front.
 			e.sendq.pushFront(w)
 		}
+		expiry := e.senderExpiryLocked(w)
 		e.unlock()
-		if w.wait(ctx.Done()) {
+		switch w.waitOrExpiry(ctx.Done(), expiry) {
+		case waitSignalled:
 			e.lock()
-		} else {
+		case waitExpiry:
+			// A queued message has expired: look for room again (admission
+			// frees expired messages first).
+			e.lock()
+			e.abandonLocked(&e.sendq, w)
+		default:
 			e.lock()
 			e.abandonLocked(&e.sendq, w)
 			// Our wake-up may have been meant for room another sender can use.
@@ -229,6 +238,18 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		putWaiter(w)
 	}
 	return err
+}
+
+// senderExpiryLocked is when the parked sender w should look for room
+// again by itself: when the earliest queued message that can expire does
+// (minDeadline), if w is at the head of the senders' queue; otherwise
+// never (math.MaxInt64), since the head wakes the next sender when it gets
+// in or gives up.
+func (e *Edge) senderExpiryLocked(w *waiter) int64 {
+	if e.sendq.head != w {
+		return math.MaxInt64
+	}
+	return e.minDeadline
 }
 
 // check validates t and reads what admission needs from its header,

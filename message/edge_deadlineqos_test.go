@@ -1,9 +1,12 @@
 package message
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/cella-go/cella/token"
 )
 
 // TestDeadlineQoSBackgroundWithoutSoftCap: on a DeadlineQoS edge with a
@@ -64,4 +67,49 @@ func TestDeadlineQoSBackgroundWithoutSoftCap(t *testing.T) {
 		e.Close()
 		e.Drain()
 	})
+}
+
+// TestBlockedSenderGetsRoomOfExpired: a Block sender parked on a full edge
+// takes the room of a queued message when it expires, without a receiver
+// (Send and SendBatch), and the expired message is freed and counted.
+func TestBlockedSenderGetsRoomOfExpired(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		s := newStore[payload](t, 8)
+		e := mustEdge(t, s, Policy{MaxItems: 1, Admission: Block})
+		var h Header
+		h.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		old, err := s.Put(h, payload{A: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Send(context.Background(), old); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := s.Put(Header{}, payload{A: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		start := time.Now()
+		if batch {
+			_, err = e.SendBatch(ctx, []token.Token{tok})
+		} else {
+			err = e.Send(ctx, tok)
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("batch %v: the parked send = %v after %v; want nil once the queued message expired", batch, err, time.Since(start))
+		}
+		if st := e.Stats(); st.Expired != 1 || st.Waited != 1 {
+			t.Errorf("batch %v: Stats %+v, want Expired 1 and Waited 1", batch, st)
+		}
+		got, err := e.Recv(context.Background())
+		if err != nil || got != tok {
+			t.Fatalf("batch %v: Recv = %v, %v; want the new message", batch, got, err)
+		}
+		s.Free(got)
+		if s.Available() != s.Capacity() {
+			t.Errorf("batch %v: the expired message was not freed", batch)
+		}
+	}
 }

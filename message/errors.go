@@ -39,6 +39,9 @@ var (
 	// never finish. Errors matching it also match ErrBadGraph and name the
 	// nodes of the cycle.
 	ErrGraphCycle = errors.New("message: graph has a cycle")
+	// ErrNodeExited means a Graph node function called runtime.Goexit: the
+	// graph was aborted (see Graph).
+	ErrNodeExited = errors.New("message: graph node function called runtime.Goexit")
 	// ErrNilEdge means a nil *Edge was passed where an edge is needed.
 	ErrNilEdge = errors.New("message: nil edge")
 	// ErrNilStore means a nil store was passed where one is needed.

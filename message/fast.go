@@ -105,10 +105,17 @@ func fastEligible(p *Policy) bool {
 	return p.MaxBytes == 0 && p.SoftBytes == 0 && p.Admission != DeadlineQoS
 }
 
+// fastMinCells is the smallest ring. In a ring of one cell, a cell's
+// "published for position p" (seq p+1) would be its "free for position p+1"
+// too: a sender could reuse the cell before the receiver that claimed p
+// has read it. With two cells or more the next lap's free value is p+len,
+// never p+1. The item cap is the limit's job, not the ring's size.
+const fastMinCells = 2
+
 func newFastRing(p *Policy) *fastRing {
 	n := fastMaxCells
 	if p.MaxItems > 0 && p.MaxItems < n {
-		n = ceilPow2(p.MaxItems)
+		n = max(fastMinCells, ceilPow2(p.MaxItems))
 	}
 	f := &fastRing{cells: make([]fastCell, n), mask: uint64(n - 1), limit: uint64(p.MaxItems)}
 	for i := range f.cells {

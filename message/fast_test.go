@@ -500,3 +500,77 @@ func TestHandOffRacesContext(t *testing.T) {
 		t.Fatalf("Stats = %+v", st)
 	}
 }
+
+// TestFastRingOfOneItem: an edge of MaxItems 1 in fast mode delivers every
+// token exactly once while a sender and receivers race on its one slot. In
+// a ring of one cell, Vyukov's "published for position p" (seq p+1) equals
+// "free for position p+1": a sender that saw the head move past p reused
+// the cell before the receiver that claimed p had read it, so that token
+// was lost and the next one delivered twice. Rings now have two cells at
+// least; MaxItems still caps the queue at one.
+func TestFastRingOfOneItem(t *testing.T) {
+	fs := newFakeStore()
+	e := mustEdge(t, fs, Policy{MaxItems: 1, Admission: Block})
+	if len(e.fast.cells) < 2 {
+		t.Fatalf("a ring of %d cell", len(e.fast.cells))
+	}
+	const n = 20000
+	toks := make([]token.Token, n)
+	want := map[token.Token]bool{}
+	for i := range toks {
+		toks[i] = fs.put(Header{})
+		want[toks[i]] = true
+	}
+	ctx := context.Background()
+	got := make(chan token.Token, 2*n) // room for duplicates, so that they are reported
+	var wg sync.WaitGroup
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]token.Token, 4)
+			for i := 0; ; i++ {
+				k := 1
+				var err error
+				if i%2 == 0 {
+					buf[0], err = e.Recv(ctx)
+				} else {
+					k, err = e.RecvBatch(ctx, buf)
+				}
+				if err != nil {
+					return
+				}
+				for _, tok := range buf[:k] {
+					got <- tok
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i += 2 {
+		if err := e.Send(ctx, toks[i]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.SendBatch(ctx, toks[i+1:i+2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Close()
+	wg.Wait()
+	close(got)
+	seen := map[token.Token]bool{}
+	for tok := range got {
+		if seen[tok] {
+			t.Fatalf("token %v delivered twice", tok)
+		}
+		if !want[tok] {
+			t.Fatalf("token %v was never sent", tok)
+		}
+		seen[tok] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d of %d tokens delivered", len(seen), n)
+	}
+	if st := e.Stats(); st.HighWater > 1 {
+		t.Fatalf("HighWater %d on an edge of MaxItems 1", st.HighWater)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,12 +32,14 @@ type SourceFunc func(ctx context.Context, out *Emitter) error
 // StageFunc handles one token from the stage's input edge. It owns t: it
 // must pass it on with out.Emit (the same token, possibly after an
 // in-place Store.Update) or drop it with out.Free, and may Emit new tokens
-// too. Returning an error aborts the graph.
+// too. Returning an error aborts the graph; if the function returns an
+// error or panics before it has passed t on or dropped it through out, the
+// graph frees t.
 type StageFunc func(ctx context.Context, t token.Token, out *Emitter) error
 
 // SinkFunc consumes one token. It borrows t: the graph frees it when the
-// function returns (call Retain to keep it longer). Returning an error
-// aborts the graph.
+// function returns, or panics (call Retain to keep it longer). Returning an
+// error aborts the graph.
 type SinkFunc func(ctx context.Context, t token.Token) error
 
 // Graph wires sources, stages and sinks together with edges and runs each
@@ -62,6 +65,12 @@ type SinkFunc func(ctx context.Context, t token.Token) error
 // that a batch never holds tokens back long from expiry, eviction or the
 // next node.
 //
+// A node function that panics aborts the graph like an error; once every
+// worker has stopped and the edges are drained, Run panics in its caller's
+// goroutine with a *NodePanic that holds the value and the node's stack (so
+// the caller may recover it). One that calls runtime.Goexit aborts the
+// graph too, and Run returns an error matching ErrNodeExited.
+//
 // Build the graph, then call Run once.
 type Graph struct {
 	rs    RefStore
@@ -71,6 +80,26 @@ type Graph struct {
 	stopOnce sync.Once
 	stop     chan struct{}
 	ran      atomic.Bool
+
+	panicked atomic.Pointer[NodePanic] // the first node function's panic
+}
+
+// NodePanic is the value Run panics with when a node function panicked. It
+// is an error; Unwrap gives the panic value when that is an error.
+type NodePanic struct {
+	Node  string // the node's name
+	Value any    // what the function panicked with
+	Stack []byte // the worker's stack at the panic
+}
+
+func (p *NodePanic) Error() string {
+	return fmt.Sprintf("message: node %q panicked: %v", p.Node, p.Value)
+}
+
+// Unwrap returns the panic value if it is an error, else nil.
+func (p *NodePanic) Unwrap() error {
+	err, _ := p.Value.(error)
+	return err
 }
 
 type node struct {
@@ -142,10 +171,14 @@ type edgeState struct {
 // graceful Stop (or when every source has returned nil), it returns nil
 // once everything is drained; after a node fails it returns that node's
 // error; when ctx is cancelled it returns ctx's error. Edges are closed and
-// drained on return.
+// drained on return. A nil ctx runs like context.Background(). A node
+// function's panic is re-raised here (see Graph).
 func (g *Graph) Run(ctx context.Context) error {
 	if g.err != nil {
 		return g.err
+	}
+	if ctx == nil {
+		ctx = context.Background()
 	}
 	if !g.ran.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: Run called twice", ErrBadGraph)
@@ -173,7 +206,7 @@ func (g *Graph) Run(ctx context.Context) error {
 			go func() {
 				defer wg.Done()
 				defer g.retire(n, edges)
-				if err := g.work(n, runCtx, srcCtx); err != nil && runCtx.Err() == nil {
+				if err := g.guard(n, runCtx, srcCtx, abort); err != nil && runCtx.Err() == nil {
 					abort(withContext(fmt.Sprintf("node %q", n.name), err))
 				}
 			}()
@@ -183,6 +216,9 @@ func (g *Graph) Run(ctx context.Context) error {
 	for e := range edges {
 		e.Close()
 		e.Drain()
+	}
+	if p := g.panicked.Load(); p != nil {
+		panic(p)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -311,6 +347,30 @@ func (g *Graph) retire(n *node, edges map[*Edge]*edgeState) {
 	}
 }
 
+// guard runs one worker (work) and turns a panic or runtime.Goexit in a
+// node function into an abort of the graph: work has freed what it held;
+// a panic is kept for Run to re-raise.
+func (g *Graph) guard(n *node, runCtx, srcCtx context.Context, abort context.CancelCauseFunc) (err error) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		if r := recover(); r != nil {
+			g.panicked.CompareAndSwap(nil, &NodePanic{Node: n.name, Value: r, Stack: debug.Stack()})
+			abort(fmt.Errorf("message: node %q panicked: %v", n.name, r))
+			err = nil
+			return
+		}
+		// runtime.Goexit: the worker ends whatever we do; the graph must
+		// not wait for what it would have done.
+		abort(fmt.Errorf("%w: node %q", ErrNodeExited, n.name))
+	}()
+	err = g.work(n, runCtx, srcCtx)
+	returned = true
+	return err
+}
+
 // graphBatch is the most tokens a Graph worker receives at once with
 // RecvBatch, and the most emitted tokens a stage holds before it sends them
 // with SendBatch.
@@ -332,52 +392,83 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		out.pending = make([]token.Token, 0, graphBatch)
 	}
 	var buf [graphBatch]token.Token
+	var next, k int // buf[next:k] are received tokens not yet handled
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		// A node function panicked or called runtime.Goexit: free what
+		// this worker holds, so that no slot is lost.
+		out.dropCurrent()
+		for _, t := range buf[next:k] {
+			_ = g.rs.Free(t)
+		}
+		out.discard()
+	}()
+	err := g.loop(n, runCtx, out, &buf, &next, &k)
+	returned = true
+	return err
+}
+
+// loop is work's receive loop for a stage or sink; buf[*next:*k] are the
+// tokens received and not yet handed to the node function.
+func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphBatch]token.Token, next, k *int) error {
 	limit := 1 // until the node function is timed
 	for {
 		// Take a share of what is queued: with several workers on one
 		// edge, one of them must not take a whole burst while the others
 		// idle.
-		k, err := n.in.recv(runCtx, buf[:limit], n.workers)
+		got, err := n.in.recv(runCtx, buf[:limit], n.workers)
 		if err != nil {
 			if errors.Is(err, ErrEdgeClosed) || runCtx.Err() != nil {
 				return nil
 			}
 			return err
 		}
+		*next, *k = 0, got
 		// Tokens taken together wait in buf for their turn, where the edge
 		// can no longer expire or evict them, and a stage's emits wait for
 		// the batch's end. That is worth it only while each token is quick
 		// to handle: time the batch (two clock reads per batch) and fall
 		// back to one token at a time for slow node functions.
 		var start int64
-		if k > 1 || limit == 1 {
+		if got > 1 || limit == 1 {
 			start = Now()
 		}
-		for i, t := range buf[:k] {
+		for *next < got {
+			t := buf[*next]
+			*next++
+			out.cur, out.holding = t, true // until the function passes t on
 			if n.stage != nil {
 				err = n.stage(runCtx, t, out)
 			} else {
 				err = n.sink(runCtx, t)
+				out.holding = false
 				if ferr := g.rs.Free(t); err == nil && ferr != nil {
 					err = ferr
 				}
 			}
 			if err != nil {
-				// The tokens received with t are still ours: free them,
-				// and what the stage emitted but we did not send yet.
-				for _, t := range buf[i+1 : k] {
+				// t, if the stage kept it, and the tokens received with it
+				// are still ours: free them, and what the stage emitted
+				// but we did not send yet.
+				out.dropCurrent()
+				for _, t := range buf[*next:got] {
 					_ = g.rs.Free(t)
 				}
+				*next = got
 				out.discard()
 				return err
 			}
+			out.holding = false
 		}
 		if err := out.flush(); err != nil {
 			return err
 		}
 		if start != 0 {
 			limit = graphBatch
-			if (Now()-start)/int64(k) > graphSlowToken {
+			if (Now()-start)/int64(got) > graphSlowToken {
 				limit = 1
 			}
 		}
@@ -400,6 +491,28 @@ type Emitter struct {
 	// or at once when a consumer of an output edge is parked waiting.
 	// Sources emit directly (pending is nil).
 	pending []token.Token
+	// cur is the token the node function is handling; holding says the
+	// worker still owns it (a stage has not emitted or freed it through
+	// the Emitter, or a sink is running), so that it is freed if the
+	// function fails or panics.
+	cur     token.Token
+	holding bool
+}
+
+// passed notes that the node function passed t on or dropped it.
+func (o *Emitter) passed(t token.Token) {
+	if o.holding && t == o.cur {
+		o.holding = false
+	}
+}
+
+// dropCurrent frees the token the node function was handling if the
+// worker still owns it.
+func (o *Emitter) dropCurrent() {
+	if o.holding {
+		o.holding = false
+		_ = o.rs.Free(o.cur)
+	}
 }
 
 // Emit hands t to every output edge of the node and always takes the
@@ -417,6 +530,7 @@ type Emitter struct {
 // receives again. An error of a held-back send (the graph stopping) is
 // then reported by the worker rather than by Emit.
 func (o *Emitter) Emit(t token.Token) error {
+	o.passed(t)
 	if len(o.edges) == 0 {
 		return o.rs.Free(t)
 	}
@@ -497,7 +611,10 @@ func (o *Emitter) discard() {
 }
 
 // Free drops a reference the node holds (a stage dropping its input).
-func (o *Emitter) Free(t token.Token) error { return o.rs.Free(t) }
+func (o *Emitter) Free(t token.Token) error {
+	o.passed(t)
+	return o.rs.Free(t)
+}
 
 // Context returns the context the node's emits honour.
 func (o *Emitter) Context() context.Context { return o.ctx }

@@ -370,7 +370,7 @@ func (s *metaTable) admitInfo(t token.Token) (deadline int64, info uint64, err e
 		s.gate.Exit(g)
 		return 0, 0, arena.ErrClosed
 	}
-	if gen == 0 || idx >= s.slots {
+	if unissued(gen) || idx >= s.slots {
 		s.gate.Exit(g)
 		return 0, 0, &tokenError{t: t, kind: badIndex, slots: s.slots}
 	}
@@ -406,7 +406,7 @@ func (s *metaTable) admitInfoN(ts []token.Token, qs []queued, qos []uint8) int {
 	n := 0
 	for ; n < len(ts); n++ {
 		idx, gen := ts[n].Index(), uint64(ts[n].Generation())
-		if gen == 0 || idx >= s.slots {
+		if unissued(gen) || idx >= s.slots {
 			break
 		}
 		md := s.md(idx)
@@ -550,7 +550,7 @@ func (s *Store[P]) Retain(t token.Token) error {
 		s.gate.Exit(g)
 		return arena.ErrClosed
 	}
-	if gen == 0 || idx >= s.slots {
+	if unissued(gen) || idx >= s.slots {
 		s.gate.Exit(g)
 		return &tokenError{op: "Retain", t: t, kind: badIndex, slots: s.slots}
 	}
@@ -584,7 +584,7 @@ func (s *Store[P]) Free(t token.Token) error {
 		s.gate.Exit(g)
 		return s.lateFree(t)
 	}
-	if gen == 0 || idx >= s.slots {
+	if unissued(gen) || idx >= s.slots {
 		s.gate.Exit(g)
 		return &tokenError{op: "Free", t: t, kind: badIndex, slots: s.slots}
 	}
@@ -617,7 +617,7 @@ func (s *Store[P]) Free(t token.Token) error {
 // is also what keeps the metadata mapped while it reads it.
 func (s *Store[P]) lateFree(t token.Token) error {
 	idx, gen := t.Index(), uint64(t.Generation())
-	if gen == 0 || idx >= s.slots {
+	if unissued(gen) || idx >= s.slots {
 		return arena.ErrClosed
 	}
 	l := &s.late
@@ -664,7 +664,7 @@ func (s *Store[P]) Refs(t token.Token) (int, error) {
 		s.gate.Exit(g)
 		return 0, arena.ErrClosed
 	}
-	if gen == 0 || idx >= s.slots {
+	if unissued(gen) || idx >= s.slots {
 		s.gate.Exit(g)
 		return 0, &tokenError{op: "Refs", t: t, kind: badIndex, slots: s.slots}
 	}

@@ -223,3 +223,27 @@ func TestPutPathsAllocateNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestUnissuedGenerationIsBadToken: generation 2^32-1 is never issued (it
+// marks a retired slot), so every Store method and an edge's send call a
+// token carrying it a bad token, as the arena and Store.Header do.
+func TestUnissuedGenerationIsBadToken(t *testing.T) {
+	s := newStore[payload](t, 4)
+	e := mustEdge(t, s, Policy{})
+	tok := token.New(1, math.MaxUint32)
+	_, herr := s.Header(tok)
+	_, rerr := s.Refs(tok)
+	for name, err := range map[string]error{
+		"Header": herr,
+		"Refs":   rerr,
+		"Retain": s.Retain(tok),
+		"Free":   s.Free(tok),
+		"View":   s.View(tok, func(*Message[payload]) {}),
+		"Update": s.Update(tok, func(*Message[payload]) {}),
+		"Send":   e.TrySend(tok),
+	} {
+		if !errors.Is(err, arena.ErrBadToken) {
+			t.Errorf("%s of a generation-2^32-1 token = %v, want ErrBadToken", name, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package message
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/cella-go/cella/arena"
@@ -90,3 +91,7 @@ func (e *tokenError) Unwrap() error {
 	}
 	return arena.ErrBadToken
 }
+
+// unissued reports a generation no arena issues: 0, and 2^32-1, the
+// generation of a retired slot.
+func unissued(gen uint64) bool { return gen == 0 || gen == math.MaxUint32 }

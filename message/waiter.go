@@ -1,8 +1,10 @@
 package message
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cella-go/cella/token"
 )
@@ -21,6 +23,9 @@ type waiter struct {
 	// set before the signal.
 	tok    token.Token
 	handed bool
+	// timer wakes a sender at the head of the queue when a queued message
+	// expires (waitOrExpiry); made on first use, kept with the waiter.
+	timer *time.Timer
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
@@ -106,5 +111,43 @@ func (w *waiter) wait(done <-chan struct{}) bool {
 		return true
 	case <-done:
 		return false
+	}
+}
+
+// How waitOrExpiry ended.
+const (
+	waitSignalled = iota // a waker signalled w
+	waitDone             // done was closed
+	waitExpiry           // the clock passed expiry
+)
+
+// waitOrExpiry is wait that also returns when the message clock passes
+// expiry (math.MaxInt64: never). A Block sender waits for room this way:
+// room appears when a receiver takes a message, and when a queued message
+// expires, which nobody announces.
+func (w *waiter) waitOrExpiry(done <-chan struct{}, expiry int64) int {
+	if expiry == math.MaxInt64 {
+		if w.wait(done) {
+			return waitSignalled
+		}
+		return waitDone
+	}
+	d := time.Duration(expiry-Now()) + time.Microsecond // past the deadline, not at it
+	if d <= time.Microsecond {
+		return waitExpiry
+	}
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	defer w.timer.Stop()
+	select {
+	case <-w.ch:
+		return waitSignalled
+	case <-done:
+		return waitDone
+	case <-w.timer.C:
+		return waitExpiry
 	}
 }
