@@ -85,7 +85,9 @@
 // # Errors
 //
 // Edges return ErrEdgeFull, ErrRejected, ErrExpired, ErrEdgeClosed and
-// ErrBadPolicy; graphs ErrBadGraph and ErrGraphCycle; SendAll ErrNilEdge
+// ErrBadPolicy; graphs ErrBadGraph, ErrGraphCycle and ErrNodeExited (a
+// node function's panic comes back from Run as a *NodePanic panic, in the
+// caller's goroutine); SendAll ErrNilEdge
 // and ErrNilStore besides the edges' errors; stores return the arena's
 // sentinels (arena.ErrFull, arena.ErrStale, arena.ErrBadToken,
 // arena.ErrClosed, ...) and ErrReferenced. All are matched with errors.Is.
