@@ -484,6 +484,15 @@ func (a *seg) claimRecord() error {
 			continue
 		}
 		r.pid = uint32(os.Getpid())
+		if a.store != nil {
+			// A record comes back from Close or recovery with an empty
+			// table; clear it all the same, so that a process never starts
+			// out holding references it did not take.
+			tab := a.store.table(i)
+			for idx := range min(r.tableHigh, a.capacity) {
+				*(*uint32)(unsafe.Add(tab, uintptr(idx)*4)) = 0
+			}
+		}
 		r.tableHigh = 0
 		atomic.AddUint64(&r.incarnation, 1)
 		atomic.StoreUint32(&r.state, recordAlive)
@@ -613,7 +622,14 @@ func (a *seg) watch(every time.Duration) {
 // freelists. The last process to close removes the segment file. Close
 // waits for this process's callbacks to return; a second Close returns
 // ErrClosed.
-func (a *seg) Close() error {
+func (a *seg) Close() error { return a.closeWith(nil) }
+
+// closeWith is Close that calls quiesced, if not nil, once no operation of
+// this process can start or is still running (the gate is closed, every
+// section has ended, no receiver is parked) and before the process
+// detaches: a Store drops the references its process still holds there,
+// so that none taken by an operation racing Close is left behind.
+func (a *seg) closeWith(quiesced func()) error {
 	a.closeMu.Lock()
 	defer a.closeMu.Unlock()
 	if !a.closed.CompareAndSwap(false, true) {
@@ -629,6 +645,9 @@ func (a *seg) Close() error {
 	for a.parked.Load() != 0 {
 		a.wakeParked()
 		time.Sleep(50 * time.Microsecond)
+	}
+	if quiesced != nil {
+		quiesced()
 	}
 	_ = flockFile(a.file, unix.LOCK_EX)
 	a.detach()

@@ -3,6 +3,7 @@ package shm
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -288,6 +289,9 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			e.count(stWaited)
 		}
 		seq := atomic.LoadUint32(&e.ctl.sendSeq)
+		// Room also appears when a queued message expires, which nobody
+		// announces: a parked sender looks again then.
+		expiry := e.ctl.minDeadline
 		spinFirst := full && wait && !spun // poll a while before announcing a sleeper
 		if full && wait {
 			a.parked.Add(1)
@@ -310,7 +314,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			a.parked.Add(-1)
 			continue
 		}
-		ok := a.park(ctx, &e.ctl.sendSeq, seq)
+		ok := a.parkFor(ctx, &e.ctl.sendSeq, seq, untilExpiry(expiry))
 		atomic.AddUint32(&e.ctl.sendWaiters, ^uint32(0))
 		if !ok && !a.closed.Load() {
 			e.count(stRejected)
@@ -324,6 +328,16 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		}
 	}
 	return sent, nil
+}
+
+// untilExpiry is how long a parked sender may sleep before a queued
+// message expiring at expiry (the edge's earliest; math.MaxInt64 for none)
+// gives it room: just past it, and parkSlice at most.
+func untilExpiry(expiry int64) time.Duration {
+	if expiry == math.MaxInt64 {
+		return parkSlice
+	}
+	return max(time.Duration(expiry-message.Now())+time.Microsecond, time.Microsecond)
 }
 
 // spinForRoom polls, without the lock, until the edge looks like it has

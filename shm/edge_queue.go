@@ -16,11 +16,18 @@ import (
 // Evicting or expiring a queued message drops the edge's reference to it;
 // they return the net change in allocations for the section to account.
 
+// fits reports whether the policy's hard caps leave room for a message of
+// size bytes with n items and b bytes queued.
 func (e *Edge) fits(n, b, size int64) bool {
 	p := &e.pol
-	return (p.MaxItems == 0 || n < int64(p.MaxItems)) && (p.MaxBytes == 0 || b+size <= p.MaxBytes) &&
-		uint64(n) < e.laneCap // no lane can overflow its ring
+	return (p.MaxItems == 0 || n < int64(p.MaxItems)) && (p.MaxBytes == 0 || b+size <= p.MaxBytes)
 }
+
+// laneRoom reports whether lane's ring has a free entry. With MaxItems set
+// the cap keeps every lane below it (laneCap is MaxItems); without, a
+// lane's ring of Slots entries can fill only with messages queued several
+// times (Retain), and then the lane is full as if at a cap.
+func (e *Edge) laneRoom(lane int) bool { return e.laneLen(lane) < e.laneCap }
 
 func (e *Edge) softReached(n, b int64) bool {
 	p := &e.pol
@@ -37,13 +44,13 @@ func (e *Edge) admit(p int, w *way, q *ringEntry, lane int) (bool, int64, error)
 	if e.pol.Admission == message.DeadlineQoS && lane == laneBackground && e.softReached(c.n, c.bytes) {
 		return false, 0, errShedBackground
 	}
-	if e.fits(c.n, c.bytes, size) {
+	if e.fits(c.n, c.bytes, size) && e.laneRoom(lane) {
 		e.push(q, lane)
 		return true, 0, nil
 	}
 	if reaped, dn := e.reapExpired(p, w, message.Now()); reaped {
 		net += dn
-		if e.fits(c.n, c.bytes, size) {
+		if e.fits(c.n, c.bytes, size) && e.laneRoom(lane) {
 			e.push(q, lane)
 			return true, net, nil
 		}
@@ -66,6 +73,9 @@ func (e *Edge) admit(p int, w *way, q *ringEntry, lane int) (bool, int64, error)
 				net += e.evict(p, w, l)
 			}
 		}
+	}
+	for !e.laneRoom(lane) { // a full ring without a cap: its oldest goes
+		net += e.evict(p, w, lane)
 	}
 	e.push(q, lane)
 	return true, net, nil
@@ -272,6 +282,19 @@ func (e *Edge) nonEmpty() bool {
 	return false
 }
 
+// peek is nonEmpty for a caller outside any section: it reads the edge in
+// a section of the process gate, so never after Close has unmapped it
+// (false then; the locked path reports ErrClosed).
+func (e *Edge) peek() bool {
+	p, ok := e.a.gate.Enter()
+	if !ok {
+		return false
+	}
+	ne := e.nonEmpty()
+	e.a.gate.Exit(p)
+	return ne
+}
+
 // spin polls until the edge looks non-empty or closed (true), or spinFor
 // has passed (false).
 func (e *Edge) spin() bool {
@@ -298,8 +321,8 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 	a := e.a
 	var lockWait waiter
 	spun := false
-	if !wait && !e.nonEmpty() {
-		return 0, nil // TryRecv on an empty edge: no lock, no section
+	if !wait && !e.peek() {
+		return 0, nil // TryRecv on an empty edge (or a closed handle): no lock, no section
 	}
 	for {
 		p, w, err := a.enter()

@@ -55,11 +55,21 @@ func (h *holdTable) claim(v uint64) (*uint64, error) {
 	return nil, nil
 }
 
-// claimWait is claim that waits (outside any section) for a free entry.
-func (h *holdTable) claimWait(v uint64) (*uint64, error) {
+// claimWait is claim for a caller outside any section (PutFunc): it waits
+// for a free entry, and makes each try inside a section of the process
+// gate, so that a claim never touches the record after Close has unmapped
+// it: Close closes the gate (and waits for the sections in it) before it
+// unmaps, and a try that finds the gate closed touches nothing.
+func (a *seg) claimWait(v uint64) (*uint64, error) {
 	var b atomicx.Backoff
 	for {
-		if e, err := h.claim(v); e != nil || err != nil {
+		p, ok := a.gate.Enter()
+		if !ok {
+			return nil, ErrClosed
+		}
+		e, err := a.holds.claim(v)
+		a.gate.Exit(p)
+		if e != nil || err != nil {
 			return e, err
 		}
 		b.Wait()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/message"
+	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -25,7 +26,10 @@ type StoreConfig struct {
 	Shards int
 	// Edges are the policies of the store's edges, Edge(0) to
 	// Edge(len-1); at most MaxEdges. An edge's queue is fixed at Create:
-	// MaxItems entries per lane, or Slots when MaxItems is 0.
+	// MaxItems entries per lane, or Slots when MaxItems is 0 (then a lane
+	// can fill only with messages queued several times, after Retain, and
+	// a full lane is treated as an edge at its cap: Block waits,
+	// DropNewest refuses, DropOldest and DeadlineQoS evict from it).
 	Edges []message.Policy
 	// Dir, Perm and Watch are as in Config.
 	Dir   string
@@ -211,7 +215,7 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 	}
 	// The hold entry makes Close wait for fill, which writes the slot
 	// outside any section.
-	e, err := s.a.holds.claimWait(holdFill)
+	e, err := s.a.claimWait(holdFill)
 	if err != nil {
 		return token.Nil, err
 	}
@@ -319,7 +323,8 @@ func (s *Store[P]) Update(t token.Token, fn func(*message.Message[P])) error {
 }
 
 // Retain gives this process one more reference to the message (for
-// example to send it to one more edge).
+// example to send it to one more edge). The process must hold one already
+// (ErrNotHeld otherwise).
 func (s *Store[P]) Retain(t token.Token) error {
 	a := s.a
 	idx, p, w, err := a.enterFor(t, "Retain")
@@ -329,6 +334,13 @@ func (s *Store[P]) Retain(t token.Token) error {
 	defer a.exit(p, w, 0)
 	if !liveAs(atomic.LoadUint64(a.state(idx)), t.Generation()) {
 		return stale("Retain", t)
+	}
+	// Only a holder may add a reference: its own keeps the count above zero
+	// meanwhile. A process without one could race the last Free and add a
+	// count to a slot already freed (it would then hold, and one day drop,
+	// a reference to the slot's next message).
+	if atomic.LoadUint32(a.store.tab.count(idx)) == 0 {
+		return fmt.Errorf("shm: Retain %v: %w", t, ErrNotHeld)
 	}
 	r := a.store.ref(idx)
 	if atomic.LoadUint32(r) == math.MaxUint32 {
@@ -435,29 +447,34 @@ func (s *Store[P]) Stats() Stats { return s.a.Stats() }
 
 // Close detaches this process. The references it still holds are dropped
 // (messages nobody else references are freed) and counted in an error
-// matching message.ErrReferenced; the store is closed all the same. The
+// matching message.ErrReferenced; the store is closed all the same. Calls
+// racing Close either finish first (what they took is dropped with the
+// rest) or return ErrClosed. The
 // last process to close removes the segment. A second Close returns
 // ErrClosed.
 func (s *Store[P]) Close() error {
 	a := s.a
 	var dropped int
-	if !a.closed.Load() {
+	// The references are dropped once no operation of this process can
+	// start or is running: a Put, Recv or Retain racing Close has either
+	// been refused or its reference is in the table by then.
+	err := a.closeWith(func() {
 		for idx, n := range a.store.tab.held() {
 			for range n {
-				p, w, err := a.enter()
-				if err != nil {
-					break
-				}
+				p := shard.Pin() // only to pick this P's way
+				shard.Unpin()
+				w := &a.rec.ways[uint(p)%cacheWays]
+				a.open(w)
+				var net int64
 				if a.store.tab.remove(idx) {
-					a.exit(p, w, a.dropRef(p, w, idx))
+					net = a.dropRef(p, w, idx)
 					dropped++
-				} else {
-					a.exit(p, w, 0)
 				}
+				a.close(w, net)
 			}
 		}
-	}
-	if err := a.Close(); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	if dropped > 0 {

@@ -25,11 +25,17 @@ const parkSlice = 200 * time.Millisecond
 // ctx is done or this handle is closing. The caller holds an outside window
 // (parked raised before its section closed), so the word stays mapped.
 func (a *seg) park(ctx context.Context, word *uint32, seq uint32) bool {
+	return a.parkFor(ctx, word, seq, parkSlice)
+}
+
+// parkFor is park for at most d (at most parkSlice).
+func (a *seg) parkFor(ctx context.Context, word *uint32, seq uint32, d time.Duration) bool {
+	d = min(d, parkSlice)
 	if a.closed.Load() {
 		return false
 	}
 	if ctx.Done() == nil {
-		futexWait(word, seq, parkSlice)
+		futexWait(word, seq, d)
 		return !a.closed.Load()
 	}
 	if ctx.Err() != nil {
@@ -41,7 +47,7 @@ func (a *seg) park(ctx context.Context, word *uint32, seq uint32) bool {
 		atomic.AddUint32(word, 1)
 		futexWake(word)
 	})
-	futexWait(word, seq, parkSlice)
+	futexWait(word, seq, d)
 	if !stop() {
 		<-done
 	}
