@@ -179,9 +179,11 @@ func (e *Edge) TryRecv() (token.Token, bool) {
 		if t, ok := f.tryRecv(); ok {
 			return t, true
 		}
-		if f.head.Load()&slowBit == 0 {
-			// Fast mode and nothing published: the locked lanes are empty
-			// too, and a sender still publishing has not returned yet.
+		if h := f.head.Load(); h&slowBit == 0 && f.tail.Load()&^slowBit == h {
+			// Fast mode and nothing claimed: the locked lanes are empty
+			// too. (A claimed cell whose token is not published yet may
+			// sit before one whose Send has returned: the locked path
+			// waits for it.)
 			return token.Nil, false
 		}
 	}
