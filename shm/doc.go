@@ -105,7 +105,12 @@
 //     processes' hold entries, so the holds of the dead vanish;
 //   - every freelist is rebuilt from the state words (a slot popped or
 //     freed half-way is found again), minus the slots in live caches;
-//   - each edge's lock is cleared and its counts recomputed from its rings;
+//   - each edge's lock is cleared, a compaction of expired entries that
+//     its process left half-done is finished from its journal (which
+//     always says which entries are queued: none twice, none freed), the
+//     counts are recomputed from its rings, and the counters rebalanced
+//     (Admitted = Delivered + Evicted + Expired + Drained + Len: entries a
+//     dead process moved out without counting them count as drained);
 //   - the dead records are cleared and their locks released for new
 //     processes.
 //

@@ -96,7 +96,14 @@ type edgeCtl struct {
 	// Under the lock, kept only by DeadlineQoS edges (the only admission
 	// that evicts by lane and needs each lane's bytes).
 	laneBytes [numLanes]int64
-	_         [atomicx.CacheLine - numLanes*8]byte
+	// Under the lock: the journal of a compaction in progress (reapExpired),
+	// for recovery if its process dies half-way. compactLane is the lane +
+	// 1 (0: none); compactAt packs the compaction's progress as offsets from
+	// the lane's head: keep<<32 | pos. Entries [head, head+keep) and
+	// [head+pos, tail) are queued; the ones between are freed or moved.
+	compactLane uint64
+	compactAt   uint64
+	_           [atomicx.CacheLine - numLanes*8 - 16]byte
 
 	// The policy and ring shape, written at Create and never again.
 	admission                                uint32
@@ -422,8 +429,9 @@ func (e *Edge) checkLocked(t token.Token, q *ringEntry) (int, error) {
 // a reference, so the slot stays this allocation's while it reads (it
 // checks the state word before and after), and each field is read whole.
 // An Update running meanwhile may give a mix of the fields before and after
-// it, each a value the message had: the same as message.Edge, which reads
-// its store's deadline and info words one by one. Taking a reader hold
+// it, each a value the message had (message.Edge reads its store's copy of
+// them under a seqlock instead; here the fields are the slot's own, which
+// the Update callback writes directly). Taking a reader hold
 // instead wrote the slot's state word on every send, so the slot's line
 // changed cores on every hop between processes.
 func (a *seg) admitHeader(idx uint32) message.Header {

@@ -171,6 +171,14 @@ func (e *Edge) evict(p int, w *way, lane int) int64 {
 
 // reapExpired frees every queued message that has expired and may expire,
 // keeping the others in order; it costs one comparison when none can have.
+//
+// It compacts each lane towards its head, under a journal (compactLane,
+// compactAt) that says at every instant which entries are queued, so that
+// a process killed half-way leaves no entry counted twice and none freed
+// yet counted (recovery finishes the compaction, finishCompaction). Each
+// step first moves the journal past the entry, then frees it (an expired
+// one) or first copies it to its new place, outside the queued ranges, and
+// then moves the journal past both (a live one). The tail moves last.
 func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 	c := e.ctl
 	if now <= c.minDeadline {
@@ -181,11 +189,19 @@ func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 	next := int64(math.MaxInt64)
 	for l := range numLanes {
 		head, tail := c.lanes[l].head, c.lanes[l].tail
+		if head == tail {
+			continue
+		}
+		atomicx.StoreRelease64(&c.compactAt, 0)
+		atomicx.StoreRelease64(&c.compactLane, uint64(l)+1)
 		keep := head
 		for pos := head; pos < tail; pos++ {
 			q := *e.entry(l, pos)
 			if q.deadline != 0 && q.flags&uint32(message.DegradeAllowed) == 0 {
 				if now > q.deadline {
+					// Release stores keep program order (x86-TSO), and dropRef's
+					// locked instruction publishes them before the free.
+					atomicx.StoreRelease64(&c.compactAt, (keep-head)<<32|(pos+1-head))
 					c.n--
 					c.bytes -= int64(q.size)
 					if e.byLane {
@@ -201,12 +217,39 @@ func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 				*e.entry(l, keep) = q
 			}
 			keep++
+			atomicx.StoreRelease64(&c.compactAt, (keep-head)<<32|(pos+1-head))
 		}
-		// Entries move towards the head; the tail moves last.
 		atomic.StoreUint64(&c.lanes[l].tail, keep)
+		atomicx.StoreRelease64(&c.compactLane, 0)
 	}
 	c.minDeadline = next
 	return c.n < before, net
+}
+
+// finishCompaction completes, in recovery, a compaction whose process died
+// (see reapExpired): it moves the queued entries after the gap down to
+// close it and sets the tail.
+func (e *Edge) finishCompaction() {
+	c := e.ctl
+	lane := atomic.LoadUint64(&c.compactLane)
+	if lane == 0 {
+		return
+	}
+	atomic.StoreUint64(&c.compactLane, 0)
+	if lane > numLanes {
+		return // scribbled on: countRefs checks the lanes themselves
+	}
+	l := int(lane - 1)
+	at := atomic.LoadUint64(&c.compactAt)
+	head, tail := c.lanes[l].head, c.lanes[l].tail
+	keep, pos := head+at>>32, head+at&(1<<32-1)
+	if keep <= pos && pos <= tail && tail-head <= e.laneCap {
+		for ; pos < tail; pos++ {
+			*e.entry(l, keep) = *e.entry(l, pos)
+			keep++
+		}
+		atomic.StoreUint64(&c.lanes[l].tail, keep)
+	}
 }
 
 // next removes and returns the next deliverable entry and its lane,
@@ -430,11 +473,11 @@ func (e *Edge) Drain() int {
 		for l := range numLanes {
 			for e.laneLen(l) > 0 {
 				q := e.pop(l)
+				e.counted(stDrained) // at once: a process killed here leaves the counters balanced
 				net += e.release(p, w, q.tok)
 				freed++
 			}
 		}
-		*e.ctl.stat(stDrained) += uint64(freed)
 		e.ctl.minDeadline = math.MaxInt64
 		e.wakeSenders()
 		return net

@@ -29,7 +29,7 @@ import (
 const (
 	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
 	// layoutVersion changes whenever the bytes below change meaning.
-	layoutVersion = 4
+	layoutVersion = 5
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64

@@ -317,6 +317,7 @@ func (a *seg) countRefs(dead *[MaxProcs]bool) map[uint32]uint64 {
 	}
 	for _, e := range a.store.edges {
 		c := e.ctl
+		e.finishCompaction() // a reapExpired its process did not finish
 		c.n, c.bytes, c.minDeadline = 0, 0, math.MaxInt64
 		for l := range numLanes {
 			c.laneBytes[l] = 0
@@ -338,9 +339,28 @@ func (a *seg) countRefs(dead *[MaxProcs]bool) map[uint32]uint64 {
 				}
 			}
 		}
+		e.balanceCounters()
 		atomic.StoreUint32(&c.lock, 0)
 	}
 	return refs
+}
+
+// balanceCounters restores Admitted = Delivered + Evicted + Expired +
+// Drained + Len after a process died inside an operation on the edge,
+// between moving a position and counting the move (one instruction apart,
+// but an instant all the same): entries that left the queue uncounted are
+// counted as drained (recovery freed them, or a dead receiver had them),
+// entries that entered it uncounted as admitted. In recovery, with the
+// queue's length recomputed.
+func (e *Edge) balanceCounters() {
+	c := e.ctl
+	out := *c.stat(stDelivered) + *c.stat(stEvicted) + *c.stat(stExpired) + *c.stat(stDrained) + uint64(c.n)
+	switch in := *c.stat(stAdmitted); {
+	case in > out:
+		*c.stat(stDrained) += in - out
+	case in < out:
+		*c.stat(stAdmitted) += out - in
+	}
 }
 
 // clearRecord empties a dead process's record and releases its lock.

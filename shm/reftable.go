@@ -30,8 +30,17 @@ func (t *refTable) count(idx uint32) *uint32 {
 	return (*uint32)(unsafe.Add(t.counts, uintptr(idx)*4))
 }
 
-// add records one more reference to slot idx.
+// add records one more reference to slot idx. tableHigh is raised before
+// the count: a process killed between the two leaves a bound a little too
+// high, never a count beyond the bound, where recovery (and the next
+// process to claim the record) would not look.
 func (t *refTable) add(idx uint32) error {
+	for {
+		h := atomic.LoadUint32(&t.rec.tableHigh)
+		if idx < h || atomic.CompareAndSwapUint32(&t.rec.tableHigh, h, idx+1) {
+			break
+		}
+	}
 	c := t.count(idx)
 	for {
 		v := atomic.LoadUint32(c)
@@ -39,12 +48,6 @@ func (t *refTable) add(idx uint32) error {
 			return fmt.Errorf("%w: this process holds 2^32-1 references to slot %d", message.ErrTooManyRefs, idx)
 		}
 		if atomic.CompareAndSwapUint32(c, v, v+1) {
-			break
-		}
-	}
-	for {
-		h := atomic.LoadUint32(&t.rec.tableHigh)
-		if idx < h || atomic.CompareAndSwapUint32(&t.rec.tableHigh, h, idx+1) {
 			return nil
 		}
 	}
