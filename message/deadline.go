@@ -46,6 +46,11 @@ func DeadlineFromContext(ctx context.Context) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
+	if t.IsZero() {
+		// A context whose deadline is the zero time is done from the start:
+		// its deadline has passed (0 would mean none).
+		return 1, true
+	}
 	return DeadlineAt(t), true
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
 )
 
@@ -405,9 +406,14 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 			_ = g.rs.Free(t)
 		}
 		out.discard()
+		out.pending = nil // as on a normal return
 	}()
 	err := g.loop(n, runCtx, out, &buf, &next, &k)
 	returned = true
+	// An Emit after the worker is done (the Emitter kept past the node
+	// function) must not hold a token back for a flush that never comes:
+	// it sends at once, and the closed edges refuse and free it.
+	out.pending = nil
 	return err
 }
 
@@ -528,7 +534,9 @@ func (o *Emitter) dropCurrent() {
 // the tokens it received together (at most 16): it sends at once when a
 // consumer of an output edge is waiting, and in any case before the stage
 // receives again. An error of a held-back send (the graph stopping) is
-// then reported by the worker rather than by Emit.
+// then reported by the worker rather than by Emit. An Emitter used after
+// its node function has returned sends at once (and, the graph being
+// stopped, is refused and frees t).
 func (o *Emitter) Emit(t token.Token) error {
 	o.passed(t)
 	if len(o.edges) == 0 {
@@ -543,6 +551,12 @@ func (o *Emitter) Emit(t token.Token) error {
 		}
 	}
 	if o.pending != nil {
+		// Held back, t is sent later, where an error is no longer the
+		// caller's: a bad t is reported now, as the direct path does.
+		var q queued
+		if _, err := o.edges[0].check(t, &q); err != nil && !errors.Is(err, ErrRejected) {
+			return err
+		}
 		o.pending = append(o.pending, t)
 		if len(o.pending) == cap(o.pending) || o.consumerWaiting() {
 			return o.flush()
@@ -591,13 +605,20 @@ func (o *Emitter) flush() error {
 			}
 			o.rs.Free(rest[0])
 			rest = rest[1:]
-			if first == nil && !errors.Is(err, ErrRejected) {
+			if first == nil && !tokenRefusal(err) {
 				first = err
 			}
 		}
 	}
 	o.pending = o.pending[:0]
 	return first
+}
+
+// tokenRefusal reports whether err refuses one token and leaves the edge
+// open for the next: a policy refusal, or a token gone bad after Emit
+// checked it (freed meanwhile); the others mean the graph is stopping.
+func tokenRefusal(err error) bool {
+	return errors.Is(err, ErrRejected) || errors.Is(err, arena.ErrStale) || errors.Is(err, arena.ErrBadToken)
 }
 
 // discard frees the pending tokens (one reference per output edge each).

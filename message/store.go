@@ -42,7 +42,7 @@ const metaSize = unsafe.Sizeof(slotMeta{})
 
 // packInfo packs what an edge keeps of a header besides its deadline:
 // Size in the high 32 bits, the raw QoS in bits 0-7 and DegradeAllowed in
-// bit 8.
+// bit 8 (bits 9-31 are refresh's sequence, 0 here).
 func packInfo(h *Header) uint64 {
 	v := uint64(h.Size)<<32 | uint64(h.QoS)
 	if h.Flags.Has(DegradeAllowed) {
@@ -51,7 +51,13 @@ func packInfo(h *Header) uint64 {
 	return v
 }
 
-const infoDegrade = 1 << 8
+const (
+	infoDegrade = 1 << 8
+	// Bits 9-31 of info count refresh's writes (a seqlock with
+	// admission): odd while a refresh is writing the pair.
+	infoWriting = 1 << 9
+	infoSeqMask = 1<<32 - infoWriting
+)
 
 func refOf(gen uint32, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
 
@@ -365,30 +371,48 @@ func (s *Store[P]) putBytes(h Header, data []byte) (token.Token, error) {
 // edge adds its own.
 func (s *metaTable) admitInfo(t token.Token) (deadline int64, info uint64, err error) {
 	idx, gen := t.Index(), uint64(t.Generation())
-	g := s.gate.EnterAny()
-	if s.gate.Closed() {
+	for {
+		g := s.gate.EnterAny()
+		if s.gate.Closed() {
+			s.gate.Exit(g)
+			return 0, 0, arena.ErrClosed
+		}
+		if unissued(gen) || idx >= s.slots {
+			s.gate.Exit(g)
+			return 0, 0, &tokenError{t: t, kind: badIndex, slots: s.slots}
+		}
+		md := s.md(idx)
+		r := md.ref.Load()
+		var whole bool
+		deadline, info, whole = md.admission()
+		// A count that was above zero in both loads was above zero in
+		// between: for one generation it never comes back from zero, so
+		// the fields read belong to this allocation (a later one writes
+		// them only after the count reached zero).
+		if r>>32 == gen && uint32(r) != 0 {
+			r = md.ref.Load()
+		}
 		s.gate.Exit(g)
-		return 0, 0, arena.ErrClosed
+		if r>>32 != gen || uint32(r) == 0 {
+			return 0, 0, &tokenError{t: t, kind: staleKind(r, gen)}
+		}
+		if whole {
+			return deadline, info, nil
+		}
+		runtime.Gosched() // an Update is rewriting the pair (refresh): let it finish
 	}
-	if unissued(gen) || idx >= s.slots {
-		s.gate.Exit(g)
-		return 0, 0, &tokenError{t: t, kind: badIndex, slots: s.slots}
+}
+
+// admission reads the slot's deadline and info as one pair, written
+// together by publish or refresh: whole is false while a refresh is
+// between its stores (a seqlock on info's sequence bits).
+func (md *slotMeta) admission() (deadline int64, info uint64, whole bool) {
+	info = md.info.Load()
+	if info&infoWriting != 0 {
+		return 0, 0, false
 	}
-	md := s.md(idx)
-	r := md.ref.Load()
-	deadline, info = md.deadline.Load(), md.info.Load()
-	// A count that was above zero in both loads was above zero in between:
-	// for one generation it never comes back from zero, so the fields read
-	// belong to this allocation (a later one writes them only after the
-	// count reached zero).
-	if r>>32 == gen && uint32(r) != 0 {
-		r = md.ref.Load()
-	}
-	s.gate.Exit(g)
-	if r>>32 != gen || uint32(r) == 0 {
-		return 0, 0, &tokenError{t: t, kind: staleKind(r, gen)}
-	}
-	return deadline, info, nil
+	deadline = md.deadline.Load()
+	return deadline, info, md.info.Load() == info
 }
 
 // admitInfoN is admitInfo for a batch, in one gate section: for each
@@ -411,9 +435,10 @@ func (s *metaTable) admitInfoN(ts []token.Token, qs []queued, qos []uint8) int {
 		}
 		md := s.md(idx)
 		r := md.ref.Load()
-		deadline, info := md.deadline.Load(), md.info.Load()
-		// As in admitInfo: live in both loads means live in between.
-		if r>>32 != gen || uint32(r) == 0 {
+		deadline, info, whole := md.admission()
+		// As in admitInfo: live in both loads means live in between. A
+		// pair being rewritten stops the batch: admitInfo waits for it.
+		if !whole || r>>32 != gen || uint32(r) == 0 {
 			break
 		}
 		if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
@@ -520,11 +545,23 @@ func (s *Store[P]) Update(t token.Token, fn func(*Message[P])) error {
 	return nil
 }
 
-// refresh copies the admission fields of m's header to t's metadata.
+// refresh copies the admission fields of m's header to t's metadata, at
+// the end of an Update. Edges read the deadline and info without a hold,
+// so the two are written as a seqlock: info's sequence bits go odd
+// (infoWriting), the deadline is stored, then info with the new fields and
+// the next even sequence; a reader that sees an odd sequence, or info
+// change across its read of the deadline, reads again (admission). The
+// stores run pinned (a gate section), so a reader never waits for a writer
+// that the scheduler has put aside.
 func (s *Store[P]) refresh(t token.Token, m *Message[P]) {
 	md := s.md(t.Index())
+	g := s.gate.EnterAny()
+	old := md.info.Load()
+	seq := old&infoSeqMask + infoWriting
+	md.info.Store(old&^infoSeqMask | seq&infoSeqMask)
 	md.deadline.Store(m.Header.Deadline)
-	md.info.Store(packInfo(&m.Header))
+	md.info.Store(packInfo(&m.Header) | (seq+infoWriting)&infoSeqMask)
+	s.gate.Exit(g)
 }
 
 // arenaErr restates an arena error of op on t in the store's words.
