@@ -228,6 +228,9 @@ func metaClass(c memclass.Class) memclass.Class {
 	if c.IsPrefault() {
 		m = m.Prefault()
 	}
+	if !c.IsStrict() {
+		m = m.BestEffort() // as the payload: a lock the machine refuses is skipped
+	}
 	return m
 }
 

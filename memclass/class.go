@@ -66,7 +66,7 @@ const (
 type Class struct {
 	kind  Kind
 	flags flags
-	node  int32  // Bind, Prefer, Device: the node or device; with flagBadNode: the bad value
+	node  int    // Bind, Prefer, Device: the node or device; with flagBadNode: the bad value
 	nodes string // Interleave: node bit set, bit n of byte n/8; "" = every online node
 }
 
@@ -125,7 +125,7 @@ func Device(n int) Class {
 	if n < 0 {
 		return badNode(Class{kind: KindDevice}, n)
 	}
-	return Class{kind: KindDevice, node: int32(n)}
+	return Class{kind: KindDevice, node: n}
 }
 
 // PinnedHost returns the class of page-locked host memory registered with a
@@ -145,21 +145,14 @@ func singleNode(k Kind, node int) Class {
 	if node < 0 || node >= MaxNodes {
 		return badNode(Class{kind: k}, node)
 	}
-	return Class{kind: k, node: int32(node)}
+	return Class{kind: k, node: node}
 }
 
 // badNode records a node that cannot exist; Map reports it as ErrNoSuchNode.
 func badNode(c Class, n int) Class {
 	c.flags |= flagBadNode
 	c.nodes = ""
-	switch {
-	case n < -1<<31:
-		c.node = -1 << 31
-	case n > 1<<31-1:
-		c.node = 1<<31 - 1
-	default:
-		c.node = int32(n)
-	}
+	c.node = n
 	return c
 }
 
@@ -208,7 +201,7 @@ func (c Class) Kind() Kind { return c.kind }
 func (c Class) Node() int {
 	switch c.kind {
 	case KindBind, KindPrefer, KindDevice:
-		return int(c.node)
+		return c.node
 	}
 	return -1
 }
@@ -217,12 +210,15 @@ func (c Class) Node() int {
 // Prefer class, or the nodes of an Interleave class. It is nil for classes
 // without nodes, and for Interleave() with no nodes (every online node).
 func (c Class) Nodes() []int {
+	if c.kind == KindDevice {
+		return nil // a device number is not a node, even a bad one
+	}
 	if c.flags&flagBadNode != 0 {
-		return []int{int(c.node)}
+		return []int{c.node}
 	}
 	switch c.kind {
 	case KindBind, KindPrefer:
-		return []int{int(c.node)}
+		return []int{c.node}
 	case KindInterleave:
 		var out []int
 		for i := 0; i < len(c.nodes); i++ {
@@ -265,9 +261,9 @@ func (c Class) String() string {
 	b.WriteString(c.kind.String())
 	switch {
 	case c.flags&flagBadNode != 0:
-		b.WriteString("(" + strconv.Itoa(int(c.node)) + "!)")
+		b.WriteString("(" + strconv.Itoa(c.node) + "!)")
 	case c.kind == KindBind || c.kind == KindPrefer || c.kind == KindDevice:
-		b.WriteString("(" + strconv.Itoa(int(c.node)) + ")")
+		b.WriteString("(" + strconv.Itoa(c.node) + ")")
 	case c.kind == KindInterleave:
 		ns := c.Nodes()
 		if len(ns) == 0 {

@@ -71,7 +71,7 @@ func wantPolicy(c Class, online []int) (p Policy, ok bool, err error) {
 		return nil
 	}
 	if c.flags&flagBadNode != 0 {
-		return p, false, check([]int{int(c.node)})
+		return p, false, check([]int{c.node})
 	}
 	switch c.kind {
 	case KindBind:

@@ -2,6 +2,7 @@ package memclass
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"unsafe"
 )
@@ -70,7 +71,7 @@ func mapProvided(c Class, size uintptr) (*Region, error) {
 	if base == nil {
 		return nil, fmt.Errorf("%w: provider for %s returned a nil base for %d bytes", ErrMap, c, size)
 	}
-	return &Region{base: base, size: size, class: c, node: -1, provider: p}, nil
+	return &Region{base: base, size: size, class: c, node: -1, provider: p, pageSize: uintptr(os.Getpagesize())}, nil
 }
 
 func providerKindName(k Kind) string {
