@@ -10,8 +10,10 @@ import (
 )
 
 // Readers and writers share the state word: a View or Load adds one reader
-// while no writer holds the slot, an Update sets the writer bit while no
-// reader does. Load copies inside its section, so it needs no hold entry;
+// while no writer holds the slot; an Update sets the writer bit while no
+// other writer does, then waits for the readers already in to leave
+// (drainReaders). Readers that come after the bit wait for the Update, so
+// overlapping Views cannot starve it, as in package arena. Load copies inside its section, so it needs no hold entry;
 // View and Update run the callback outside any section and write their hold
 // into the record first (see holdTable).
 
@@ -90,7 +92,10 @@ func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op stri
 			a.exit(p, w, 0)
 			return stale(op, t)
 		}
-		free := s&writerBit == 0 && (add == readerOne && readersOf(s) < maxReaders || readersOf(s) == 0)
+		// A writer takes the writer bit while readers are still in: new
+		// readers then wait for it, so a stream of overlapping Views cannot
+		// starve an Update (drainReaders waits for the ones inside).
+		free := s&writerBit == 0 && (add == readerOne && readersOf(s) < maxReaders || add == writerBit)
 		if free {
 			// The entry is written (claimed) before the state word, both
 			// inside the section: recovery sees both or neither.
@@ -115,8 +120,35 @@ func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op stri
 		}
 		wait.wait(a)
 	}
+	if add == writerBit {
+		if err := a.drainReaders(idx, t, entry, op); err != nil {
+			return err
+		}
+	}
 	defer a.release(idx, add, entry)
 	fn((*T)(a.slotAt(idx)))
+	return nil
+}
+
+// drainReaders waits, holding the writer bit, until the readers that were
+// in when the writer took it have left. Readers of a dead process leave
+// with recovery (the wait looks for dead processes). If the slot was freed
+// meanwhile, or this handle is closing, it gives the writer hold back and
+// says so. The hold entry keeps the mapping alive: Close waits for it.
+func (a *seg) drainReaders(idx uint32, t token.Token, entry *uint64, op string) error {
+	st := a.state(idx)
+	var wait waiter
+	for readersOf(atomic.LoadUint64(st)) != 0 {
+		if a.closed.Load() {
+			a.release(idx, writerBit, entry)
+			return ErrClosed
+		}
+		wait.wait(a)
+	}
+	if !liveAs(atomic.LoadUint64(st), t.Generation()) {
+		a.release(idx, writerBit, entry) // freed while we waited: the last hold recycles it
+		return stale(op, t)
+	}
 	return nil
 }
 

@@ -126,8 +126,11 @@ type record struct {
 	// tableHigh bounds the slots this record ever held Store references
 	// to, so that recovery reads no more of its table than that.
 	tableHigh uint32
-	_         [atomicx.CacheLine - 20]byte
-	ways      [cacheWays]way
+	// freeWaiters is this process's part of header.freeWaiters (awaitFree),
+	// which recovery subtracts when the process dies parked.
+	freeWaiters uint32
+	_           [atomicx.CacheLine - 24]byte
+	ways        [cacheWays]way
 	// holds lists the slots this process's callbacks hold: 0, or
 	// holdRead|holdWrite in the top bits and index+1 in the low 32. Recovery
 	// recomputes every slot's reader count and writer bit from the live

@@ -366,6 +366,10 @@ func (e *Edge) balanceCounters() {
 // clearRecord empties a dead process's record and releases its lock.
 func (a *seg) clearRecord(i int) {
 	r := a.record(i)
+	if n := atomic.LoadUint32(&r.freeWaiters); n != 0 {
+		atomic.AddUint32(&a.hdr.freeWaiters, -n) // it died parked in awaitFree
+		atomic.StoreUint32(&r.freeWaiters, 0)
+	}
 	if a.store != nil {
 		tab := a.store.table(i)
 		high := min(atomic.LoadUint32(&r.tableHigh), a.capacity)

@@ -72,6 +72,13 @@ func (a *seg) wakeParked() {
 
 // awaitFree parks until some process frees a slot (or ctx is done, or the
 // handle closes). Callers retry their allocation after it returns nil.
+//
+// It returns at once only when a slot can be taken now (!full: a freelist,
+// cache or frontier holds one), not when Available counts one: a slot freed
+// while a callback still holds it counts as available but cannot be taken
+// until the callback returns, and returning for it would spin. While
+// nothing is freed for deadCheckAfter it looks for dead processes (whose
+// slots recovery frees), as every other wait does.
 func (a *seg) awaitFree(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -83,11 +90,18 @@ func (a *seg) awaitFree(ctx context.Context) error {
 		return ErrClosed
 	}
 	seq := atomic.LoadUint32(&a.hdr.freeSeq)
+	// The segment's count first, this record's second (and the reverse on
+	// the way out): a process killed in between leaves recovery, which
+	// subtracts the record's count, an excess, never a shortfall.
 	atomic.AddUint32(&a.hdr.freeWaiters, 1)
-	defer atomic.AddUint32(&a.hdr.freeWaiters, ^uint32(0))
+	atomic.AddUint32(&a.rec.freeWaiters, 1)
+	defer func() {
+		atomic.AddUint32(&a.rec.freeWaiters, ^uint32(0))
+		atomic.AddUint32(&a.hdr.freeWaiters, ^uint32(0))
+	}()
 	// Re-check after announcing ourselves: a slot freed before the waiter
 	// count rose bumped nothing.
-	if a.Available() > 0 {
+	if !a.full() {
 		return nil
 	}
 	// Poll a while first: a consumer in another process frees within
@@ -101,14 +115,20 @@ func (a *seg) awaitFree(ctx context.Context) error {
 			runtime.Gosched()
 		}
 	}
-	if atomic.LoadUint32(&a.hdr.freeSeq) != seq {
-		return nil
-	}
-	if !a.park(ctx, &a.hdr.freeSeq, seq) {
-		if a.closed.Load() {
-			return ErrClosed
+	for d := deadCheckAfter; atomic.LoadUint32(&a.hdr.freeSeq) == seq; d = parkSlice {
+		if !a.parkFor(ctx, &a.hdr.freeSeq, seq, d) {
+			if a.closed.Load() {
+				return ErrClosed
+			}
+			return ctx.Err()
 		}
-		return ctx.Err()
+		if atomic.LoadUint32(&a.hdr.freeSeq) != seq {
+			break
+		}
+		a.checkDead() // nothing freed for a while: a dead process may hold the slots
+		if !a.full() {
+			break
+		}
 	}
 	return nil
 }
