@@ -21,10 +21,13 @@ func (c *core) Close() error {
 		return ErrClosed
 	}
 	// A running Trim holds detached freelists and reads their links: let
-	// it finish. One that starts later waits for Close and then sees the
-	// closed gate.
+	// it finish. One that starts later sees the closed gate under the lock
+	// and touches nothing, so the lock is not held any longer: a View or
+	// Update callback that Close waits for below may call Trim, and must
+	// get ErrClosed, not wait for Close.
 	c.trim.mu.Lock()
-	defer c.trim.mu.Unlock()
+	//lint:ignore SA2001 an empty critical section is the point: a barrier
+	c.trim.mu.Unlock()
 
 	c.waitq.close() // issue 11: wake AllocWait/StoreWait; they return ErrClosed
 	// From here no new section starts, and the grace period has let every

@@ -145,7 +145,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 			// Woken but beaten to the room: keep our place at the front.
 			e.sendq.pushFront(w)
 		}
-		w.need = int64(qs[i].size)
+		w.need, w.sq, w.slane = int64(qs[i].size), qs[i], lanes[i]
 		progress = false
 		if pushed {
 			e.wakeForBatchLocked()
@@ -155,18 +155,22 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// wait for the rest of the batch (it may be what makes room).
 		expiry := e.senderExpiryLocked(w)
 		e.unlockAndWake()
-		switch w.waitOrExpiry(ctx.Done(), expiry) {
-		case waitSignalled:
-			e.lock()
-			continue
-		case waitExpiry:
-			// A queued message has expired: look for room again.
-			e.lock()
+		r := w.waitOrExpiry(ctx.Done(), expiry)
+		e.lock()
+		if r != waitSignalled {
 			e.abandonLocked(&e.sendq, w)
+		}
+		if w.handed {
+			// qs[i] was admitted on our behalf (wakeSendersLocked), in
+			// queue order: go on with the rest of the batch.
+			w.handed = false
+			i++
+			progress = true
 			continue
 		}
-		e.lock()
-		e.abandonLocked(&e.sendq, w)
+		if r != waitDone {
+			continue // Close, a timer to arm, or an expiry: look again
+		}
 		// Our wake-up may have been meant for room another sender can use.
 		e.wakeSendersLocked()
 		err = ctx.Err()

@@ -199,26 +199,31 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		}
 		if w == nil {
 			w = getWaiter()
-			w.need = int64(q.size)
+			w.need, w.sq, w.slane = int64(q.size), q, uint8(lane)
 			e.sendq.pushBack(w)
 			e.st.Waited++
 		} else {
-			// Woken but beaten to the room: keep our place at the front.
+			// Woken to look again (an expiry, or a timer to arm): keep our
+			// place at the front.
 			e.sendq.pushFront(w)
 		}
 		expiry := e.senderExpiryLocked(w)
 		e.unlock()
-		switch w.waitOrExpiry(ctx.Done(), expiry) {
-		case waitSignalled:
-			e.lock()
-		case waitExpiry:
-			// A queued message has expired: look for room again (admission
-			// frees expired messages first).
-			e.lock()
+		r := w.waitOrExpiry(ctx.Done(), expiry)
+		if r == waitSignalled && w.handed {
+			putWaiter(w) // admitted on our behalf (wakeSendersLocked)
+			return nil
+		}
+		e.lock()
+		if r != waitSignalled {
 			e.abandonLocked(&e.sendq, w)
-		default:
-			e.lock()
-			e.abandonLocked(&e.sendq, w)
+			if w.handed { // admitted as our wait ended: the send happened
+				e.unlock()
+				putWaiter(w)
+				return nil
+			}
+		}
+		if r == waitDone {
 			// Our wake-up may have been meant for room another sender can use.
 			e.wakeSendersLocked()
 			e.st.Rejected++
@@ -226,6 +231,9 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			putWaiter(w)
 			return ctx.Err()
 		}
+		// Signalled without a hand-off (Close, or a timer to arm), or an
+		// expiry: look for room again (admission frees expired messages
+		// first).
 	}
 	if err != nil {
 		e.st.Rejected++
@@ -246,7 +254,8 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 // never (math.MaxInt64), since the head wakes the next sender when it gets
 // in or gives up.
 func (e *Edge) senderExpiryLocked(w *waiter) int64 {
-	if e.sendq.head != w {
+	w.timed = e.sendq.head == w && e.minDeadline != math.MaxInt64
+	if !w.timed {
 		return math.MaxInt64
 	}
 	return e.minDeadline
@@ -429,14 +438,27 @@ func (e *Edge) freeLocked(t token.Token) {
 // room taken re-queues at the front, so the head of the queue is never
 // starved by smaller messages behind it.
 func (e *Edge) wakeSendersLocked() {
-	n, b := e.n, e.bytes
-	for w := e.sendq.head; w != nil; w = e.sendq.head {
-		if !e.pol.fits(n, b, w.need) {
-			return
+	woke := false
+	for w := e.sendq.head; w != nil && !e.closed; w = e.sendq.head {
+		if !e.pol.fits(e.n, e.bytes, w.need) {
+			if !w.timed && e.minDeadline != math.MaxInt64 {
+				// The new head of the queue parked behind another, without
+				// a timer for the expiry of a queued message: it looks
+				// again and parks with one (senderExpiryLocked).
+				e.sendq.wake(w)
+			}
+			break
 		}
-		n++
-		b += w.need
-		e.sendq.wake(w)
+		// A hand-off: the message goes in now, in queue order, so a sender
+		// that arrives before this one runs cannot take its room.
+		e.sendq.remove(w)
+		e.pushLocked(&w.sq, int(w.slane))
+		w.handed = true
+		w.ch <- struct{}{}
+		woke = true
+	}
+	if woke && !e.recvq.empty() {
+		e.recvq.wake(e.recvq.head) // it passes the wake-up on while more are queued
 	}
 }
 

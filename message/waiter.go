@@ -20,9 +20,13 @@ type waiter struct {
 	linked     bool
 	need       int64 // senders: the bytes they need
 	// Receivers: a token a sender handed over directly (handOffLocked),
-	// set before the signal.
+	// set before the signal. Senders: handed says the waker admitted sq
+	// into lane slane on the sender's behalf (wakeSendersLocked).
 	tok    token.Token
 	handed bool
+	sq     queued
+	slane  uint8
+	timed  bool // a sender parked with an expiry timer (waitOrExpiry)
 	// timer wakes a sender at the head of the queue when a queued message
 	// expires (waitOrExpiry); made on first use, kept with the waiter.
 	timer *time.Timer
@@ -34,7 +38,7 @@ func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
 
 // putWaiter recycles w; w must be unlinked and its channel empty.
 func putWaiter(w *waiter) {
-	w.need, w.tok, w.handed = 0, token.Nil, false
+	w.need, w.tok, w.handed, w.sq, w.slane, w.timed = 0, token.Nil, false, queued{}, 0, false
 	waiterPool.Put(w)
 }
 
