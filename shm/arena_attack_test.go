@@ -27,13 +27,9 @@ import (
 
 const aaPrefix = "arenaattack."
 
-func init() {
-	role := os.Getenv(childEnv)
-	if !strings.HasPrefix(role, aaPrefix) {
-		return
-	}
-	os.Exit(aaRunChild(strings.TrimPrefix(role, aaPrefix), os.Getenv(dirEnv), os.Getenv(nameEnv), os.Getenv(argEnv)))
-}
+// The child roles of this file run in a re-executed test binary
+// (runChildRole).
+var _ = registerChildRoles(aaPrefix, aaRunChild)
 
 func aaRunChild(role, dir, name, arg string) int {
 	fail := func(format string, args ...any) int {

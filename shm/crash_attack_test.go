@@ -28,13 +28,9 @@ import (
 
 const caPrefix = "crashattack."
 
-func init() {
-	role := os.Getenv(childEnv)
-	if !strings.HasPrefix(role, caPrefix) {
-		return
-	}
-	os.Exit(caRunChild(strings.TrimPrefix(role, caPrefix), os.Getenv(dirEnv), os.Getenv(nameEnv), os.Getenv(argEnv)))
-}
+// The child roles of this file run in a re-executed test binary
+// (runChildRole).
+var _ = registerChildRoles(caPrefix, caRunChild)
 
 func caRunChild(role, dir, name, arg string) int {
 	fail := func(format string, args ...any) int {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -243,4 +244,29 @@ func setHeader(t testing.TB, path string, edit func(h *header)) {
 	edit(&h)
 	_, err = f.WriteAt(buf, 0)
 	must(t, err, "write header")
+}
+
+// childRoles maps a role prefix to what a re-executed test binary runs for
+// the roles that start with it: the attack suites' children, beside the
+// roles TestMain dispatches itself (proc_test.go). Package variables are
+// initialised before any init function runs, so every file's registration
+// is in the map when runChildRole looks.
+var childRoles = map[string]func(role, dir, name, arg string) int{}
+
+func registerChildRoles(prefix string, run func(role, dir, name, arg string) int) bool {
+	childRoles[prefix] = run
+	return true
+}
+
+func init() { runChildRole() }
+
+// runChildRole runs this process's child role, if it has a registered one,
+// and exits with its status.
+func runChildRole() {
+	role := os.Getenv(childEnv)
+	for prefix, run := range childRoles {
+		if strings.HasPrefix(role, prefix) {
+			os.Exit(run(strings.TrimPrefix(role, prefix), os.Getenv(dirEnv), os.Getenv(nameEnv), os.Getenv(argEnv)))
+		}
+	}
 }
