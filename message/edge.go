@@ -433,10 +433,12 @@ func (e *Edge) freeLocked(t token.Token) {
 	}
 }
 
-// wakeSendersLocked wakes waiting senders in FIFO order for as long as their
-// messages fit in the room that is free now. A woken sender that finds the
-// room taken re-queues at the front, so the head of the queue is never
-// starved by smaller messages behind it.
+// wakeSendersLocked admits the messages of waiting senders, in FIFO order,
+// for as long as they fit in the room that is free now, and wakes those
+// senders (their messages are in: a hand-off, so no sender that arrives in
+// the meantime can take the room, and the head of the queue is never
+// starved by smaller messages behind it). It stops at the first that does
+// not fit. Block is the only admission mode whose senders wait.
 func (e *Edge) wakeSendersLocked() {
 	woke := false
 	for w := e.sendq.head; w != nil && !e.closed; w = e.sendq.head {
