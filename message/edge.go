@@ -251,8 +251,9 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 // senderExpiryLocked is when the parked sender w should look for room
 // again by itself: when the earliest queued message that can expire does
 // (minDeadline), if w is at the head of the senders' queue; otherwise
-// never (math.MaxInt64), since the head wakes the next sender when it gets
-// in or gives up.
+// never (math.MaxInt64): a sender that becomes the head later is woken to
+// park again with a timer (wakeSendersLocked, which reads w.timed, set
+// here).
 func (e *Edge) senderExpiryLocked(w *waiter) int64 {
 	w.timed = e.sendq.head == w && e.minDeadline != math.MaxInt64
 	if !w.timed {

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/cella-go/cella/internal/atomicx"
-	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -155,10 +154,7 @@ func (a *seg) drainReaders(idx uint32, t token.Token, entry *uint64, op string) 
 // release ends a callback's hold (also when fn panics). It needs no gate:
 // Close waits for every hold entry to come back before it unmaps.
 func (a *seg) release(idx uint32, add uint64, entry *uint64) {
-	p := shard.Pin() // only to pick this P's way
-	shard.Unpin()
-	w := &a.rec.ways[uint(p)%cacheWays]
-	a.open(w)
+	p, w := a.openOwn()
 	a.unhold(p, w, idx, add)
 	unclaim(entry)
 	a.close(w, 0)

@@ -6,6 +6,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -20,6 +21,17 @@ import (
 // Steps a dead process left half done are repaired by the rebuild, which
 // derives the freelists and hold counts from the state words and the live
 // records, never from what the dead process might have meant to do.
+
+// openOwn opens a section, without the process gate, on the way of the P
+// this goroutine runs on: for work that Close waits for (a callback's
+// release) or that Close itself does.
+func (a *seg) openOwn() (p int, w *way) {
+	p = shard.Pin() // only to pick this P's way
+	shard.Unpin()
+	w = &a.rec.ways[uint(p)%cacheWays]
+	a.open(w)
+	return p, w
+}
 
 // open opens a section on w, waiting out any recovery first.
 func (a *seg) open(w *way) {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/message"
-	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -461,10 +460,7 @@ func (s *Store[P]) Close() error {
 	err := a.closeWith(func() {
 		for idx, n := range a.store.tab.held() {
 			for range n {
-				p := shard.Pin() // only to pick this P's way
-				shard.Unpin()
-				w := &a.rec.ways[uint(p)%cacheWays]
-				a.open(w)
+				p, w := a.openOwn()
 				var net int64
 				if a.store.tab.remove(idx) {
 					net = a.dropRef(p, w, idx)
