@@ -99,15 +99,29 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false
+	// woken: the batch was woken to look for room again and is at the
+	// front of the queue of senders. recheck: the first index whose
+	// deadline is checked again before it is admitted (after a wait, as a
+	// Send of it that began then would check it).
+	woken, recheck := false, len(qs)
 	var err error
 	for i < len(qs) {
 		if e.closed {
 			err = errSendClosed
 			break
 		}
+		if i >= recheck {
+			if q := &qs[i]; q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
+				err = errExpiredOnSend
+				break
+			}
+		}
 		// Like send: queue behind senders that are already waiting unless
-		// we are the one that was woken.
-		if w != nil || e.sendq.head == nil {
+		// we are the one that was woken. Only the token the batch waited on
+		// goes ahead of them: the next is a new send, as if its own Send
+		// began now, and queues behind them.
+		if woken || e.sendq.head == nil {
+			woken = false
 			q, lane := &qs[i], int(lanes[i])
 			if e.pol.fits(e.n, e.bytes, int64(q.size)) &&
 				(lane != laneBackground || e.pol.Admission != DeadlineQoS || !e.pol.softReached(e.n, e.bytes)) {
@@ -160,14 +174,19 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		if r != waitSignalled {
 			e.abandonLocked(&e.sendq, w)
 		}
+		recheck = min(recheck, i+1) // time passed: the later tokens may have expired
 		if w.handed {
 			// qs[i] was admitted on our behalf (wakeSendersLocked), in
-			// queue order: go on with the rest of the batch.
+			// queue order, and we left the queue: the rest of the batch goes
+			// on only behind the senders still waiting (as a new Send
+			// would).
 			w.handed = false
+			woken = false
 			i++
 			progress = true
 			continue
 		}
+		woken = true
 		if r != waitDone {
 			continue // Close, a timer to arm, or an expiry: look again
 		}

@@ -228,28 +228,32 @@ func (e *Edge) reapExpired(p int, w *way, now int64) (bool, int64) {
 
 // finishCompaction completes, in recovery, a compaction whose process died
 // (see reapExpired): it moves the queued entries after the gap down to
-// close it and sets the tail.
+// close it and sets the tail. It keeps the journal as reapExpired does,
+// each move recorded as it is made, and clears it last, so that a
+// recovering process that dies here too leaves the next one the same
+// kind of half-done compaction to finish (recovery is idempotent).
 func (e *Edge) finishCompaction() {
 	c := e.ctl
 	lane := atomic.LoadUint64(&c.compactLane)
 	if lane == 0 {
 		return
 	}
-	atomic.StoreUint64(&c.compactLane, 0)
-	if lane > numLanes {
-		return // scribbled on: countRefs checks the lanes themselves
-	}
-	l := int(lane - 1)
-	at := atomic.LoadUint64(&c.compactAt)
-	head, tail := c.lanes[l].head, c.lanes[l].tail
-	keep, pos := head+at>>32, head+at&(1<<32-1)
-	if keep <= pos && pos <= tail && tail-head <= e.laneCap {
-		for ; pos < tail; pos++ {
-			*e.entry(l, keep) = *e.entry(l, pos)
-			keep++
+	if lane <= numLanes { // else scribbled on: countRefs checks the lanes themselves
+		l := int(lane - 1)
+		at := atomic.LoadUint64(&c.compactAt)
+		head, tail := c.lanes[l].head, c.lanes[l].tail
+		keep, pos := head+at>>32, head+at&(1<<32-1)
+		// pos > tail: the tail was set, the compaction is done.
+		if keep <= pos && pos <= tail && tail-head <= e.laneCap {
+			for ; pos < tail; pos++ {
+				*e.entry(l, keep) = *e.entry(l, pos)
+				keep++
+				atomicx.StoreRelease64(&c.compactAt, (keep-head)<<32|(pos+1-head))
+			}
+			atomic.StoreUint64(&c.lanes[l].tail, keep)
 		}
-		atomic.StoreUint64(&c.lanes[l].tail, keep)
 	}
+	atomic.StoreUint64(&c.compactLane, 0)
 }
 
 // next removes and returns the next deliverable entry and its lane,
