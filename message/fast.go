@@ -11,7 +11,7 @@ package message
 // in fast mode (SendBatch and RecvBatch claim or take a run of cells with
 // one CAS); everything else takes the mutex, and the mutex's holder first
 // switches the edge to slow mode. A cell's sequence word is published and
-// released with storeRelease: a plain store on amd64.
+// released with publishCell: a plain store on amd64.
 //
 // # Modes
 //
@@ -70,14 +70,30 @@ const slowBit = uint64(1) << 63
 const fastMaxCells = 256
 
 type fastCell struct {
-	// seq is the cell's state: pos when free for the claim of position
-	// pos, pos+1 once that position's token is published, pos+len(cells)
-	// once it is taken (free for the next lap).
-	seq  atomic.Uint64
-	tok  token.Token
+	// seq is the cell's state, as the low 32 bits of a position (cellSeq):
+	// pos when free for the claim of position pos, pos+1 once that
+	// position's token is published, pos+len(cells) once it is taken (free
+	// for the next lap). 32 bits are enough: a ring has at most
+	// fastMaxCells cells, so the values a cell can hold for the positions
+	// a sender or receiver is looking at are a few laps apart, and the
+	// claim itself is a CAS on the 64-bit tail or head.
+	seq  atomic.Uint32
 	size uint32
-	_    [8]byte // 32 bytes: a cell never straddles two cache lines
+	tok  token.Token
 }
+
+// A cell is 16 bytes: four share a cache line, so a batch of 16 tokens
+// moves 4 lines between the sender's and the receiver's cores, not 8 (a
+// compile error otherwise).
+var _ [16 - unsafe.Sizeof(fastCell{})]byte
+var _ [unsafe.Sizeof(fastCell{}) - 16]byte
+
+// cellSeq is position pos as a cell's sequence word holds it.
+func cellSeq(pos uint64) uint32 { return uint32(pos) }
+
+// behind reports whether a cell's sequence word seq is below want, the
+// value it must have for the caller's position (a wrapping comparison).
+func behind(seq uint32, want uint64) bool { return int32(seq-cellSeq(want)) < 0 }
 
 type fastRing struct {
 	// Read-only after newFastRing.
@@ -119,7 +135,7 @@ func newFastRing(p *Policy) *fastRing {
 	}
 	f := &fastRing{cells: make([]fastCell, n), mask: uint64(n - 1), limit: uint64(p.MaxItems)}
 	for i := range f.cells {
-		f.cells[i].seq.Store(uint64(i))
+		f.cells[i].seq.Store(cellSeq(uint64(i)))
 	}
 	return f
 }
@@ -143,8 +159,8 @@ func (f *fastRing) trySend(t token.Token, size uint32) bool {
 		}
 		c := &f.cells[pos&f.mask]
 		seq := c.seq.Load()
-		if seq != pos {
-			if int64(seq-pos) < 0 {
+		if seq != cellSeq(pos) {
+			if behind(seq, pos) {
 				return false // the cell of the previous lap is not taken yet: full
 			}
 			continue // another sender claimed pos
@@ -159,7 +175,7 @@ func (f *fastRing) trySend(t token.Token, size uint32) bool {
 			f.raiseHighWater(pos)
 		}
 		c.tok, c.size = t, size
-		storeRelease(&c.seq, pos+1)
+		publishCell(c, pos+1)
 		return true
 	}
 }
@@ -188,8 +204,8 @@ func (f *fastRing) tryRecv() (token.Token, bool) {
 		}
 		c := &f.cells[pos&f.mask]
 		seq := c.seq.Load()
-		if seq != pos+1 {
-			if int64(seq-(pos+1)) < 0 {
+		if seq != cellSeq(pos+1) {
+			if behind(seq, pos+1) {
 				return token.Nil, false // empty, or its sender is publishing
 			}
 			continue // another receiver took pos
@@ -198,7 +214,7 @@ func (f *fastRing) tryRecv() (token.Token, bool) {
 			continue
 		}
 		t := c.tok
-		storeRelease(&c.seq, pos+uint64(len(f.cells)))
+		publishCell(c, pos+uint64(len(f.cells)))
 		return t, true
 	}
 }
@@ -233,11 +249,11 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 		// The free cells from pos on (a cell not free for its position is
 		// one the previous lap has not released: the ring is full there).
 		j := uint64(0)
-		for j < k && f.cells[(pos+j)&f.mask].seq.Load() == pos+j {
+		for j < k && f.cells[(pos+j)&f.mask].seq.Load() == cellSeq(pos+j) {
 			j++
 		}
 		if j == 0 {
-			if int64(f.cells[pos&f.mask].seq.Load()-pos) < 0 {
+			if behind(f.cells[pos&f.mask].seq.Load(), pos) {
 				return 0
 			}
 			continue // another sender claimed pos
@@ -251,7 +267,7 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 		for i := uint64(0); i < j; i++ {
 			c := &f.cells[(pos+i)&f.mask]
 			c.tok, c.size = qs[i].tok, qs[i].size
-			storeRelease(&c.seq, pos+i+1)
+			publishCell(c, pos+i+1)
 		}
 		return int(j)
 	}
@@ -266,11 +282,11 @@ func (f *fastRing) tryRecvN(dst []token.Token) int {
 			return 0
 		}
 		k := uint64(0)
-		for k < uint64(len(dst)) && f.cells[(pos+k)&f.mask].seq.Load() == pos+k+1 {
+		for k < uint64(len(dst)) && f.cells[(pos+k)&f.mask].seq.Load() == cellSeq(pos+k+1) {
 			k++
 		}
 		if k == 0 {
-			if int64(f.cells[pos&f.mask].seq.Load()-(pos+1)) < 0 {
+			if behind(f.cells[pos&f.mask].seq.Load(), pos+1) {
 				return 0 // empty, or its sender is publishing
 			}
 			continue // another receiver took pos
@@ -281,7 +297,7 @@ func (f *fastRing) tryRecvN(dst []token.Token) int {
 		for i := uint64(0); i < k; i++ {
 			c := &f.cells[(pos+i)&f.mask]
 			dst[i] = c.tok
-			storeRelease(&c.seq, pos+i+uint64(len(f.cells)))
+			publishCell(c, pos+i+uint64(len(f.cells)))
 		}
 		return int(k)
 	}
@@ -298,12 +314,17 @@ func (f *fastRing) queuedHint() int {
 	return int(t - h)
 }
 
-// storeRelease stores v into a cell's sequence word, ordered after every
-// earlier load and store of the goroutine, as the publish (by a sender) or
-// the release (by a receiver) of the cell: atomicx.StoreRelease64, a plain
-// store on amd64 instead of an atomic store's full fence (an XCHG, one per
-// token on each side, 16 per batch of 16). Readers load the word
+// publishCell stores position pos into c's sequence word, ordered after
+// every earlier load and store of the goroutine, as the publish (by a
+// sender) or the release (by a receiver) of the cell: atomicx.StoreRelease32,
+// a plain store on amd64 instead of an atomic store's full fence (an XCHG,
+// one per token on each side, 16 per batch of 16). Readers load the word
 // atomically.
+func publishCell(c *fastCell, pos uint64) {
+	atomicx.StoreRelease32((*uint32)(unsafe.Pointer(&c.seq)), cellSeq(pos))
+}
+
+// storeRelease is publishCell for the senders' cached head.
 func storeRelease(w *atomic.Uint64, v uint64) {
 	atomicx.StoreRelease64((*uint64)(unsafe.Pointer(w)), v)
 }
@@ -334,7 +355,7 @@ func (e *Edge) enterSlowLocked() {
 	for pos := head; pos < tail; pos++ {
 		c := &f.cells[pos&f.mask]
 		var b atomicx.Backoff
-		for c.seq.Load() != pos+1 {
+		for c.seq.Load() != cellSeq(pos+1) {
 			b.Wait() // its sender claimed it before the bit and is publishing
 		}
 		e.seq++
@@ -343,7 +364,7 @@ func (e *Edge) enterSlowLocked() {
 		e.n++
 		e.bytes += int64(c.size)
 		e.laneBytes[laneBestEffort] += int64(c.size)
-		storeRelease(&c.seq, pos+uint64(len(f.cells)))
+		publishCell(c, pos+uint64(len(f.cells)))
 	}
 	f.head.Store(tail | slowBit)
 	e.st.Admitted += tail - f.t0
@@ -378,12 +399,12 @@ func (e *Edge) reopenLocked() {
 	for i := uint64(0); lane.len() > 0; i++ {
 		c := &f.cells[(pos+i)&f.mask]
 		var b atomicx.Backoff
-		for c.seq.Load() != pos+i {
+		for c.seq.Load() != cellSeq(pos+i) {
 			b.Wait() // a receiver that took it before the bit is releasing it
 		}
 		q := lane.pop()
 		c.tok, c.size = q.tok, q.size
-		storeRelease(&c.seq, pos+i+1)
+		publishCell(c, pos+i+1)
 	}
 	end := pos + uint64(e.n)
 	e.n, e.bytes, e.laneBytes[laneBestEffort] = 0, 0, 0

@@ -115,7 +115,7 @@ func TestFastAttackTryRecvHiddenByClaimedCell(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		c := &f.cells[pos&f.mask]
 		c.tok, c.size = tokA, 0
-		storeRelease(&c.seq, pos+1)
+		publishCell(c, pos+1)
 	}()
 	if err := e.Send(context.Background(), tokB); err != nil { // sender B
 		t.Fatal(err)

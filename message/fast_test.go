@@ -372,7 +372,7 @@ func TestFastSwitchWaitsForClaimedCell(t *testing.T) {
 	}
 	c := &f.cells[pos&f.mask]
 	c.tok, c.size = late, 3
-	c.seq.Store(pos + 1)
+	publishCell(c, pos+1)
 	st := <-got
 	if st.Admitted != 2 || st.Len != 2 || st.Bytes != 5 {
 		t.Fatalf("Stats = %+v; want the claimed send counted: Admitted 2, Len 2, Bytes 5", st)
@@ -424,7 +424,7 @@ func TestFastReopenWaitsForTakenCell(t *testing.T) {
 	if cell.tok != a {
 		t.Fatalf("cell holds %v, want %v", cell.tok, a)
 	}
-	cell.seq.Store(pos + uint64(len(f.cells)))
+	publishCell(cell, pos+uint64(len(f.cells)))
 	if tok := <-got; tok != crit {
 		t.Fatalf("TryRecv = %v, want %v", tok, crit)
 	}
@@ -572,5 +572,83 @@ func TestFastRingOfOneItem(t *testing.T) {
 	}
 	if st := e.Stats(); st.HighWater > 1 {
 		t.Fatalf("HighWater %d on an edge of MaxItems 1", st.HighWater)
+	}
+}
+
+// TestFastRingCellSeqWraps runs a ring across the point where positions
+// pass 2^32, where a cell's 32-bit sequence word wraps to 0: sends and
+// receives, one at a time and in batches, stay in order, a full ring still
+// refuses, and an empty one still reports empty.
+func TestFastRingCellSeqWraps(t *testing.T) {
+	for _, start := range []uint64{1<<32 - 5, 1<<32 - 1, 2<<32 - 3} {
+		// A wrong comparison spins in trySend: bound the run.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runRingAcrossWrap(t, start)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("start %#x: the ring is stuck at the wrap", start)
+		}
+	}
+}
+
+func runRingAcrossWrap(t *testing.T, start uint64) {
+	f := newFastRing(&Policy{MaxItems: 4})
+	for pos := start; pos < start+uint64(len(f.cells)); pos++ {
+		f.cells[pos&f.mask].seq.Store(cellSeq(pos))
+	}
+	f.tail.Store(start)
+	f.head.Store(start)
+	f.headCache.Store(start)
+	next, want := uint32(1), uint32(1)
+	tok := func(i uint32) token.Token { return token.New(i, 1) }
+	for round := range 40 {
+		if round%2 == 0 {
+			for f.trySend(tok(next), 1) {
+				next++
+			}
+		} else {
+			var qs [3]queued
+			var lanes [3]uint8
+			for i := range qs {
+				qs[i].tok, lanes[i] = tok(next+uint32(i)), laneBestEffort
+			}
+			next += uint32(f.trySendN(qs[:], lanes[:]))
+		}
+		if got := next - want; got != 4 && round%2 == 0 {
+			t.Errorf("start %#x round %d: %d queued before the ring refused, want 4", start, round, got)
+			return
+		}
+		var dst [2]token.Token
+		k := f.tryRecvN(dst[:])
+		for _, got := range dst[:k] {
+			if got != tok(want) {
+				t.Errorf("start %#x round %d: received %v, want %v", start, round, got, tok(want))
+				return
+			}
+			want++
+		}
+		for {
+			got, ok := f.tryRecv()
+			if !ok {
+				break
+			}
+			if got != tok(want) {
+				t.Errorf("start %#x round %d: received %v, want %v", start, round, got, tok(want))
+				return
+			}
+			want++
+		}
+		if want != next {
+			t.Errorf("start %#x round %d: ring empty after %d of %d tokens", start, round, want-1, next-1)
+			return
+		}
+	}
+	if end := f.tail.Load(); end>>32 == start>>32 {
+		t.Errorf("start %#x: the run did not cross the wrap (tail %#x)", start, end)
+		return
 	}
 }
