@@ -9,7 +9,11 @@ func (e *Edge) admitLocked(q *queued, lane int) (bool, error) {
 	p := &e.pol
 	size := int64(q.size)
 	if p.Admission == DeadlineQoS && lane == laneBackground && p.softReached(e.n, e.bytes) {
-		return false, errShedBackground
+		// Expired messages do not count towards the soft cap either: free
+		// them first (one comparison when none can have expired).
+		if !e.reapExpiredLocked(Now()) || p.softReached(e.n, e.bytes) {
+			return false, errShedBackground
+		}
 	}
 	if p.fits(e.n, e.bytes, size) {
 		e.enqueueLocked(q, lane)

@@ -113,3 +113,47 @@ func TestBlockedSenderGetsRoomOfExpired(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadlineQoSSoftCapFreesExpiredFirst: DeadlineQoS "first frees expired
+// messages", so messages that expired do not count towards the soft cap
+// that sheds Background: a Background send at the soft cap gets in when
+// expired messages make up the difference, and is still shed when the live
+// ones alone reach it. Sends and batches alike.
+func TestDeadlineQoSSoftCapFreesExpiredFirst(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		fs := newFakeStore()
+		e, err := NewEdge(fs, Policy{MaxItems: 8, SoftItems: 2, Admission: DeadlineQoS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		send := func(tok token.Token) error {
+			if batch {
+				_, err := e.SendBatch(context.Background(), []token.Token{tok})
+				return err
+			}
+			return e.TrySend(tok)
+		}
+		live := fs.put(Header{QoS: BestEffort})
+		dying := fs.put(Header{QoS: BestEffort, Deadline: Now() + int64(time.Millisecond)})
+		for _, tok := range []token.Token{live, dying} {
+			if err := send(tok); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(3 * time.Millisecond) // dying expires: one live message, below the soft cap
+		if err := send(fs.put(Header{QoS: Background})); err != nil {
+			t.Errorf("batch %v: Background send with 1 live and 1 expired message at soft cap 2 = %v; "+
+				"want it admitted (expired messages are freed first)", batch, err)
+		}
+		// Now 2 live messages: at the soft cap, Background is shed.
+		err = send(fs.put(Header{QoS: Background}))
+		if !errors.Is(err, ErrRejected) {
+			t.Errorf("batch %v: Background send with 2 live messages at soft cap 2 = %v, want ErrRejected", batch, err)
+		}
+		if st := e.Stats(); st.Expired != 1 || st.Admitted != 3 || st.Rejected != 1 || st.Len != 2 {
+			t.Errorf("batch %v: Stats = %+v, want Expired 1, Admitted 3, Rejected 1, Len 2", batch, st)
+		}
+		e.Close()
+		e.Drain()
+	}
+}

@@ -398,7 +398,14 @@ func (m *efModel) sendOutcome(ei int, msg *efMsg, tok token.Token, op string, wi
 		rs = append(rs, sendReason{"closed", func(err error) bool { return errors.Is(err, ErrEdgeClosed) }, false, true})
 	}
 	if h.qos.Valid() && me.pol.Admission == DeadlineQoS && efLane(h.qos) == 0 && efShedBackground(me.pol, len(me.q), me.bytes()) {
-		rs = append(rs, sendReason{"Background shed", rejectedNotFull, false, true})
+		if len(rs) == 0 {
+			// Admission's first step: expired messages do not count towards
+			// the soft cap.
+			m.reap(me)
+		}
+		if efShedBackground(me.pol, len(me.q), me.bytes()) {
+			rs = append(rs, sendReason{"Background shed", rejectedNotFull, false, true})
+		}
 	}
 	if len(rs) > 0 {
 		var names []string

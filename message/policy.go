@@ -22,10 +22,11 @@ const (
 	// DeadlineQoS first frees expired messages, then evicts the lowest-QoS
 	// messages, oldest first, but never one of higher QoS than the message
 	// being sent; if that cannot make room the send is refused with
-	// ErrEdgeFull. At or above a soft cap that is set it also refuses
-	// Background messages outright, keeping the space up to the hard cap for
-	// BestEffort and LatencyCritical traffic; with no soft cap, Background
-	// competes at the hard cap like any other QoS.
+	// ErrEdgeFull. At or above a soft cap that is set (counting only the
+	// messages that have not expired: expired ones are freed first) it also
+	// refuses Background messages outright, keeping the space up to the hard
+	// cap for BestEffort and LatencyCritical traffic; with no soft cap,
+	// Background competes at the hard cap like any other QoS.
 	DeadlineQoS
 )
 

@@ -530,8 +530,11 @@ func (m *saModel) send(x saMsg, now int64) (err error, wait bool) {
 		return ErrRejected, false
 	}
 	if p.Admission == DeadlineQoS && x.lane == 0 && p.softReached(len(m.q), m.bytes()) {
-		m.st.Rejected++
-		return ErrRejected, false
+		m.reap(now) // expired messages do not count towards the soft cap
+		if p.softReached(len(m.q), m.bytes()) {
+			m.st.Rejected++
+			return ErrRejected, false
+		}
 	}
 	if !m.fits(x.size) {
 		m.reap(now)

@@ -594,3 +594,34 @@ func TestAttackEdgeCloseWakesOtherHandle(t *testing.T) {
 		t.Fatalf("Available = %d", a.Available())
 	}
 }
+
+// TestDeadlineQoSSoftCapFreesExpiredFirst is message's test of the same
+// name across processes: expired messages do not count towards the soft
+// cap that sheds Background (DeadlineQoS "first frees expired messages").
+func TestDeadlineQoSSoftCapFreesExpiredFirst(t *testing.T) {
+	s, _ := atkStore(t, 8, message.Policy{MaxItems: 8, SoftItems: 2, Admission: message.DeadlineQoS})
+	e := s.Edge(0)
+	put := func(h message.Header) token.Token {
+		tok, err := s.Put(h, tick{})
+		must(t, err, "Put")
+		return tok
+	}
+	must(t, e.TrySend(put(message.Header{QoS: message.BestEffort})), "TrySend live")
+	must(t, e.TrySend(put(message.Header{QoS: message.BestEffort, Deadline: message.Now() + int64(time.Millisecond)})), "TrySend dying")
+	time.Sleep(3 * time.Millisecond) // one live message, below the soft cap
+	if err := e.TrySend(put(message.Header{QoS: message.Background})); err != nil {
+		t.Errorf("Background send with 1 live and 1 expired message at soft cap 2 = %v; want it admitted", err)
+	}
+	shed := put(message.Header{QoS: message.Background})
+	if err := e.TrySend(shed); !errors.Is(err, message.ErrRejected) {
+		t.Errorf("Background send with 2 live messages at soft cap 2 = %v, want ErrRejected", err)
+	}
+	if st := e.Stats(); st.Expired != 1 || st.Admitted != 3 || st.Rejected != 1 || st.Len != 2 {
+		t.Errorf("Stats = %+v, want Expired 1, Admitted 3, Rejected 1, Len 2", st)
+	}
+	must(t, s.Free(shed), "Free shed")
+	e.Drain()
+	if s.Available() != s.Capacity() {
+		t.Errorf("Available = %d, want %d", s.Available(), s.Capacity())
+	}
+}

@@ -42,11 +42,17 @@ func (e *Edge) admit(p int, w *way, q *ringEntry, lane int) (bool, int64, error)
 	size := int64(q.size)
 	var net int64
 	if e.pol.Admission == message.DeadlineQoS && lane == laneBackground && e.softReached(c.n, c.bytes) {
-		return false, 0, errShedBackground
+		// Expired messages do not count towards the soft cap either: free
+		// them first (one comparison when none can have expired).
+		reaped, dn := e.reapExpired(p, w, message.Now())
+		net += dn
+		if !reaped || e.softReached(c.n, c.bytes) {
+			return false, net, errShedBackground
+		}
 	}
 	if e.fits(c.n, c.bytes, size) && e.laneRoom(lane) {
 		e.push(q, lane)
-		return true, 0, nil
+		return true, net, nil
 	}
 	if reaped, dn := e.reapExpired(p, w, message.Now()); reaped {
 		net += dn
