@@ -27,7 +27,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 		}
 	}
 	a.gate.Exit(p)
-	p, idx, gen, res, err := a.takeSlow()
+	p, idx, gen, res, err := a.takeSlow(true)
 	if err != nil {
 		return token.Nil, nil, err
 	}
@@ -53,7 +53,7 @@ func (a *Arena[T]) Store(v T) (token.Token, error) {
 		}
 	}
 	a.gate.Exit(p)
-	p, idx, gen, _, err := a.takeSlow()
+	p, idx, gen, _, err := a.takeSlow(true)
 	if err != nil {
 		return token.Nil, err
 	}
@@ -93,7 +93,11 @@ const (
 // scan that saw a push, pop or steal elsewhere, or a cache that gained a
 // slot. Each look again means another goroutine's operation succeeded, so
 // the arena as a whole always makes progress.
-func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
+//
+// countFull says whether an ErrFull counts in Stats.Failed: it does for
+// Alloc and Store, not for the looks of AllocWait and StoreWait, which wait
+// instead of returning it.
+func (c *core) takeSlow(countFull bool) (p int, idx, gen uint32, res takeResult, err error) {
 	var bo atomicx.Backoff
 	for {
 		p, idx, gen, res, err = c.enterTake()
@@ -124,7 +128,9 @@ func (c *core) takeSlow() (p int, idx, gen uint32, res takeResult, err error) {
 			return p, idx, gen, res, err
 		}
 		if res == full && c.cachePuts() == puts {
-			c.countFailed(p)
+			if countFull {
+				c.countFailed(p)
+			}
 			c.gate.Exit(p)
 			return 0, 0, 0, full, ErrFull
 		}
@@ -168,6 +174,8 @@ func (c *core) take(p int) (idx, gen uint32, res takeResult) {
 	gen, res = c.firstGen, took
 	if g := genOf(atomic.LoadUint64(c.state(idx))); g != 0 {
 		gen, res = g, tookRecycled
+	} else {
+		c.countFresh(p)
 	}
 	claim(c.state(idx), uint64(gen)<<genShift|allocBit)
 	c.countAlloc(p, src == shard.FromSteal)

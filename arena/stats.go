@@ -13,7 +13,7 @@ import (
 type Stats struct {
 	Allocs    uint64 // successful Alloc and Store calls
 	Frees     uint64 // successful Free calls
-	Steals    uint64 // allocations served by stealing from another shard
+	Steals    uint64 // allocations that stole a batch of slots from another shard (the batch's other slots then serve later ones as local)
 	Failed    uint64 // Alloc and Store calls that returned ErrFull
 	Drains    uint64 // times an Alloc fenced other Ps to claim a slot from their caches
 	Retired   uint64 // slots retired at generation wrap (no longer in Capacity)
@@ -40,12 +40,17 @@ type pCounters struct {
 	home uint32 // per-node arenas: home shard + 1, 0 = look it up
 	cool uint32 // frees since the cooling bit was set (cache.go)
 	_    [atomicx.CacheLine - 64]byte
+
+	// The second line, off the hot one: written only on the slow path.
+	fresh uint64 // never-used slots this P allocated (take)
+	_     [atomicx.CacheLine - 8]byte
 }
 
 // spillCounters take the counts of P ids beyond the per-P table (GOMAXPROCS
 // raised after New) and of the purego build, with atomics.
 type spillCounters struct {
 	allocs, frees, steals, failed atomic.Uint64
+	fresh                         atomic.Uint64
 	drains                        atomic.Uint64 // thieves that fenced P caches
 }
 
@@ -82,6 +87,18 @@ func (c *core) countFree(p int) {
 		return
 	}
 	c.spill.frees.Add(1)
+}
+
+// countFresh counts the first allocation of a slot. Untouched is the
+// slots less these: a steal moves up to a batch of never-used slots to
+// the thief's freelist, so the shards' frontiers alone would count those
+// as used before they are.
+func (c *core) countFresh(p int) {
+	if pc := c.local(p); pc != nil {
+		pc.fresh++
+		return
+	}
+	c.spill.fresh.Add(1)
 }
 
 func (c *core) countFailed(p int) {
@@ -122,12 +139,14 @@ func (c *core) finalStats() Stats {
 // section, or Close itself).
 func (c *core) sum() Stats {
 	var st Stats
+	var fresh uint64
 	for p := 0; p < c.nP; p++ {
 		pc := c.pc(p)
 		st.Allocs += pc.allocs
 		st.Frees += pc.frees
 		st.Steals += pc.steals
 		st.Failed += pc.failed
+		fresh += pc.fresh
 	}
 	st.Allocs += c.spill.allocs.Load()
 	st.Frees += c.spill.frees.Load()
@@ -138,7 +157,10 @@ func (c *core) sum() Stats {
 	if st.Allocs > st.Frees {
 		st.Live = st.Allocs - st.Frees
 	}
-	st.Untouched = c.set.Untouched()
+	fresh += c.spill.fresh.Load()
+	if fresh < uint64(c.slots) {
+		st.Untouched = uint64(c.slots) - fresh
+	}
 	st.Shards = c.set.Len()
 	return st
 }

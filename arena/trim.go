@@ -47,14 +47,19 @@ type trimState struct {
 // goroutines use the arena; an Alloc that would otherwise have found the
 // arena full waits for it (it holds the free slots for the length of its
 // madvise calls). After Close it returns ErrClosed.
+//
+// Not released: a slot parked in a P's one-slot cache of the last freed
+// slot (at most one per P), a slot freed while a View or Update still held
+// it until they return, and pages shared with a live slot.
 func (c *core) Trim() (released int64, err error) {
 	return c.TrimWith(nil)
 }
 
 // TrimWith is Trim for a layer that keeps per-slot memory of its own next
 // to the arena (message.Store keeps reference counts): release, if not nil,
-// is called for every run [first, end) of consecutive free slots while Trim
-// holds them, so no Alloc can hand one of them out meanwhile; it may give
+// is called for every run [first, end) of consecutive free slots that Trim
+// releases (see Trim for the free slots it leaves alone) while it holds
+// them, so no Alloc can hand one of them out meanwhile; it may give
 // that memory back (for example with madvise), and must not call into the
 // arena.
 func (c *core) TrimWith(release func(first, end uint32)) (released int64, err error) {

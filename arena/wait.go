@@ -257,7 +257,8 @@ func waitError(ctx context.Context, op string) error {
 }
 
 // AllocWait is Alloc that waits for a free slot. It returns at once when a
-// slot is free; otherwise it parks (no spinning) until a Free makes room,
+// slot is free (also when ctx is done already: ctx only ends a wait);
+// otherwise it parks (no spinning) until a Free makes room,
 // ctx is done (the error then matches ctx.Err() with errors.Is), or the arena
 // is closed (ErrClosed). A nil ctx waits like context.Background().
 //
@@ -266,7 +267,7 @@ func waitError(ctx context.Context, op string) error {
 // No slot is lost when a waiter gives up: a wake-up meant for it goes to the
 // next waiter. Waiting costs Free one load of a counter while nobody waits.
 func (a *Arena[T]) AllocWait(ctx context.Context) (token.Token, *T, error) {
-	t, v, err := a.Alloc()
+	t, v, err := a.allocQuiet()
 	if err == nil || !errors.Is(err, ErrFull) {
 		return t, v, err
 	}
@@ -277,7 +278,7 @@ func (a *Arena[T]) AllocWait(ctx context.Context) (token.Token, *T, error) {
 // captures cost the fast path nothing.
 func (a *Arena[T]) allocWait(ctx context.Context) (t token.Token, v *T, err error) {
 	err = a.await(ctx, "AllocWait", func() error {
-		t, v, err = a.Alloc()
+		t, v, err = a.allocQuiet()
 		return err
 	})
 	if err != nil {
@@ -288,7 +289,7 @@ func (a *Arena[T]) allocWait(ctx context.Context) (t token.Token, v *T, err erro
 
 // StoreWait is Store that waits for a free slot, as AllocWait does.
 func (a *Arena[T]) StoreWait(ctx context.Context, v T) (token.Token, error) {
-	t, err := a.Store(v)
+	t, err := a.storeQuiet(&v)
 	if err == nil || !errors.Is(err, ErrFull) {
 		return t, err
 	}
@@ -299,11 +300,54 @@ func (a *Arena[T]) StoreWait(ctx context.Context, v T) (token.Token, error) {
 // caller's copy, so a large T is not copied again per retry.
 func (a *Arena[T]) storeWait(ctx context.Context, v *T) (t token.Token, err error) {
 	err = a.await(ctx, "StoreWait", func() error {
-		t, err = a.Store(*v)
+		t, err = a.storeQuiet(v)
 		return err
 	})
 	if err != nil {
 		return token.Nil, err
 	}
 	return t, nil
+}
+
+// allocQuiet is Alloc for the wait paths: an ErrFull it returns is not
+// counted in Stats.Failed, since the waiting call does not return it.
+func (a *Arena[T]) allocQuiet() (token.Token, *T, error) {
+	p, idx, gen, res, err := a.takeQuiet()
+	if err != nil {
+		return token.Nil, nil, err
+	}
+	v := a.payload(idx)
+	if res == tookRecycled {
+		zeroValue(v)
+	}
+	a.gate.Exit(p)
+	return token.New(idx, gen), v, nil
+}
+
+// storeQuiet is Store for the wait paths, as allocQuiet is Alloc.
+func (a *Arena[T]) storeQuiet(v *T) (token.Token, error) {
+	p, idx, gen, _, err := a.takeQuiet()
+	if err != nil {
+		return token.Nil, err
+	}
+	a.put(idx, v)
+	a.gate.Exit(p)
+	return token.New(idx, gen), nil
+}
+
+// takeQuiet takes a slot as Alloc does, from this P's cache first, without
+// counting an ErrFull. On success it returns pinned, inside a gate section
+// (see takeSlow).
+func (a *Arena[T]) takeQuiet() (p int, idx, gen uint32, res takeResult, err error) {
+	p = a.gate.EnterAny()
+	if !a.gate.Closed() && p < a.nP {
+		pc := a.pc(p)
+		if w := a.takeCached(pc); w != 0 {
+			pc.allocs++
+			idx, gen = cacheSlot(w)
+			return p, idx, gen, tookRecycled, nil
+		}
+	}
+	a.gate.Exit(p)
+	return a.takeSlow(false)
 }

@@ -20,7 +20,8 @@ const (
 	LatencyCritical QoS = 3
 )
 
-// String returns the class name, or "QoS(n)" for values outside the known set.
+// String returns the class name, "BestEffort(0)" for 0 (which means
+// BestEffort), or "QoS(n)" for values outside the known set.
 func (q QoS) String() string {
 	switch q {
 	case 0:

@@ -17,7 +17,7 @@ type EdgeStats struct {
 	Late       uint64 // deliveries past their deadline (DegradeAllowed)
 	Drained    uint64 // queued messages freed by Drain
 	FreeErrors uint64 // HeaderStore.Free failures on tokens the edge owned
-	Waited     uint64 // sends that had to wait for room (Block)
+	Waited     uint64 // Block sends that found no room and waited for it (also one whose ctx was already done)
 
 	Len       int       // queued tokens now
 	Bytes     int64     // queued header bytes now

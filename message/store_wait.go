@@ -13,7 +13,8 @@ import (
 )
 
 // PutWait is Put that waits for a free slot instead of failing with
-// arena.ErrFull. It returns at once when a slot is free; otherwise it parks
+// arena.ErrFull. It returns at once when a slot is free (also when ctx is
+// done already); otherwise it parks
 // (no busy spinning) until a Free makes room, ctx is done (the error then
 // matches ctx.Err() with errors.Is), or the store is closed
 // (arena.ErrClosed). A nil ctx waits like context.Background(). Waiters are

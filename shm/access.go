@@ -26,6 +26,9 @@ func (a *Arena[T]) Load(t token.Token) (T, error) {
 // LoadInto copies the slot's value into *dst.
 func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
 	if dst == nil {
+		if a.gate.Closed() {
+			return ErrClosed
+		}
 		return ErrNilPointer
 	}
 	return load(a.seg, t, dst, "LoadInto")
@@ -72,6 +75,9 @@ func (a *Arena[T]) Update(t token.Token, fn func(*T)) error {
 
 func access[T any](a *seg, t token.Token, fn func(*T), add, kind uint64, op string) error {
 	if fn == nil {
+		if a.gate.Closed() {
+			return ErrClosed
+		}
 		return ErrNilFunc
 	}
 	idx, err := a.index(t, op)

@@ -93,9 +93,13 @@ func (a *seg) enterFor(t token.Token, op string) (idx uint32, p int, w *way, err
 	return idx, p, w, err
 }
 
-// index checks the parts of a token that need no shared memory.
+// index checks the parts of a token that need no shared memory. After
+// Close every call says ErrClosed, whatever its token (as arena and
+// message do).
 func (a *seg) index(t token.Token, op string) (uint32, error) {
 	switch {
+	case a.gate.Closed():
+		return 0, ErrClosed
 	case t.IsNil():
 		return 0, fmt.Errorf("shm: %s: %w: nil token", op, ErrBadToken)
 	case t.Index() >= a.capacity:

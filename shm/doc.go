@@ -22,7 +22,12 @@
 // (exact ErrFull, stale tokens stale everywhere, no slot handed out twice)
 // and the same sentinel errors. Store (CreateStore, AttachStore) is
 // message.Store plus a fixed set of edges in the same segment, with
-// message.Edge's lanes, caps, admission modes and counters.
+// message.Edge's lanes, caps, admission modes and counters, and Tokens
+// over every process's messages. Neither has Trim: a slot's state word
+// sits on the first line of the slot, so only the inner pages of slots
+// larger than two pages could go back to the OS (by punching holes in the
+// file), and taking a free slot out of every process's reach while its
+// pages go is not built.
 //
 // # The segment
 //

@@ -1,12 +1,12 @@
 package shm
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cella-go/cella/message"
@@ -104,20 +104,28 @@ func attachFile(f *os.File, typ reflect.Type, kind uint32, watch time.Duration) 
 	if err != nil {
 		return nil, err
 	}
-	anon := false
-	if got, err := unix.FcntlInt(g.Fd(), unix.F_GET_SEALS, 0); err == nil {
-		anon = true // only memfds take seals
+	// What the descriptor is: a memfd links to "/memfd:<name> (deleted)";
+	// a file (under /dev/shm or any Config.Dir) to its path, which Close
+	// needs to remove it as the last process out, and Path reports.
+	// (F_GET_SEALS cannot tell: tmpfs answers it for every file.)
+	link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(g.Fd())))
+	if err != nil {
+		_ = g.Close()
+		return nil, fmt.Errorf("shm: what %s is: %w", f.Name(), err)
+	}
+	anon := strings.HasPrefix(link, "/memfd:")
+	path := link
+	if anon {
+		got, err := unix.FcntlInt(g.Fd(), unix.F_GET_SEALS, 0)
+		if err != nil {
+			_ = g.Close()
+			return nil, fmt.Errorf("shm: seals of %s: %w", f.Name(), err)
+		}
 		if got&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
 			_ = g.Close()
 			return nil, fmt.Errorf("%w: memfd %s is not sealed against resizing", ErrCorrupt, f.Name())
 		}
-	} else if !errors.Is(err, unix.EINVAL) {
-		_ = g.Close()
-		return nil, fmt.Errorf("shm: seals of %s: %w", f.Name(), err)
-	}
-	path := f.Name()
-	if !anon {
-		path = g.Name()
+		path = f.Name()
 	}
 	return attachOpen(path, g, typ, kind, anon, watch)
 }
@@ -137,6 +145,9 @@ func (a *seg) File() (*os.File, error) {
 
 // SendFile sends f's descriptor over a unix socket (SCM_RIGHTS).
 func SendFile(c *net.UnixConn, f *os.File) error {
+	if f == nil {
+		return fmt.Errorf("%w: nil file", ErrNotExist)
+	}
 	if _, _, err := c.WriteMsgUnix([]byte{'c'}, unix.UnixRights(int(f.Fd())), nil); err != nil {
 		return fmt.Errorf("shm: send %s: %w", f.Name(), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"os"
 	"reflect"
@@ -386,6 +387,56 @@ func (s *Store[P]) Refs(t token.Token) (all, mine int, err error) {
 		return 0, 0, stale("Refs", t)
 	}
 	return int(atomic.LoadUint32(a.store.ref(idx))), int(atomic.LoadUint32(a.store.tab.count(idx))), nil
+}
+
+// Tokens yields the token of every message, in any process, that holds
+// references when the iteration reaches its slot: message.Store.Tokens
+// across processes, weakly consistent in the same way (a message live for
+// the whole iteration is yielded exactly once; one whose last reference
+// is dropped before its slot is reached is not; messages put or freed
+// meanwhile may or may not be). A yielded token may be held by another
+// process or queued on an edge: this process holds none of its
+// references (Retain needs one; Refs tells who holds them). Breaking out
+// of the loop is fine, and the loop body may call any store method. After
+// Close it yields nothing.
+//
+// It reads every slot the shards ever handed out, a section per shard
+// run of 256 slots, so it is for leak reports, clean-up and snapshots,
+// not for hot paths.
+func (s *Store[P]) Tokens() iter.Seq[token.Token] {
+	return func(yield func(token.Token) bool) {
+		a := s.a
+		var batch [256]token.Token
+		for sh := uint32(0); sh < a.shards; sh++ {
+			start, _ := span(a.capacity, a.shards, sh) // no shared memory outside a section
+			for idx := start; ; {
+				p, w, err := a.enter()
+				if err != nil {
+					return
+				}
+				f, _, _ := a.frontier(sh)
+				n := 0
+				for ; idx < f && n < len(batch); idx++ {
+					st := atomic.LoadUint64(a.state(idx))
+					if st&liveBit != 0 && atomic.LoadUint32(a.store.ref(idx)) != 0 &&
+						liveAs(atomic.LoadUint64(a.state(idx)), genOf(st)) {
+						batch[n] = token.New(idx, genOf(st))
+						n++
+					}
+				}
+				more := idx < f
+				a.exit(p, w, 0)
+				for _, t := range batch[:n] {
+					if !yield(t) {
+						return
+					}
+				}
+				if !more {
+					break
+				}
+			}
+		}
+	}
 }
 
 // dropRef drops one reference to slot idx inside a section and frees the
