@@ -333,6 +333,7 @@ func TestDoc2AfterClose(t *testing.T) {
 		chk("Update nil "+tk.String(), a.Update(tk, nil))
 		chk("Free "+tk.String(), a.Free(tk))
 	}
+	//lint:ignore SA1012 a nil context is what is tested
 	_, _, err = a.AllocWait(nil) //nolint:staticcheck
 	chk("AllocWait(nil)", err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -358,6 +359,7 @@ func TestDoc2AfterClose(t *testing.T) {
 // ErrClosed.
 func TestDoc2AllocWaitBoundaries(t *testing.T) {
 	a := doc2New[doc2Val](t, arena.Config{Slots: 1, Shards: 1})
+	//lint:ignore SA1012 a nil context is what is tested
 	tok, p, err := a.AllocWait(nil) //nolint:staticcheck
 	if err != nil || p == nil || *p != (doc2Val{}) {
 		t.Fatalf("AllocWait(nil) with a free slot: %v %v", tok, err)
@@ -379,6 +381,7 @@ func TestDoc2AllocWaitBoundaries(t *testing.T) {
 	// A nil-ctx waiter is woken by Free.
 	done := make(chan error, 1)
 	go func() {
+		//lint:ignore SA1012 a nil context is what is tested
 		t2, err := a.StoreWait(nil, doc2Val{A: 3}) //nolint:staticcheck
 		if err == nil {
 			if v, _ := a.Load(t2); v.A != 3 {

@@ -322,6 +322,7 @@ func TestDoc2SendBadTokens(t *testing.T) {
 		if err := e.TrySend(c.tk); !errors.Is(err, c.want) {
 			t.Errorf("TrySend(%v) = %v, want %v", c.tk, err, c.want)
 		}
+		//lint:ignore SA1012 a nil context is what is tested
 		if err := e.Send(nil, c.tk); !errors.Is(err, c.want) { //nolint:staticcheck
 			t.Errorf("Send(%v) = %v, want %v", c.tk, err, c.want)
 		}
@@ -383,6 +384,7 @@ func TestDoc2EdgeClose(t *testing.T) {
 	if !ok || got != b {
 		t.Errorf("TryRecv on closed = %v %v, want LC %v", got, ok, b)
 	}
+	//lint:ignore SA1012 a nil context is what is tested
 	got, err := e.Recv(nil) //nolint:staticcheck
 	if err != nil || got != a {
 		t.Errorf("Recv on closed = %v %v", got, err)
@@ -709,6 +711,7 @@ func TestDoc2StoreClose(t *testing.T) {
 	}
 	_, err = s.Put(message.Header{}, doc2Pay{})
 	chk("Put", err)
+	//lint:ignore SA1012 a nil context is what is tested
 	_, err = s.PutWait(nil, message.Header{}, doc2Pay{}) //nolint:staticcheck
 	chk("PutWait", err)
 	_, err = s.PutFunc(message.Header{}, func(*message.Message[doc2Pay]) error { return nil })
@@ -925,6 +928,7 @@ func TestDoc2DeadlineHelpers(t *testing.T) {
 	if d := message.DeadlineAt(mono) - message.Now(); d < int64(900*time.Millisecond) || d > int64(1100*time.Millisecond) {
 		t.Errorf("monotonic DeadlineAt offset = %v", time.Duration(d))
 	}
+	//lint:ignore SA1012 a nil context is what is tested
 	if d, ok := message.DeadlineFromContext(nil); d != 0 || ok { //nolint:staticcheck
 		t.Errorf("FromContext(nil) = %d %v", d, ok)
 	}
@@ -1018,6 +1022,7 @@ func TestDoc2GraphBadWiring(t *testing.T) {
 	g := message.NewGraph(s)
 	g.Source("s", 1, src, e)
 	g.Sink("k", 1, e, sink)
+	//lint:ignore SA1012 a nil context is what is tested
 	if err := g.Run(nil); err != nil { //nolint:staticcheck
 		t.Fatalf("Run = %v", err)
 	}

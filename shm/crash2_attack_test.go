@@ -229,19 +229,7 @@ func c2Expect(t *testing.T, r *bufio.Reader, want string) {
 	}
 }
 
-// c2Kill SIGKILLs a child and reaps it; a child that exited on its own
-// (with an error) fails the test.
-func c2Kill(t *testing.T, cmd *exec.Cmd) {
-	t.Helper()
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	if err := cmd.Wait(); err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != -1 {
-			t.Fatalf("child failed on its own: %v", err)
-		}
-	}
-}
-
+// c2Recover runs Recover on s and fails the test on an error.
 func c2Recover[P any](t *testing.T, s *Store[P]) Recovery {
 	t.Helper()
 	var rep Recovery
