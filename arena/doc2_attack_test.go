@@ -142,19 +142,24 @@ func TestDoc2StatsUntouched(t *testing.T) {
 				t.Fatalf("shards %d: after %d allocs Untouched = %d, want %d", shards, i, u, 200-i)
 			}
 		}
+		used := map[uint32]bool{}
 		for _, tok := range toks {
+			used[tok.Index()] = true
 			a.Free(tok)
 		}
-		// Reusing freed slots touches nothing new.
+		// Reusing freed slots touches nothing new; a P whose shard has no
+		// freed slot (the purego build picks a random shard per call) may
+		// take never-used ones: Untouched counts the slots never allocated.
 		for i := 0; i < 150; i++ {
 			tok, _, err := a.Alloc()
 			if err != nil {
 				t.Fatal(err)
 			}
+			used[tok.Index()] = true
 			defer a.Free(tok)
 		}
-		if u := a.Stats().Untouched; u != 50 {
-			t.Errorf("shards %d: Untouched after reuse = %d, want 50", shards, u)
+		if u := a.Stats().Untouched; u != uint64(200-len(used)) {
+			t.Errorf("shards %d: Untouched after reuse = %d, want %d (slots never allocated)", shards, u, 200-len(used))
 		}
 	}
 }
