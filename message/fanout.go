@@ -91,6 +91,11 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 func (e *Edge) All(ctx context.Context) iter.Seq[token.Token] {
 	return func(yield func(token.Token) bool) {
 		for {
+			// Recv looks at ctx only when it has to wait: an edge kept busy
+			// would never end the loop.
+			if ctx != nil && ctx.Err() != nil {
+				return
+			}
 			t, err := e.Recv(ctx)
 			if err != nil || !yield(t) {
 				return

@@ -156,12 +156,17 @@ func (a *Arena[T]) AllocWait(ctx context.Context) (token.Token, *T, error) {
 	}
 }
 
-// StoreWait is Store that waits like AllocWait.
+// StoreWait is Store that waits like AllocWait. The value is copied into
+// the slot inside the allocation's section (as Store does), never after
+// it: a Close racing the call may unmap the segment once no section is open.
 func (a *Arena[T]) StoreWait(ctx context.Context, v T) (token.Token, error) {
-	t, p, err := a.AllocWait(ctx)
-	if err != nil {
-		return token.Nil, err
+	for {
+		t, _, err := a.alloc(&v)
+		if !errors.Is(err, ErrFull) {
+			return t, err
+		}
+		if err := a.awaitFree(ctx); err != nil {
+			return token.Nil, err
+		}
 	}
-	*p = v
-	return t, nil
 }
