@@ -96,6 +96,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	if len(qs) == 0 {
 		return 0, nil
 	}
+	defer e.raiseFreePanic() // admission may evict or expire messages
 	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false

@@ -15,8 +15,15 @@ import (
 // reading a header for admission, and freeing the references it evicts,
 // expires or drains. *Store[P] implements it for every P.
 //
-// An edge calls these methods, Free included, while it holds its own lock:
-// implementations must be quick and must not call back into the edge.
+// An edge calls Header before it takes its own lock and Free while it
+// holds it: implementations must be quick and must not call back into the
+// edge. A panic in Header reaches the sender, which keeps the token whose
+// header it read (a SendBatch's chunks of 32 before it are in the edge). A
+// panic in Free (freeing a message the edge evicted, expired or drained)
+// leaves the edge whole: the message counts in FreeErrors, the operation
+// finishes, and the panic is re-raised to its caller once the edge's lock
+// is released; a receive that has taken tokens by then delivers them
+// instead, and the next send, receive or Drain on the edge raises it.
 type HeaderStore interface {
 	Header(token.Token) (Header, error)
 	Free(token.Token) error
@@ -102,8 +109,14 @@ type Edge struct {
 	// the sender once it has released the lock (see send).
 	wakeRecv *waiter
 	st       EdgeStats
-	_        atomicx.Pad
-	invalid  atomic.Uint64
+	// freePanic is what the HeaderStore's Free panicked with while the
+	// edge freed a message it owned (an eviction, an expiry, Drain), under
+	// the lock; freePanicked says one is waiting to be re-raised by the
+	// operation, once it has released the lock (raiseFreePanic).
+	freePanic    any
+	freePanicked atomic.Bool
+	_            atomicx.Pad
+	invalid      atomic.Uint64
 }
 
 // nilStore reports whether hs is nil, or a nil *Store or *ByteStore in a
@@ -176,6 +189,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		}
 	}
 
+	defer e.raiseFreePanic() // admission may evict or expire messages
 	e.lock()
 	var w *waiter
 	for {
@@ -427,10 +441,43 @@ func (e *Edge) removeLocked(lane int) *queued {
 	return q
 }
 
-// freeLocked hands a reference the edge owns back to the store.
+// freeLocked hands a reference the edge owns back to the store. A store
+// whose Free panics must not leave the edge locked or half-changed: the
+// panic is caught here, counted as a failed Free, and re-raised by the
+// operation once it is done and has released the lock (raiseFreePanic).
 func (e *Edge) freeLocked(t token.Token) {
-	if e.hs.Free(t) != nil {
+	if e.freeCaught(t) != nil {
 		e.st.FreeErrors++
+	}
+}
+
+func (e *Edge) freeCaught(t token.Token) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if !e.freePanicked.Load() {
+				e.freePanic = r
+				e.freePanicked.Store(true)
+			}
+			err = errFreePanicked
+		}
+	}()
+	return e.hs.Free(t)
+}
+
+// raiseFreePanic re-raises, outside the lock, a panic of the store's Free
+// that an operation caught (freeLocked). Operations that free defer it
+// before they take the lock.
+func (e *Edge) raiseFreePanic() {
+	if !e.freePanicked.Load() {
+		return
+	}
+	e.mu.Lock() // the fields only: no need to leave fast mode
+	r := e.freePanic
+	e.freePanic = nil
+	e.freePanicked.Store(false)
+	e.mu.Unlock()
+	if r != nil {
+		panic(r)
 	}
 }
 
@@ -492,6 +539,7 @@ func (e *Edge) Closed() bool {
 // many it freed. It works on open and closed edges; Close followed by Drain
 // releases everything an abandoned edge still holds.
 func (e *Edge) Drain() int {
+	defer e.raiseFreePanic()
 	e.lock()
 	defer e.unlock()
 	freed := 0

@@ -71,6 +71,7 @@ var (
 	errExpiredOnSend  = multiSentinel("message: rejected by edge policy: deadline passed", ErrRejected, ErrExpired)
 	errSendClosed     = fmt.Errorf("%w: send refused", ErrEdgeClosed)
 	errCloseTwice     = fmt.Errorf("%w: already closed", ErrEdgeClosed)
+	errFreePanicked   = errors.New("message: the store's Free panicked")
 )
 
 // multiSentinel is an error with its own text that matches several

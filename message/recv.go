@@ -42,7 +42,7 @@ func (e *Edge) RecvBatch(ctx context.Context, dst []token.Token) (n int, err err
 // of goroutines consuming the edge together, as in a Graph node) it takes
 // at most a 1/share part of what is queued, rounded up, so one consumer
 // does not take a whole burst while the others idle.
-func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, error) {
+func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, err error) {
 	if ctx == nil { // a nil context waits without a deadline, never panics
 		ctx = context.Background()
 	}
@@ -61,6 +61,15 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 			runtime.Gosched()
 		}
 	}
+	// Expired messages are freed on the way. A panic of the store's Free
+	// is re-raised when this receive returns nothing; one that took tokens
+	// delivers them (they would be lost with the panic), and the next
+	// operation on the edge raises it.
+	defer func() {
+		if n == 0 {
+			e.raiseFreePanic()
+		}
+	}()
 	e.lock()
 	var w *waiter
 	spins := 0
@@ -78,6 +87,9 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (int, err
 				}
 				dst[k] = t
 				k++
+				if e.freePanicked.Load() {
+					break // see raiseFreePanic: deliver what was taken, no more
+				}
 			}
 			if e.sendq.head != nil {
 				e.wakeSendersLocked()
@@ -174,7 +186,7 @@ const fastRecvSpins = 16
 
 // TryRecv is Recv without waiting. It reports false when nothing
 // deliverable is queued, whether or not the edge is closed.
-func (e *Edge) TryRecv() (token.Token, bool) {
+func (e *Edge) TryRecv() (t token.Token, ok bool) {
 	if f := e.fast; f != nil {
 		if t, ok := f.tryRecv(); ok {
 			return t, true
@@ -187,8 +199,13 @@ func (e *Edge) TryRecv() (token.Token, bool) {
 			return token.Nil, false
 		}
 	}
+	defer func() {
+		if !ok { // as in recv: a token taken is delivered first
+			e.raiseFreePanic()
+		}
+	}()
 	e.lock()
-	t, ok := e.nextLocked()
+	t, ok = e.nextLocked()
 	if e.sendq.head != nil {
 		e.wakeSendersLocked()
 	}
