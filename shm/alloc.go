@@ -480,6 +480,8 @@ func (a *seg) Free(t token.Token) error {
 		if atomic.CompareAndSwapUint64(st, s, n) {
 			if reusable(n) {
 				a.recycle(p, w, idx)
+			} else if n&retiredBit != 0 {
+				atomic.AddUint32(&a.hdr.retired, 1)
 			}
 			break
 		}

@@ -568,8 +568,17 @@ func (a *Arena[T]) slot(idx uint32) *T {
 // Path returns the path of the segment file.
 func (a *seg) Path() string { return a.path }
 
-// Capacity returns the number of slots.
-func (a *seg) Capacity() int { return int(a.capacity) }
+// Capacity returns the number of slots, less those retired because their
+// generation would have wrapped (they are never handed out again); after
+// Close, the number of slots.
+func (a *seg) Capacity() int {
+	p, ok := a.gate.Enter()
+	if !ok {
+		return int(a.capacity)
+	}
+	defer a.gate.Exit(p)
+	return int(a.capacity) - int(min(atomic.LoadUint32(&a.hdr.retired), a.capacity))
+}
 
 // Available returns the number of free slots, across every process; exact
 // when no operation is in flight anywhere.
@@ -586,7 +595,8 @@ func (a *seg) Available() int {
 			live += int64(atomic.LoadUint64(&r.ways[w].section)) >> 16
 		}
 	}
-	return int(int64(a.capacity) - live)
+	retired := int64(min(atomic.LoadUint32(&a.hdr.retired), a.capacity))
+	return int(int64(a.capacity) - retired - live)
 }
 
 // start launches the watcher, unless watch < 0.

@@ -29,7 +29,7 @@ import (
 const (
 	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
 	// layoutVersion changes whenever the bytes below change meaning.
-	layoutVersion = 5
+	layoutVersion = 6
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64
@@ -113,7 +113,12 @@ type header struct {
 	// and PutWait futex-wait on it.
 	freeSeq     uint32
 	freeWaiters uint32
-	_           [pageSize/2 - 32]byte
+	// retired counts the slots whose generation would have wrapped: never
+	// handed out again, out of Capacity (recovery recounts them from the
+	// state words).
+	retired uint32
+	_       uint32
+	_       [pageSize/2 - 40]byte
 }
 
 // record is one process's part of the segment. state and the OFD lock on

@@ -233,6 +233,7 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 		refs = a.countRefs(dead)
 	}
 	var allocated int64
+	var retired uint32
 	for sh := uint32(0); sh < a.shards; sh++ {
 		s := a.shard(sh)
 		var chain uint32
@@ -281,6 +282,9 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 				n |= pendingBit
 			}
 			atomic.StoreUint64(st, n)
+			if n&retiredBit != 0 {
+				retired++
+			}
 			switch {
 			case n&liveBit != 0:
 				allocated++
@@ -293,6 +297,7 @@ func (a *seg) rebuild(dead *[MaxProcs]bool) (rep Recovery) {
 		atomic.StoreUint64(&s.head, (h>>32+1)<<32|uint64(chain))
 	}
 	atomic.StoreInt64(&a.hdr.base, allocated-live)
+	atomic.StoreUint32(&a.hdr.retired, retired) // a process killed between retiring a slot and counting it
 	return rep
 }
 

@@ -459,6 +459,8 @@ func (a *seg) freeSlot(p int, w *way, idx uint32) {
 		if atomic.CompareAndSwapUint64(st, s, n) {
 			if reusable(n) {
 				a.recycle(p, w, idx)
+			} else if n&retiredBit != 0 {
+				atomic.AddUint32(&a.hdr.retired, 1)
 			}
 			a.stats.add(statFrees)
 			return
