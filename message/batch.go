@@ -96,7 +96,8 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	if len(qs) == 0 {
 		return 0, nil
 	}
-	defer e.raiseFreePanic() // admission may evict or expire messages
+	var fp any // a panic of the store's Free while admission evicts or expires
+	defer func() { raise(fp) }()
 	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false
@@ -169,6 +170,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// What we admitted so far may have a receiver to wake; it must not
 		// wait for the rest of the batch (it may be what makes room).
 		expiry := e.senderExpiryLocked(w)
+		e.takeFreePanicLocked(&fp)
 		e.unlockAndWake()
 		r := w.waitOrExpiry(ctx.Done(), expiry)
 		e.lock()
@@ -206,6 +208,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 		// Room may remain for the next waiting sender (wakes chain).
 		e.wakeSendersLocked()
 	}
+	e.takeFreePanicLocked(&fp)
 	e.unlockAndWake()
 	if w != nil {
 		putWaiter(w)

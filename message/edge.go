@@ -111,12 +111,11 @@ type Edge struct {
 	st       EdgeStats
 	// freePanic is what the HeaderStore's Free panicked with while the
 	// edge freed a message it owned (an eviction, an expiry, Drain), under
-	// the lock; freePanicked says one is waiting to be re-raised by the
-	// operation, once it has released the lock (raiseFreePanic).
-	freePanic    any
-	freePanicked atomic.Bool
-	_            atomicx.Pad
-	invalid      atomic.Uint64
+	// the lock. The operation that caught it takes it as it releases the
+	// lock (unlockTaking) and re-raises it once it is done.
+	freePanic any
+	_         atomicx.Pad
+	invalid   atomic.Uint64
 }
 
 // nilStore reports whether hs is nil, or a nil *Store or *ByteStore in a
@@ -189,7 +188,8 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		}
 	}
 
-	defer e.raiseFreePanic() // admission may evict or expire messages
+	var fp any // a panic of the store's Free while admission evicts or expires
+	defer func() { raise(fp) }()
 	e.lock()
 	var w *waiter
 	for {
@@ -222,7 +222,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			e.sendq.pushFront(w)
 		}
 		expiry := e.senderExpiryLocked(w)
-		e.unlock()
+		e.unlockTaking(&fp)
 		r := w.waitOrExpiry(ctx.Done(), expiry)
 		if r == waitSignalled && w.handed {
 			putWaiter(w) // admitted on our behalf (wakeSendersLocked)
@@ -232,7 +232,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		if r != waitSignalled {
 			e.abandonLocked(&e.sendq, w)
 			if w.handed { // admitted as our wait ended: the send happened
-				e.unlock()
+				e.unlockTaking(&fp)
 				putWaiter(w)
 				return nil
 			}
@@ -241,7 +241,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			// Our wake-up may have been meant for room another sender can use.
 			e.wakeSendersLocked()
 			e.st.Rejected++
-			e.unlock()
+			e.unlockTaking(&fp)
 			putWaiter(w)
 			return ctx.Err()
 		}
@@ -255,6 +255,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		// Room may remain for the next waiting sender (wakes chain).
 		e.wakeSendersLocked()
 	}
+	e.takeFreePanicLocked(&fp)
 	e.unlockAndWake()
 	if w != nil {
 		putWaiter(w)
@@ -454,9 +455,8 @@ func (e *Edge) freeLocked(t token.Token) {
 func (e *Edge) freeCaught(t token.Token) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			if !e.freePanicked.Load() {
+			if e.freePanic == nil {
 				e.freePanic = r
-				e.freePanicked.Store(true)
 			}
 			err = errFreePanicked
 		}
@@ -464,20 +464,40 @@ func (e *Edge) freeCaught(t token.Token) (err error) {
 	return e.hs.Free(t)
 }
 
-// raiseFreePanic re-raises, outside the lock, a panic of the store's Free
-// that an operation caught (freeLocked). Operations that free defer it
-// before they take the lock.
-func (e *Edge) raiseFreePanic() {
-	if !e.freePanicked.Load() {
-		return
+// takeFreePanicLocked moves a caught panic of the store's Free into *fp
+// (keeping the first), for the operation to re-raise once it has released
+// the lock. Operations that free call it before each release.
+func (e *Edge) takeFreePanicLocked(fp *any) {
+	if e.freePanic != nil {
+		if *fp == nil {
+			*fp = e.freePanic
+		}
+		e.freePanic = nil
 	}
-	e.mu.Lock() // the fields only: no need to leave fast mode
-	r := e.freePanic
-	e.freePanic = nil
-	e.freePanicked.Store(false)
+}
+
+// unlockTaking is unlock for an operation that may free: see
+// takeFreePanicLocked.
+func (e *Edge) unlockTaking(fp *any) {
+	e.takeFreePanicLocked(fp)
+	e.unlock()
+}
+
+// holdFreePanic puts back a panic an operation took but cannot raise (a
+// receive that took tokens: the panic would lose them), for the next
+// operation that frees to raise.
+func (e *Edge) holdFreePanic(fp any) {
+	e.mu.Lock() // the field only: no need to leave fast mode
+	if e.freePanic == nil {
+		e.freePanic = fp
+	}
 	e.mu.Unlock()
-	if r != nil {
-		panic(r)
+}
+
+// raise re-raises a panic an operation took, once it is done.
+func raise(fp any) {
+	if fp != nil {
+		panic(fp)
 	}
 }
 
@@ -539,9 +559,10 @@ func (e *Edge) Closed() bool {
 // many it freed. It works on open and closed edges; Close followed by Drain
 // releases everything an abandoned edge still holds.
 func (e *Edge) Drain() int {
-	defer e.raiseFreePanic()
+	var fp any
+	defer func() { raise(fp) }()
 	e.lock()
-	defer e.unlock()
+	defer e.unlockTaking(&fp)
 	freed := 0
 	for lane := range e.lanes {
 		for e.lanes[lane].len() > 0 {

@@ -64,11 +64,14 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 	// Expired messages are freed on the way. A panic of the store's Free
 	// is re-raised when this receive returns nothing; one that took tokens
 	// delivers them (they would be lost with the panic), and the next
-	// operation on the edge raises it.
+	// operation on the edge that frees raises it.
+	var fp any
 	defer func() {
-		if n == 0 {
-			e.raiseFreePanic()
+		if fp != nil && n > 0 {
+			e.holdFreePanic(fp)
+			return
 		}
+		raise(fp)
 	}()
 	e.lock()
 	var w *waiter
@@ -87,8 +90,8 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 				}
 				dst[k] = t
 				k++
-				if e.freePanicked.Load() {
-					break // see raiseFreePanic: deliver what was taken, no more
+				if e.freePanic != nil {
+					break // deliver what was taken, no more (see above)
 				}
 			}
 			if e.sendq.head != nil {
@@ -99,7 +102,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 					// We were woken for one token; more may wait for others.
 					e.recvq.wake(e.recvq.head)
 				}
-				e.unlock()
+				e.unlockTaking(&fp)
 				if w != nil {
 					putWaiter(w)
 				}
@@ -107,7 +110,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 			}
 		}
 		if e.closed {
-			e.unlock()
+			e.unlockTaking(&fp)
 			if w != nil {
 				putWaiter(w)
 			}
@@ -120,6 +123,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 			// would only cost the next holder a switch. Another holder may
 			// reopen it, so relocking goes through lock.
 			spins++
+			e.takeFreePanicLocked(&fp)
 			e.mu.Unlock()
 			runtime.Gosched()
 			e.lock()
@@ -131,7 +135,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 		} else {
 			e.recvq.pushFront(w)
 		}
-		e.unlock()
+		e.unlockTaking(&fp)
 		if w.wait(ctx.Done()) {
 			if w.handed {
 				// A sender handed us its token directly (handOffLocked).
@@ -146,7 +150,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 				// Our context ended as a sender handed us a token: the
 				// receive happened; take its signal and the token.
 				<-w.ch
-				e.unlock()
+				e.unlockTaking(&fp)
 				dst[0] = w.tok
 				putWaiter(w)
 				return 1, nil
@@ -156,7 +160,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 				e.recvq.wake(e.recvq.head)
 			}
 			e.abandonLocked(&e.recvq, w)
-			e.unlock()
+			e.unlockTaking(&fp)
 			putWaiter(w)
 			return 0, ctx.Err()
 		}
@@ -199,17 +203,20 @@ func (e *Edge) TryRecv() (t token.Token, ok bool) {
 			return token.Nil, false
 		}
 	}
+	var fp any
 	defer func() {
-		if !ok { // as in recv: a token taken is delivered first
-			e.raiseFreePanic()
+		if fp != nil && ok { // as in recv: a token taken is delivered first
+			e.holdFreePanic(fp)
+			return
 		}
+		raise(fp)
 	}()
 	e.lock()
 	t, ok = e.nextLocked()
 	if e.sendq.head != nil {
 		e.wakeSendersLocked()
 	}
-	e.unlock()
+	e.unlockTaking(&fp)
 	return t, ok
 }
 
