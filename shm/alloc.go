@@ -67,6 +67,9 @@ func (a *seg) enter() (p int, w *way, err error) {
 			return p, w, nil
 		}
 		a.close(w, 0) // our open section kept the mapping alive until here
+		if testHookAwaitRecovery != nil {
+			testHookAwaitRecovery()
+		}
 		a.awaitRecovery(false, true)
 	}
 }
@@ -83,6 +86,11 @@ func (a *seg) waitSections() {
 		}
 	}
 }
+
+// testHookAwaitRecovery, if set (tests only), runs in enter between
+// closing the section and waiting for a recovery: the moment a Close may
+// unmap the segment under the operation.
+var testHookAwaitRecovery func()
 
 // enterFor checks t's index and opens a section for an operation on it.
 func (a *seg) enterFor(t token.Token, op string) (idx uint32, p int, w *way, err error) {

@@ -400,3 +400,46 @@ func TestHoldEntriesExhausted(t *testing.T) {
 		t.Fatalf("state %#x: readers left", s)
 	}
 }
+
+// TestCloseWhileOpAwaitsRecovery: an operation that finds a recovery
+// running closes its section and waits for it; a Close that unmaps the
+// segment at that very moment must not make it fault (it looked at the
+// recovery word before it looked at closed: a SIGSEGV once in a CI run of
+// TestArenaAttackCloseRaces).
+func TestCloseWhileOpAwaitsRecovery(t *testing.T) {
+	hs := segment[cell](t, 2, Config{Slots: 8})
+	a, other := hs[0], hs[1]
+	// other "recovers": the word names its live record, so a's operations wait.
+	if !atomic.CompareAndSwapUint32(&other.hdr.recovering, 0, uint32(other.me+1)) {
+		t.Fatal("recovery word busy")
+	}
+	inWindow, closed := make(chan struct{}), make(chan struct{})
+	testHookAwaitRecovery = func() {
+		close(inWindow)
+		<-closed
+	}
+	defer func() { testHookAwaitRecovery = nil }()
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := a.Alloc()
+		got <- err
+	}()
+	<-inWindow
+	testHookAwaitRecovery = nil
+	// Close waits for the recovery too (it detaches in a section): end it.
+	closeErr := make(chan error, 1)
+	go func() { closeErr <- a.Close() }()
+	time.Sleep(10 * time.Millisecond)
+	atomic.StoreUint32(&other.hdr.recovering, 0)
+	futexWake(&other.hdr.recovering)
+	must(t, <-closeErr, "Close")
+	close(closed) // the operation goes on, with the segment unmapped under it
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Alloc racing Close during a recovery = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Alloc racing Close during a recovery did not return")
+	}
+}

@@ -77,6 +77,13 @@ func (a *seg) anyDead() bool {
 func (a *seg) awaitRecovery(haveMu, op bool) (waited bool, led Recovery) {
 	a.parked.Add(1)
 	defer a.parked.Add(-1)
+	// An operation got here with no section open: the mapping may be gone
+	// already. Close sets closed before it waits for parked to drop, so
+	// one of the two sees the other: look at closed before touching the
+	// mapping (even &a.hdr.recovering reads it, as a nil check).
+	if op && a.closed.Load() {
+		return false, led
+	}
 	word := &a.hdr.recovering
 	for {
 		if op && a.closed.Load() {
