@@ -89,6 +89,12 @@
 //	go test -run '^$' -bench '^BenchmarkGC$/impl=cella/live=4M' -benchtime 10x ./bench/
 //	go test -race -run . ./bench/   # the peers' correctness tests
 //
+// The floor under the cross-process latency figures (one shared word
+// ping-ponged by two spinning processes; half the round trip is one cache
+// line moving between their cores):
+//
+//	go run ./bench/cmd/pingfloor
+//
 // Run each GC case in its own process (as the report command does) when the
 // RSS figure matters: a process that has held 4M heap objects keeps some of
 // that memory.
