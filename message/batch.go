@@ -108,6 +108,9 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	woken, recheck := false, len(qs)
 	var err error
 	for i < len(qs) {
+		if e.freePanic != nil {
+			break // a Free panicked: raise it (after the i admitted) rather than go on or wait
+		}
 		if e.closed {
 			err = errSendClosed
 			break

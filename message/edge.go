@@ -20,10 +20,14 @@ import (
 // edge. A panic in Header reaches the sender, which keeps the token whose
 // header it read (a SendBatch's chunks of 32 before it are in the edge). A
 // panic in Free (freeing a message the edge evicted, expired or drained)
-// leaves the edge whole: the message counts in FreeErrors, the operation
-// finishes, and the panic is re-raised to its caller once the edge's lock
-// is released; a receive that has taken tokens by then delivers them
-// instead, and the next send, receive or Drain on the edge raises it.
+// leaves the edge whole: the message counts in FreeErrors, and the panic is
+// re-raised to the operation's caller once the edge's lock is released.
+// The operation does not wait after it: a send that has not got its token
+// in raises instead of waiting for room (the caller keeps the token), a
+// SendBatch raises after the tokens it admitted, a receive that has taken
+// nothing raises instead of waiting. A receive that has taken tokens
+// delivers them instead (the panic would lose them), and the next send,
+// receive or Drain on the edge raises it before doing anything.
 type HeaderStore interface {
 	Header(token.Token) (Header, error)
 	Free(token.Token) error
@@ -193,6 +197,12 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 	e.lock()
 	var w *waiter
 	for {
+		if e.freePanic != nil {
+			// A Free panicked (in this send's admission, or held back by
+			// a receive): raise it rather than admit or wait; the caller
+			// keeps its token.
+			break
+		}
 		if e.closed {
 			err = errSendClosed
 			break
@@ -207,6 +217,9 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			}
 		}
 		// Block mode, no room.
+		if e.freePanic != nil {
+			break // as above: a Free panicked while this send made room
+		}
 		if !wait {
 			err = errFullTrySend
 			break
@@ -484,14 +497,16 @@ func (e *Edge) unlockTaking(fp *any) {
 }
 
 // holdFreePanic puts back a panic an operation took but cannot raise (a
-// receive that took tokens: the panic would lose them), for the next
-// operation that frees to raise.
+// receive that took tokens: the panic would lose them), for the next send,
+// receive or Drain to raise before it does anything. The edge stays in
+// slow mode meanwhile (reopenLocked), so that every one of them takes the
+// lock and sees it.
 func (e *Edge) holdFreePanic(fp any) {
-	e.mu.Lock() // the field only: no need to leave fast mode
+	e.lock()
 	if e.freePanic == nil {
 		e.freePanic = fp
 	}
-	e.mu.Unlock()
+	e.unlock()
 }
 
 // raise re-raises a panic an operation took, once it is done.
@@ -563,6 +578,9 @@ func (e *Edge) Drain() int {
 	defer func() { raise(fp) }()
 	e.lock()
 	defer e.unlockTaking(&fp)
+	if e.freePanic != nil {
+		return 0 // one held back: raised before anything is drained
+	}
 	freed := 0
 	for lane := range e.lanes {
 		for e.lanes[lane].len() > 0 {

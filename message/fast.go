@@ -377,7 +377,8 @@ func (e *Edge) enterSlowLocked() {
 // only plain BestEffort messages (no deadline) that fit in the ring, at
 // least one. Those are moved back into the ring, in order.
 func (e *Edge) reopenLocked() {
-	if !e.slow || e.fast == nil || e.closed || e.recvq.head != nil || e.sendq.head != nil || e.wakeRecv != nil {
+	if !e.slow || e.fast == nil || e.closed || e.recvq.head != nil || e.sendq.head != nil || e.wakeRecv != nil ||
+		e.freePanic != nil {
 		return
 	}
 	f := e.fast

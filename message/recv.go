@@ -62,9 +62,10 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 		}
 	}
 	// Expired messages are freed on the way. A panic of the store's Free
-	// is re-raised when this receive returns nothing; one that took tokens
-	// delivers them (they would be lost with the panic), and the next
-	// operation on the edge that frees raises it.
+	// (caught now, or held back by an earlier receive) is raised instead
+	// of taking anything or waiting; a receive that took tokens when one
+	// is caught delivers them (they would be lost with the panic) and
+	// holds it back for the next operation.
 	var fp any
 	defer func() {
 		if fp != nil && n > 0 {
@@ -77,7 +78,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 	var w *waiter
 	spins := 0
 	for {
-		if e.n > 0 {
+		if e.n > 0 && e.freePanic == nil {
 			limit := len(dst)
 			if share > 1 {
 				limit = min(limit, (e.n+share-1)/share)
@@ -91,7 +92,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 				dst[k] = t
 				k++
 				if e.freePanic != nil {
-					break // deliver what was taken, no more (see above)
+					break // deliver what was taken (see above)
 				}
 			}
 			if e.sendq.head != nil {
@@ -108,6 +109,13 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 				}
 				return k, nil
 			}
+		}
+		if e.freePanic != nil || fp != nil {
+			e.unlockTaking(&fp) // nothing taken: the deferred raise fires
+			if w != nil {
+				putWaiter(w)
+			}
+			return 0, nil
 		}
 		if e.closed {
 			e.unlockTaking(&fp)
@@ -212,7 +220,9 @@ func (e *Edge) TryRecv() (t token.Token, ok bool) {
 		raise(fp)
 	}()
 	e.lock()
-	t, ok = e.nextLocked()
+	if e.freePanic == nil { // else raise the one held back, taking nothing
+		t, ok = e.nextLocked()
+	}
 	if e.sendq.head != nil {
 		e.wakeSendersLocked()
 	}
