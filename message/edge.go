@@ -458,7 +458,8 @@ func (e *Edge) removeLocked(lane int) *queued {
 // freeLocked hands a reference the edge owns back to the store. A store
 // whose Free panics must not leave the edge locked or half-changed: the
 // panic is caught here, counted as a failed Free, and re-raised by the
-// operation once it is done and has released the lock (raiseFreePanic).
+// operation once it is done and has released the lock (takeFreePanicLocked,
+// raise).
 func (e *Edge) freeLocked(t token.Token) {
 	if e.freeCaught(t) != nil {
 		e.st.FreeErrors++

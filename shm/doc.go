@@ -41,7 +41,8 @@
 // never Go pointers:
 //
 //	header    magic, layout version, payload size, alignment and type
-//	          fingerprint, capacity, region offsets, the recovery word
+//	          fingerprint, capacity, region offsets, the recovery word,
+//	          the count of slots retired at the generation wrap
 //	records   one per attached process (at most MaxProcs): liveness,
 //	          per-way section counters and way caches, hold entries
 //	shards    freelist heads (tagged Treiber stacks) and frontiers
