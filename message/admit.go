@@ -73,8 +73,8 @@ func (e *Edge) oldestLaneLocked() int {
 
 func (e *Edge) evictLocked(lane int) {
 	q := e.removeLocked(lane)
+	e.st.Evicted++ // counted before the Free (exitLocked)
 	e.freeLocked(q.tok)
-	e.st.Evicted++
 }
 
 // reapExpiredLocked frees every queued message that has expired (and may
@@ -87,15 +87,16 @@ func (e *Edge) reapExpiredLocked(now int64) bool {
 	before := e.n
 	next := int64(math.MaxInt64)
 	for l := range e.lanes {
-		removed := 0
+		// Remove them first, then free them: the edge is whole at every
+		// Free (exitLocked).
+		reaped := e.reaped[:0]
 		var bytes int64
 		e.lanes[l].compact(func(q *queued) bool {
 			if q.deadline == 0 || q.flags.Has(DegradeAllowed) {
 				return false
 			}
 			if now > q.deadline {
-				e.freeLocked(q.tok)
-				removed++
+				reaped = append(reaped, *q)
 				bytes += int64(q.size)
 				return true
 			}
@@ -104,10 +105,20 @@ func (e *Edge) reapExpiredLocked(now int64) bool {
 			}
 			return false
 		})
-		e.n -= removed
+		e.reaped = reaped[:0]
+		if len(reaped) == 0 {
+			continue
+		}
+		e.n -= len(reaped)
 		e.bytes -= bytes
 		e.laneBytes[l] -= bytes
-		e.st.Expired += uint64(removed)
+		e.st.Expired += uint64(len(reaped))
+		e.reapLane = l
+		for i := range reaped {
+			e.reapLeft = reaped[i+1:]
+			e.freeLocked(reaped[i].tok)
+		}
+		e.reapLeft = nil
 	}
 	e.minDeadline = next
 	return e.n < before

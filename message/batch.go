@@ -37,8 +37,17 @@ const sendChunk = 32
 // Send. A nil ctx waits like context.Background(). An empty ts returns
 // 0, nil at once.
 func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err error) {
+	n, fp, err := e.sendBatchCatching(ctx, ts)
+	raise(fp)
+	return n, err
+}
+
+// sendBatchCatching is SendBatch that returns a panic of the store's Free
+// instead of raising it (as sendCatching does), with n, the tokens that
+// got in: it stops after the chunk in which it caught one.
+func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token) (n int, fp any, err error) {
 	if len(ts) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if ctx == nil {
 		ctx = context.Background()
@@ -69,11 +78,11 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 		if e.fast != nil {
 			k = e.fastSendBatch(qs[:valid], lanes[:valid])
 		}
-		k2, err := e.admitBatch(ctx, qs[k:valid], lanes[k:valid], &waited)
+		k2, fp, err := e.admitBatch(ctx, qs[k:valid], lanes[k:valid], &waited)
 		k += k2
 		n += k
-		if err != nil {
-			return n, err
+		if err != nil || fp != nil {
+			return n, fp, err
 		}
 		if cerr != nil {
 			if invalid {
@@ -83,21 +92,21 @@ func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err erro
 				e.st.Rejected++
 				e.mu.Unlock()
 			}
-			return n, cerr
+			return n, nil, cerr
 		}
 	}
-	return n, nil
+	return n, nil, nil
 }
 
 // admitBatch admits qs in order under one acquisition of the lock (more
-// when it has to wait for room) and returns how many it admitted. On error
-// the refusal has been counted in Stats.
-func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waited *bool) (int, error) {
+// when it has to wait for room) and returns how many it admitted, and a
+// panic of the store's Free caught while admission evicted or expired
+// (fp: it stops there). On error the refusal has been counted in Stats.
+func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waited *bool) (int, any, error) {
 	if len(qs) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
-	var fp any // a panic of the store's Free while admission evicts or expires
-	defer func() { raise(fp) }()
+	var fp any
 	e.lock()
 	var w *waiter
 	i, progress, pushed := 0, false, false
@@ -216,7 +225,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 	if w != nil {
 		putWaiter(w)
 	}
-	return i, err
+	return i, fp, err
 }
 
 // wakeForBatchLocked wakes a receiver for what a batch queued under this

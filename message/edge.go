@@ -28,6 +28,14 @@ import (
 // nothing raises instead of waiting. A receive that has taken tokens
 // delivers them instead (the panic would lose them), and the next send,
 // receive or Drain on the edge raises it before doing anything.
+//
+// A Free that calls runtime.Goexit (a test double's t.FailNow) ends the
+// operation's goroutine there, but not the edge: the message counts in
+// FreeErrors, the edge is left whole and unlocked, and parked senders and
+// receivers that can go on are woken. Messages an expiry had not freed yet
+// stay queued (and are freed by the next operation); tokens a receive had
+// taken are freed, since nobody is left to get them; a send's own token
+// stays its caller's.
 type HeaderStore interface {
 	Header(token.Token) (Header, error)
 	Free(token.Token) error
@@ -118,8 +126,14 @@ type Edge struct {
 	// the lock. The operation that caught it takes it as it releases the
 	// lock (unlockTaking) and re-raises it once it is done.
 	freePanic any
-	_         atomicx.Pad
-	invalid   atomic.Uint64
+	// reaped holds the messages an expiry scan removed, while they are
+	// freed (reapExpiredLocked); reapLeft those not freed yet, of lane
+	// reapLane, for exitLocked. reaped keeps its capacity between scans.
+	reaped   []queued
+	reapLeft []queued
+	reapLane int
+	_        atomicx.Pad
+	invalid  atomic.Uint64
 }
 
 // nilStore reports whether hs is nil, or a nil *Store or *ByteStore in a
@@ -174,26 +188,34 @@ func (e *Edge) TrySend(t token.Token) error {
 }
 
 func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
+	fp, err := e.sendCatching(ctx, t, wait)
+	raise(fp)
+	return err
+}
+
+// sendCatching is send that returns a panic of the store's Free (caught
+// while admission evicted or expired, or held back by a receive) instead of
+// raising it, for callers that must know whether t got in: err == nil
+// exactly when it did, whatever fp.
+func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait bool) (fp any, err error) {
 	var q queued
 	lane, err := e.check(t, &q)
 	if err != nil {
 		e.invalid.Add(1)
-		return err
+		return nil, err
 	}
 	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {
 		e.mu.Lock() // a counter only: no need to leave fast mode
 		e.st.Rejected++
 		e.mu.Unlock()
-		return errExpiredOnSend
+		return nil, errExpiredOnSend
 	}
 	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil {
 		if e.fast.trySend(t, q.size) || (wait && e.pol.Admission == Block && e.spinSend(t, q.size)) {
-			return nil
+			return nil, nil
 		}
 	}
 
-	var fp any // a panic of the store's Free while admission evicts or expires
-	defer func() { raise(fp) }()
 	e.lock()
 	var w *waiter
 	for {
@@ -239,7 +261,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 		r := w.waitOrExpiry(ctx.Done(), expiry)
 		if r == waitSignalled && w.handed {
 			putWaiter(w) // admitted on our behalf (wakeSendersLocked)
-			return nil
+			return fp, nil
 		}
 		e.lock()
 		if r != waitSignalled {
@@ -247,7 +269,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			if w.handed { // admitted as our wait ended: the send happened
 				e.unlockTaking(&fp)
 				putWaiter(w)
-				return nil
+				return fp, nil
 			}
 		}
 		if r == waitDone {
@@ -256,7 +278,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 			e.st.Rejected++
 			e.unlockTaking(&fp)
 			putWaiter(w)
-			return ctx.Err()
+			return fp, ctx.Err()
 		}
 		// Signalled without a hand-off (Close, or a timer to arm), or an
 		// expiry: look for room again (admission frees expired messages
@@ -273,7 +295,7 @@ func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
 	if w != nil {
 		putWaiter(w)
 	}
-	return err
+	return fp, err
 }
 
 // senderExpiryLocked is when the parked sender w should look for room
@@ -467,15 +489,67 @@ func (e *Edge) freeLocked(t token.Token) {
 }
 
 func (e *Edge) freeCaught(t token.Token) (err error) {
+	returned := false
 	defer func() {
+		if returned {
+			return
+		}
 		if r := recover(); r != nil {
 			if e.freePanic == nil {
 				e.freePanic = r
 			}
 			err = errFreePanicked
+			return
+		}
+		e.exitLocked() // runtime.Goexit
+	}()
+	err = e.hs.Free(t)
+	returned = true
+	return err
+}
+
+// exitLocked is freeCaught's answer to a store whose Free called
+// runtime.Goexit: the goroutine ends here, holding the lock, in the middle
+// of an operation. Every caller of freeLocked has left the edge whole
+// before it frees (the message removed and counted; an expiry's other
+// victims, not freed yet, in reapLeft), so exitLocked counts the failed
+// Free, puts reapLeft back at the front of its lane (expired: the next
+// operation frees them), wakes the parked senders and receivers that can
+// go on, and releases the lock. What the operation would have done next is
+// lost with its goroutine; a receive frees the tokens it had taken (recv).
+func (e *Edge) exitLocked() {
+	e.st.FreeErrors++
+	if left := e.reapLeft; len(left) > 0 {
+		e.reapLeft = nil
+		lane := &e.lanes[e.reapLane]
+		for i := len(left) - 1; i >= 0; i-- {
+			*lane.pushFront() = left[i]
+			e.n++
+			e.bytes += int64(left[i].size)
+			e.laneBytes[e.reapLane] += int64(left[i].size)
+			e.minDeadline = min(e.minDeadline, left[i].deadline)
+		}
+		e.st.Expired -= uint64(len(left))
+	}
+	if e.n > 0 {
+		e.wakeReceiverLocked()
+	}
+	if e.sendq.head != nil {
+		e.wakeSendersLocked()
+	}
+	e.unlockAndWake()
+}
+
+// freeQuiet frees t through hs outside any lock, for a goroutine that is
+// ending (runtime.Goexit) with tokens nobody else can free: a panic of the
+// store's Free is dropped (the goroutine is ending already).
+func freeQuiet(hs HeaderStore, t token.Token) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = errFreePanicked
 		}
 	}()
-	return e.hs.Free(t)
+	return hs.Free(t)
 }
 
 // takeFreePanicLocked moves a caught panic of the store's Free into *fp
@@ -577,22 +651,23 @@ func (e *Edge) Closed() bool {
 func (e *Edge) Drain() int {
 	var fp any
 	defer func() { raise(fp) }()
-	e.lock()
-	defer e.unlockTaking(&fp)
+	e.lock() // released explicitly, not deferred: see exitLocked
 	if e.freePanic != nil {
+		e.unlockTaking(&fp)
 		return 0 // one held back: raised before anything is drained
 	}
 	freed := 0
 	for lane := range e.lanes {
 		for e.lanes[lane].len() > 0 {
 			q := e.removeLocked(lane)
-			e.freeLocked(q.tok)
+			e.st.Drained++ // counted before the Free (exitLocked)
 			freed++
+			e.freeLocked(q.tok)
 		}
 	}
-	e.st.Drained += uint64(freed)
 	e.minDeadline = math.MaxInt64
 	e.wakeSendersLocked()
+	e.unlockTaking(&fp)
 	return freed
 }
 

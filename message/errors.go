@@ -72,6 +72,7 @@ var (
 	errSendClosed     = fmt.Errorf("%w: send refused", ErrEdgeClosed)
 	errCloseTwice     = fmt.Errorf("%w: already closed", ErrEdgeClosed)
 	errFreePanicked   = errors.New("message: the store's Free panicked")
+	errStorePanicked  = errors.New("message: a store or edge call panicked")
 )
 
 // multiSentinel is an error with its own text that matches several

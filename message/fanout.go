@@ -33,22 +33,29 @@ import (
 // its reference).
 //
 // SendAll allocates nothing unless an edge refuses t.
+//
+// A panic of the store's Retain or Free, or one an edge's Send raises (see
+// HeaderStore), does not strand any share: SendAll frees what it still
+// holds, tries the remaining edges as usual, and then re-raises the first
+// such panic.
 func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (sent int, err error) {
 	if nilStore(rs) {
 		return 0, fmt.Errorf("%w: SendAll needs the store of the token", ErrNilStore)
 	}
+	var sp storePanic
+	defer sp.raise()
 	if len(edges) == 0 {
-		if err := rs.Free(t); err != nil {
+		if err := sp.free(rs, t); err != nil {
 			return 0, withContext("SendAll to no edges: free", err)
 		}
 		return 0, nil
 	}
 	for i := 1; i < len(edges); i++ {
-		if err := rs.Retain(t); err != nil {
+		if err := sp.retain(rs, t); err != nil {
 			// Free the shares taken and the caller's. When t itself is bad
 			// these Frees fail for the reason Retain gave: nothing to add.
 			for ; i > 0; i-- {
-				_ = rs.Free(t)
+				_ = sp.free(rs, t)
 			}
 			return 0, withContext("SendAll: retain", err)
 		}
@@ -58,11 +65,11 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 		var serr error
 		if e == nil {
 			serr = ErrNilEdge
-		} else if serr = e.Send(ctx, t); serr == nil {
+		} else if serr = sp.send(ctx, e, t); serr == nil {
 			sent++
 			continue
 		}
-		ferr := rs.Free(t)
+		ferr := sp.free(rs, t)
 		errs = append(errs, withContext(fmt.Sprintf("SendAll: edge %d of %d", i, len(edges)), serr))
 		if ferr != nil {
 			errs = append(errs, withContext(fmt.Sprintf("SendAll: free of the share edge %d refused", i), ferr))
@@ -72,6 +79,79 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 		return sent, errors.Join(errs...)
 	}
 	return sent, nil
+}
+
+// storePanic keeps the first panic of a store method (or of an edge's
+// Send, which raises its store's) that a caller caught so that it could
+// first finish freeing or sending what it holds; raise re-raises it.
+type storePanic struct{ v any }
+
+func (p *storePanic) free(rs RefStore, t token.Token) (err error) {
+	defer p.catch(&err)
+	return rs.Free(t)
+}
+
+func (p *storePanic) retain(rs RefStore, t token.Token) (err error) {
+	defer p.catch(&err)
+	return rs.Retain(t)
+}
+
+// send is e.Send; a panic means the caller still holds its share (the
+// edge raises only before it has taken the token: see HeaderStore).
+func (p *storePanic) send(ctx context.Context, e *Edge, t token.Token) (err error) {
+	defer p.catch(&err)
+	return e.Send(ctx, t)
+}
+
+// check is e.check.
+func (p *storePanic) check(e *Edge, t token.Token, q *queued) (err error) {
+	defer p.catch(&err)
+	_, err = e.check(t, q)
+	return err
+}
+
+// keep records v, a panic an edge returned (sendCatching), unless one is
+// kept already.
+func (p *storePanic) keep(v any) {
+	if v != nil && p.v == nil {
+		p.v = v
+	}
+}
+
+func (p *storePanic) catch(err *error) {
+	if r := recover(); r != nil {
+		if p.v == nil {
+			p.v = r
+		}
+		*err = errStorePanicked
+	}
+}
+
+// drain empties e with Drain, which raises a panic of the store's Free
+// after draining (or, for one held back, before): it drains again then.
+func (p *storePanic) drain(e *Edge) {
+	for range 3 {
+		if !p.drainOnce(e) {
+			return
+		}
+	}
+}
+
+func (p *storePanic) drainOnce(e *Edge) (panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.keep(r)
+			panicked = true
+		}
+	}()
+	e.Drain()
+	return false
+}
+
+func (p *storePanic) raise() {
+	if p.v != nil {
+		panic(p.v)
+	}
 }
 
 // All returns an iterator over the tokens received from e: a receive loop

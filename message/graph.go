@@ -70,7 +70,13 @@ type SinkFunc func(ctx context.Context, t token.Token) error
 // worker has stopped and the edges are drained, Run panics in its caller's
 // goroutine with a *NodePanic that holds the value and the node's stack (so
 // the caller may recover it). One that calls runtime.Goexit aborts the
-// graph too, and Run returns an error matching ErrNodeExited.
+// graph too, and Run returns an error matching ErrNodeExited. A panic of
+// the store's Free while Run drains the edges at the end is re-raised by
+// Run once every edge is drained (after a node's panic, if any); a worker
+// that meets one fails like a panicking node.
+//
+// After an abort, a worker hands no further token to its node function:
+// the tokens it had received and not handled yet are freed with the rest.
 //
 // Build the graph, then call Run once.
 type Graph struct {
@@ -214,13 +220,18 @@ func (g *Graph) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	// A panic of the store's Free while an edge is drained (Drain raises
+	// it) must not leave the other edges undrained: it is re-raised once
+	// every edge is empty, after a node function's panic if there is one.
+	var sp storePanic
 	for e := range edges {
 		e.Close()
-		e.Drain()
+		sp.drain(e)
 	}
 	if p := g.panicked.Load(); p != nil {
 		panic(p)
 	}
+	sp.raise()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -400,19 +411,26 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 			return
 		}
 		// A node function panicked or called runtime.Goexit: free what
-		// this worker holds, so that no slot is lost.
+		// this worker holds, so that no slot is lost (a panic of the
+		// store's Free here is dropped: the worker is failing already).
 		out.dropCurrent()
+		var sp storePanic
 		for _, t := range buf[next:k] {
-			_ = g.rs.Free(t)
+			_ = sp.free(g.rs, t)
 		}
 		out.discard()
 		out.pending = nil // as on a normal return
 	}()
 	err := g.loop(n, runCtx, out, &buf, &next, &k)
 	returned = true
-	// An Emit after the worker is done (the Emitter kept past the node
-	// function) must not hold a token back for a flush that never comes:
-	// it sends at once, and the closed edges refuse and free it.
+	// Whatever is still held back is sent (or, when the worker failed,
+	// freed); then an Emit after the worker is done (the Emitter kept past
+	// the node function) must not hold a token back for a flush that never
+	// comes: it sends at once, and the closed edges refuse and free it.
+	if err == nil {
+		err = out.flush()
+	}
+	out.discard()
 	out.pending = nil
 	return err
 }
@@ -421,6 +439,7 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 // tokens received and not yet handed to the node function.
 func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphBatch]token.Token, next, k *int) error {
 	limit := 1 // until the node function is timed
+	aborted := runCtx.Done()
 	for {
 		// Take a share of what is queued: with several workers on one
 		// edge, one of them must not take a whole burst while the others
@@ -443,6 +462,20 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 			start = Now()
 		}
 		for *next < got {
+			select {
+			case <-aborted:
+				// The graph is aborting: stop at once and free what this
+				// worker holds (what is queued is freed by Run).
+				var sp storePanic
+				for _, t := range buf[*next:got] {
+					_ = sp.free(g.rs, t)
+				}
+				*next = got
+				out.discard()
+				sp.raise()
+				return nil
+			default:
+			}
 			t := buf[*next]
 			*next++
 			out.cur, out.holding = t, true // until the function passes t on
@@ -460,11 +493,13 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 				// are still ours: free them, and what the stage emitted
 				// but we did not send yet.
 				out.dropCurrent()
+				var sp storePanic
 				for _, t := range buf[*next:got] {
-					_ = g.rs.Free(t)
+					_ = sp.free(g.rs, t)
 				}
 				*next = got
 				out.discard()
+				sp.raise()
 				return err
 			}
 			out.holding = false
@@ -517,7 +552,8 @@ func (o *Emitter) passed(t token.Token) {
 func (o *Emitter) dropCurrent() {
 	if o.holding {
 		o.holding = false
-		_ = o.rs.Free(o.cur)
+		var sp storePanic // dropped: this runs as the worker fails
+		_ = sp.free(o.rs, o.cur)
 	}
 }
 
@@ -535,26 +571,42 @@ func (o *Emitter) dropCurrent() {
 // consumer of an output edge is waiting, and in any case before the stage
 // receives again. An error of a held-back send (the graph stopping) is
 // then reported by the worker rather than by Emit. An Emitter used after
-// its node function has returned sends at once (and, the graph being
-// stopped, is refused and frees t).
+// its worker has ended sends at once (and, the graph being stopped, is
+// refused and frees t); whatever is still held back when the worker ends
+// is sent first.
+//
+// An Emitter belongs to its worker: use it from the node function's own
+// goroutine (or, once the function has returned, from one goroutine at a
+// time while the worker is waiting for input), never from two goroutines
+// at once. A panic of the store's Retain or Free, or one an edge raises
+// for its store (see HeaderStore), reaches Emit's caller only after every
+// share of t has been sent or freed.
 func (o *Emitter) Emit(t token.Token) error {
 	o.passed(t)
+	// A panic of the store (or one an edge raises for it) is re-raised
+	// only once every share of t is sent or freed.
+	var sp storePanic
+	defer sp.raise()
 	if len(o.edges) == 0 {
-		return o.rs.Free(t)
+		return sp.free(o.rs, t)
 	}
 	for i := 1; i < len(o.edges); i++ {
-		if err := o.rs.Retain(t); err != nil {
+		if err := sp.retain(o.rs, t); err != nil {
 			for ; i > 0; i-- {
-				o.rs.Free(t)
+				_ = sp.free(o.rs, t)
 			}
 			return err
 		}
 	}
 	if o.pending != nil {
 		// Held back, t is sent later, where an error is no longer the
-		// caller's: a bad t is reported now, as the direct path does.
+		// caller's: a bad t is reported now, and freed, as the direct path
+		// does.
 		var q queued
-		if _, err := o.edges[0].check(t, &q); err != nil && !errors.Is(err, ErrRejected) {
+		if err := sp.check(o.edges[0], t, &q); err != nil && !errors.Is(err, ErrRejected) {
+			for range o.edges {
+				_ = sp.free(o.rs, t)
+			}
 			return err
 		}
 		o.pending = append(o.pending, t)
@@ -565,8 +617,10 @@ func (o *Emitter) Emit(t token.Token) error {
 	}
 	var first error
 	for _, e := range o.edges {
-		if err := e.Send(o.ctx, t); err != nil {
-			o.rs.Free(t)
+		fp, err := e.sendCatching(o.ctx, t, true)
+		sp.keep(fp)
+		if err != nil {
+			_ = sp.free(o.rs, t)
 			if first == nil && !errors.Is(err, ErrRejected) {
 				first = err
 			}
@@ -594,16 +648,22 @@ func (o *Emitter) flush() error {
 	if len(o.pending) == 0 {
 		return nil
 	}
+	var sp storePanic // re-raised once every pending token is sent or freed
+	defer sp.raise()
 	var first error
 	for _, e := range o.edges {
 		rest := o.pending
 		for len(rest) > 0 {
-			n, err := e.SendBatch(o.ctx, rest)
+			n, fp, err := e.sendBatchCatching(o.ctx, rest)
+			sp.keep(fp)
 			rest = rest[n:]
 			if err == nil {
-				break
+				if fp == nil {
+					break
+				}
+				continue // it stopped at the panic: send the rest
 			}
-			o.rs.Free(rest[0])
+			_ = sp.free(o.rs, rest[0])
 			rest = rest[1:]
 			if first == nil && !tokenRefusal(err) {
 				first = err
@@ -623,9 +683,10 @@ func tokenRefusal(err error) bool {
 
 // discard frees the pending tokens (one reference per output edge each).
 func (o *Emitter) discard() {
+	var sp storePanic // dropped: this runs as the worker fails or aborts
 	for _, t := range o.pending {
 		for range o.edges {
-			_ = o.rs.Free(t)
+			_ = sp.free(o.rs, t)
 		}
 	}
 	o.pending = o.pending[:0]

@@ -66,8 +66,19 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 	// of taking anything or waiting; a receive that took tokens when one
 	// is caught delivers them (they would be lost with the panic) and
 	// holds it back for the next operation.
+	//
+	// taken counts the tokens in dst while an expiry's Free may run: if that
+	// Free calls runtime.Goexit, this goroutine ends before it can deliver
+	// them, and they are freed here (exitLocked has released the lock).
 	var fp any
+	taken := 0
 	defer func() {
+		if taken > 0 {
+			for _, t := range dst[:taken] {
+				_ = freeQuiet(e.hs, t)
+			}
+			return
+		}
 		if fp != nil && n > 0 {
 			e.holdFreePanic(fp)
 			return
@@ -85,6 +96,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 			}
 			k := 0
 			for k < limit {
+				taken = k
 				t, ok := e.nextLocked()
 				if !ok {
 					break
@@ -95,6 +107,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 					break // deliver what was taken (see above)
 				}
 			}
+			taken = 0
 			if e.sendq.head != nil {
 				e.wakeSendersLocked()
 			}
@@ -251,8 +264,8 @@ func (e *Edge) nextLocked() (token.Token, bool) {
 			}
 			if now > q.deadline {
 				if !q.flags.Has(DegradeAllowed) {
+					e.st.Expired++ // counted before the Free (exitLocked)
 					e.freeLocked(q.tok)
-					e.st.Expired++
 					continue
 				}
 				e.st.Late++

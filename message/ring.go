@@ -42,6 +42,17 @@ func (r *ring) push() *queued {
 	return q
 }
 
+// pushFront inserts an entry before the oldest one and returns it for the
+// caller to fill in.
+func (r *ring) pushFront() *queued {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.head = (r.head - 1) & (len(r.buf) - 1)
+	r.n++
+	return &r.buf[r.head]
+}
+
 // pop removes the oldest entry and returns it; the pointer is valid until
 // the next push. Entries hold no Go pointers, so the slot is not cleared.
 func (r *ring) pop() *queued {
