@@ -13,7 +13,7 @@ import (
 type Stats struct {
 	Allocs    uint64 // successful Alloc and Store calls
 	Frees     uint64 // successful Free calls
-	Steals    uint64 // allocations that stole a batch of slots from another shard (the batch's other slots then serve later ones as local)
+	Steals    uint64 // allocations that took from elsewhere than their own shard and cache: a batch stolen from another shard (its other slots then serve later ones as local), or a slot claimed from another P's cache (see Drains)
 	Failed    uint64 // Alloc and Store calls that returned ErrFull
 	Drains    uint64 // times an Alloc fenced other Ps to claim a slot from their caches
 	Retired   uint64 // slots retired at generation wrap (no longer in Capacity)

@@ -262,8 +262,11 @@ func waitError(ctx context.Context, op string) error {
 // ctx is done (the error then matches ctx.Err() with errors.Is), or the arena
 // is closed (ErrClosed). A nil ctx waits like context.Background().
 //
-// Waiters are woken in arrival order, and a woken waiter that loses the slot
-// to a call that does not wait (Alloc, Store) keeps its place at the front.
+// Waiters are woken in arrival order (the order in which they began to
+// wait: a call still making its first look at the shards is not waiting
+// yet, and takes a slot it finds like Alloc), and a woken waiter that loses
+// the slot to a call that does not wait (Alloc, Store) keeps its place at
+// the front.
 // No slot is lost when a waiter gives up: a wake-up meant for it goes to the
 // next waiter. Waiting costs Free one load of a counter while nobody waits.
 func (a *Arena[T]) AllocWait(ctx context.Context) (token.Token, *T, error) {
