@@ -37,15 +37,18 @@ const sendChunk = 32
 // Send. A nil ctx waits like context.Background(). An empty ts returns
 // 0, nil at once.
 func (e *Edge) SendBatch(ctx context.Context, ts []token.Token) (n int, err error) {
-	n, fp, err := e.sendBatchCatching(ctx, ts)
+	var in int
+	n, fp, err := e.sendBatchCatching(ctx, ts, &in)
 	raise(fp)
 	return n, err
 }
 
 // sendBatchCatching is SendBatch that returns a panic of the store's Free
 // instead of raising it (as sendCatching does), with n, the tokens that
-// got in: it stops after the chunk in which it caught one.
-func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token) (n int, fp any, err error) {
+// got in: it stops after the chunk in which it caught one. It also adds to
+// *in each token as it gets in, for a caller whose goroutine may end inside
+// (runtime.Goexit in the store's Free) and must know what is still its own.
+func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token, in *int) (n int, fp any, err error) {
 	if len(ts) == 0 {
 		return 0, nil, nil
 	}
@@ -77,8 +80,9 @@ func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token) (n int, 
 		k := 0
 		if e.fast != nil {
 			k = e.fastSendBatch(qs[:valid], lanes[:valid])
+			*in += k
 		}
-		k2, fp, err := e.admitBatch(ctx, qs[k:valid], lanes[k:valid], &waited)
+		k2, fp, err := e.admitBatch(ctx, qs[k:valid], lanes[k:valid], &waited, in)
 		k += k2
 		n += k
 		if err != nil || fp != nil {
@@ -102,7 +106,7 @@ func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token) (n int, 
 // when it has to wait for room) and returns how many it admitted, and a
 // panic of the store's Free caught while admission evicted or expired
 // (fp: it stops there). On error the refusal has been counted in Stats.
-func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waited *bool) (int, any, error) {
+func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waited *bool, in *int) (int, any, error) {
 	if len(qs) == 0 {
 		return 0, nil, nil
 	}
@@ -143,6 +147,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 				// receiver is woken once, after the loop.
 				e.pushLocked(q, lane)
 				i++
+				*in++
 				progress, pushed = true, true
 				continue
 			}
@@ -153,6 +158,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 			}
 			if ok {
 				i++
+				*in++
 				progress, pushed = true, true // queued, or handed to a receiver
 				continue
 			}
@@ -198,6 +204,7 @@ func (e *Edge) admitBatch(ctx context.Context, qs []queued, lanes []uint8, waite
 			w.handed = false
 			woken = false
 			i++
+			*in++
 			progress = true
 			continue
 		}

@@ -33,7 +33,8 @@ import (
 // operation's goroutine there, but not the edge: the message counts in
 // FreeErrors, the edge is left whole and unlocked, and parked senders and
 // receivers that can go on are woken. Messages an expiry had not freed yet
-// stay queued (and are freed by the next operation); tokens a receive had
+// stay queued, in order (a receive or expiry scan that reaches them frees
+// them); tokens a receive had
 // taken are freed, since nobody is left to get them; a send's own token
 // stays its caller's.
 type HeaderStore interface {
@@ -175,29 +176,28 @@ func (e *Edge) Policy() Policy { return e.pol }
 // is done (returning ctx.Err()), or until the edge is closed; under the
 // other admission modes it never waits. On any error the caller keeps t.
 func (e *Edge) Send(ctx context.Context, t token.Token) error {
-	if ctx == nil { // a nil context waits without a deadline, never panics
-		ctx = context.Background()
-	}
-	return e.send(ctx, t, true)
+	_, err := e.sendCatching(ctx, t, true, true)
+	return err
 }
 
 // TrySend is Send without waiting: where Send would wait it returns an
 // error matching ErrEdgeFull.
 func (e *Edge) TrySend(t token.Token) error {
-	return e.send(context.Background(), t, false)
-}
-
-func (e *Edge) send(ctx context.Context, t token.Token, wait bool) error {
-	fp, err := e.sendCatching(ctx, t, wait)
-	raise(fp)
+	_, err := e.sendCatching(context.Background(), t, false, true)
 	return err
 }
 
-// sendCatching is send that returns a panic of the store's Free (caught
-// while admission evicted or expired, or held back by a receive) instead of
-// raising it, for callers that must know whether t got in: err == nil
-// exactly when it did, whatever fp.
-func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait bool) (fp any, err error) {
+// sendCatching is Send (or, without wait, TrySend). With raising it raises
+// a panic of the store's Free (caught while admission evicted or expired,
+// or held back by a receive) once it is done, as Send does; without, it
+// returns it instead, for callers that must know whether t got in: err ==
+// nil exactly when it did, whatever fp (errFreePanicked when the panic
+// stopped it first). A panic of the store's Header is never caught here:
+// t never got in then.
+func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait, raising bool) (fp any, err error) {
+	if ctx == nil { // a nil context waits without a deadline, never panics
+		ctx = context.Background()
+	}
 	var q queued
 	lane, err := e.check(t, &q)
 	if err != nil {
@@ -216,13 +216,18 @@ func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait bool) (fp a
 		}
 	}
 
+	if raising {
+		defer func() { raise(fp) }()
+	}
 	e.lock()
 	var w *waiter
+	held := false // a Free panic stopped the send before t got in
 	for {
 		if e.freePanic != nil {
 			// A Free panicked (in this send's admission, or held back by
 			// a receive): raise it rather than admit or wait; the caller
 			// keeps its token.
+			held = true
 			break
 		}
 		if e.closed {
@@ -240,6 +245,7 @@ func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait bool) (fp a
 		}
 		// Block mode, no room.
 		if e.freePanic != nil {
+			held = true
 			break // as above: a Free panicked while this send made room
 		}
 		if !wait {
@@ -294,6 +300,9 @@ func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait bool) (fp a
 	e.unlockAndWake()
 	if w != nil {
 		putWaiter(w)
+	}
+	if held {
+		err = errFreePanicked
 	}
 	return fp, err
 }
@@ -513,8 +522,8 @@ func (e *Edge) freeCaught(t token.Token) (err error) {
 // of an operation. Every caller of freeLocked has left the edge whole
 // before it frees (the message removed and counted; an expiry's other
 // victims, not freed yet, in reapLeft), so exitLocked counts the failed
-// Free, puts reapLeft back at the front of its lane (expired: the next
-// operation frees them), wakes the parked senders and receivers that can
+// Free, puts reapLeft back in its lane in admission order (expired: a
+// receive or expiry scan that reaches them frees them), wakes the parked senders and receivers that can
 // go on, and releases the lock. What the operation would have done next is
 // lost with its goroutine; a receive frees the tokens it had taken (recv).
 func (e *Edge) exitLocked() {
@@ -522,8 +531,8 @@ func (e *Edge) exitLocked() {
 	if left := e.reapLeft; len(left) > 0 {
 		e.reapLeft = nil
 		lane := &e.lanes[e.reapLane]
-		for i := len(left) - 1; i >= 0; i-- {
-			*lane.pushFront() = left[i]
+		for i := range left {
+			lane.insertBySeq(&left[i])
 			e.n++
 			e.bytes += int64(left[i].size)
 			e.laneBytes[e.reapLane] += int64(left[i].size)

@@ -34,42 +34,80 @@ import (
 //
 // SendAll allocates nothing unless an edge refuses t.
 //
-// A panic of the store's Retain or Free, or one an edge's Send raises (see
-// HeaderStore), does not strand any share: SendAll frees what it still
-// holds, tries the remaining edges as usual, and then re-raises the first
-// such panic.
+// A panic of the store's Header, Retain or Free (or one an edge raises for
+// its store: see HeaderStore) does not strand any share: SendAll frees what
+// it still holds, tries the remaining edges as usual, and then re-raises
+// the first such panic. If one of them calls runtime.Goexit, SendAll's
+// goroutine ends there, and the shares it still holds are freed first.
 func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (sent int, err error) {
 	if nilStore(rs) {
 		return 0, fmt.Errorf("%w: SendAll needs the store of the token", ErrNilStore)
 	}
-	var sp storePanic
-	defer sp.raise()
+	f := fanOut{rs: rs, t: t, owed: 1}
+	defer f.finish()
+	sent, err = f.sendAll(ctx, edges)
+	f.returned = true
+	return sent, err
+}
+
+// fanOut is SendAll's state: owed counts the shares of t it holds (the
+// caller's, then one per Retain, less those sent or freed).
+type fanOut struct {
+	rs       RefStore
+	t        token.Token
+	owed     int
+	returned bool
+	sp       storePanic
+}
+
+// finish re-raises a store panic SendAll caught, or, when SendAll did not
+// return (runtime.Goexit in a store method), frees the shares it held.
+func (f *fanOut) finish() {
+	if !f.returned {
+		for f.owed > 0 {
+			f.owed--
+			_ = freeQuiet(f.rs, f.t)
+		}
+		return
+	}
+	f.sp.raise()
+}
+
+// free drops one share of t.
+func (f *fanOut) free() error {
+	f.owed-- // before the Free: one that never returns must not be repeated
+	return f.sp.free(f.rs, f.t)
+}
+
+func (f *fanOut) sendAll(ctx context.Context, edges []*Edge) (sent int, err error) {
 	if len(edges) == 0 {
-		if err := sp.free(rs, t); err != nil {
+		if err := f.free(); err != nil {
 			return 0, withContext("SendAll to no edges: free", err)
 		}
 		return 0, nil
 	}
 	for i := 1; i < len(edges); i++ {
-		if err := sp.retain(rs, t); err != nil {
+		if err := f.sp.retain(f.rs, f.t); err != nil {
 			// Free the shares taken and the caller's. When t itself is bad
 			// these Frees fail for the reason Retain gave: nothing to add.
-			for ; i > 0; i-- {
-				_ = sp.free(rs, t)
+			for f.owed > 0 {
+				_ = f.free()
 			}
 			return 0, withContext("SendAll: retain", err)
 		}
+		f.owed++
 	}
 	var errs []error
 	for i, e := range edges {
 		var serr error
 		if e == nil {
 			serr = ErrNilEdge
-		} else if serr = sp.send(ctx, e, t); serr == nil {
+		} else if serr = f.sp.send(ctx, e, f.t); serr == nil {
+			f.owed--
 			sent++
 			continue
 		}
-		ferr := sp.free(rs, t)
+		ferr := f.free()
 		errs = append(errs, withContext(fmt.Sprintf("SendAll: edge %d of %d", i, len(edges)), serr))
 		if ferr != nil {
 			errs = append(errs, withContext(fmt.Sprintf("SendAll: free of the share edge %d refused", i), ferr))
@@ -82,7 +120,7 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 }
 
 // storePanic keeps the first panic of a store method (or of an edge's
-// Send, which raises its store's) that a caller caught so that it could
+// send, which may raise its store's) that a caller caught so that it could
 // first finish freeing or sending what it holds; raise re-raises it.
 type storePanic struct{ v any }
 
@@ -96,11 +134,30 @@ func (p *storePanic) retain(rs RefStore, t token.Token) (err error) {
 	return rs.Retain(t)
 }
 
-// send is e.Send; a panic means the caller still holds its share (the
-// edge raises only before it has taken the token: see HeaderStore).
+// send is e.Send that keeps a panic instead of raising it: err == nil
+// exactly when t got in (a panic of the store's Header comes before that).
 func (p *storePanic) send(ctx context.Context, e *Edge, t token.Token) (err error) {
 	defer p.catch(&err)
-	return e.Send(ctx, t)
+	fp, err := e.sendCatching(ctx, t, true, false)
+	p.keep(fp)
+	return err
+}
+
+// sendBatch is SendBatch that keeps a panic instead of raising it. *in
+// counts the tokens of ts that got in, as they get in; after a panic of
+// the store's Header (which comes before a chunk is admitted), n is what
+// got in before it.
+func (p *storePanic) sendBatch(ctx context.Context, e *Edge, ts []token.Token, in *int) (n int, err error) {
+	start := *in
+	defer func() {
+		if r := recover(); r != nil {
+			p.keep(r)
+			n, err = *in-start, errStorePanicked
+		}
+	}()
+	n, fp, err := e.sendBatchCatching(ctx, ts, in)
+	p.keep(fp)
+	return n, err
 }
 
 // check is e.check.

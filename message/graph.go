@@ -538,6 +538,15 @@ type Emitter struct {
 	// function fails or panics.
 	cur     token.Token
 	holding bool
+	// owed counts the shares of owedTok an Emit in progress holds;
+	// flushing, flushEdge and flushed say how far a flush has got (the
+	// edge it sends to, and how many pending tokens that edge has taken or
+	// refused). discard reads them when a worker ends inside either.
+	owedTok   token.Token
+	owed      int
+	flushing  bool
+	flushEdge int
+	flushed   int
 }
 
 // passed notes that the node function passed t on or dropped it.
@@ -584,19 +593,21 @@ func (o *Emitter) dropCurrent() {
 func (o *Emitter) Emit(t token.Token) error {
 	o.passed(t)
 	// A panic of the store (or one an edge raises for it) is re-raised
-	// only once every share of t is sent or freed.
+	// only once every share of t is sent or freed. o.owed counts the
+	// shares this call holds, for a worker that ends inside it
+	// (runtime.Goexit in a store method: see discard).
 	var sp storePanic
 	defer sp.raise()
+	o.owedTok, o.owed = t, 1
 	if len(o.edges) == 0 {
-		return sp.free(o.rs, t)
+		return o.freeOwed(&sp)
 	}
 	for i := 1; i < len(o.edges); i++ {
 		if err := sp.retain(o.rs, t); err != nil {
-			for ; i > 0; i-- {
-				_ = sp.free(o.rs, t)
-			}
+			o.freeOwed(&sp)
 			return err
 		}
+		o.owed++
 	}
 	if o.pending != nil {
 		// Held back, t is sent later, where an error is no longer the
@@ -604,12 +615,11 @@ func (o *Emitter) Emit(t token.Token) error {
 		// does.
 		var q queued
 		if err := sp.check(o.edges[0], t, &q); err != nil && !errors.Is(err, ErrRejected) {
-			for range o.edges {
-				_ = sp.free(o.rs, t)
-			}
+			o.freeOwed(&sp)
 			return err
 		}
 		o.pending = append(o.pending, t)
+		o.owed = 0
 		if len(o.pending) == cap(o.pending) || o.consumerWaiting() {
 			return o.flush()
 		}
@@ -617,16 +627,28 @@ func (o *Emitter) Emit(t token.Token) error {
 	}
 	var first error
 	for _, e := range o.edges {
-		fp, err := e.sendCatching(o.ctx, t, true)
-		sp.keep(fp)
-		if err != nil {
+		if err := sp.send(o.ctx, e, t); err != nil {
+			o.owed-- // before the Free: see freeOwed
 			_ = sp.free(o.rs, t)
 			if first == nil && !errors.Is(err, ErrRejected) {
 				first = err
 			}
+			continue
 		}
+		o.owed--
 	}
 	return first
+}
+
+// freeOwed frees the shares of owedTok that o.owed counts and returns the
+// last Free's error. Each is uncounted before its Free, so that a Free that
+// never returns (runtime.Goexit) is not repeated by discard.
+func (o *Emitter) freeOwed(sp *storePanic) (err error) {
+	for o.owed > 0 {
+		o.owed--
+		err = sp.free(o.rs, o.owedTok)
+	}
+	return err
 }
 
 // consumerWaiting reports whether a receiver is parked on an output edge:
@@ -651,25 +673,25 @@ func (o *Emitter) flush() error {
 	var sp storePanic // re-raised once every pending token is sent or freed
 	defer sp.raise()
 	var first error
-	for _, e := range o.edges {
-		rest := o.pending
-		for len(rest) > 0 {
-			n, fp, err := e.sendBatchCatching(o.ctx, rest)
-			sp.keep(fp)
-			rest = rest[n:]
-			if err == nil {
-				if fp == nil {
-					break
+	// flushEdge and flushed say how far the sends have got, for a worker
+	// that ends inside one (runtime.Goexit in a store method: see discard).
+	o.flushing = true
+	for i, e := range o.edges {
+		o.flushEdge, o.flushed = i, 0
+		for o.flushed < len(o.pending) {
+			if _, err := sp.sendBatch(o.ctx, e, o.pending[o.flushed:], &o.flushed); err != nil {
+				t := o.pending[o.flushed]
+				o.flushed++ // before the Free: see freeOwed
+				_ = sp.free(o.rs, t)
+				if first == nil && !tokenRefusal(err) {
+					first = err
 				}
-				continue // it stopped at the panic: send the rest
 			}
-			_ = sp.free(o.rs, rest[0])
-			rest = rest[1:]
-			if first == nil && !tokenRefusal(err) {
-				first = err
-			}
+			// Without an error, either all got in or a panic stopped the
+			// batch (kept in sp): send the rest.
 		}
 	}
+	o.flushing = false
 	o.pending = o.pending[:0]
 	return first
 }
@@ -682,14 +704,28 @@ func tokenRefusal(err error) bool {
 }
 
 // discard frees the pending tokens (one reference per output edge each).
+//
+// A worker that ended inside a flush (runtime.Goexit in a store method)
+// holds only the shares not sent yet: none for the edges done, and for the
+// edge it was sending to, those of the tokens that had not got in. One that
+// ended inside Emit holds the shares Emit still owed.
 func (o *Emitter) discard() {
 	var sp storePanic // dropped: this runs as the worker fails or aborts
-	for _, t := range o.pending {
-		for range o.edges {
+	for j, t := range o.pending {
+		shares := len(o.edges)
+		if o.flushing {
+			shares = len(o.edges) - o.flushEdge - 1
+			if j >= o.flushed {
+				shares++
+			}
+		}
+		for range shares {
 			_ = sp.free(o.rs, t)
 		}
 	}
 	o.pending = o.pending[:0]
+	o.flushing = false
+	o.freeOwed(&sp)
 }
 
 // Free drops a reference the node holds (a stage dropping its input).

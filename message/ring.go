@@ -42,15 +42,19 @@ func (r *ring) push() *queued {
 	return q
 }
 
-// pushFront inserts an entry before the oldest one and returns it for the
-// caller to fill in.
-func (r *ring) pushFront() *queued {
-	if r.n == len(r.buf) {
-		r.grow()
+// insertBySeq puts q back in admission order: before the entries with a
+// higher seq (the ring is in seq order). It shifts the entries after it;
+// only a rare path uses it.
+func (r *ring) insertBySeq(q *queued) {
+	d := r.push()
+	i := r.n - 1
+	for ; i > 0 && r.at(i-1).seq > q.seq; i-- {
+		*r.at(i) = *r.at(i - 1)
 	}
-	r.head = (r.head - 1) & (len(r.buf) - 1)
-	r.n++
-	return &r.buf[r.head]
+	if i != r.n-1 {
+		d = r.at(i)
+	}
+	*d = *q
 }
 
 // pop removes the oldest entry and returns it; the pointer is valid until
