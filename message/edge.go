@@ -34,9 +34,8 @@ import (
 // FreeErrors, the edge is left whole and unlocked, and parked senders and
 // receivers that can go on are woken. Messages an expiry had not freed yet
 // stay queued, in order (a receive or expiry scan that reaches them frees
-// them); tokens a receive had
-// taken are freed, since nobody is left to get them; a send's own token
-// stays its caller's.
+// them); tokens a receive had taken are freed, since nobody is left to get
+// them (they count as Delivered); a send's own token stays its caller's.
 type HeaderStore interface {
 	Header(token.Token) (Header, error)
 	Free(token.Token) error

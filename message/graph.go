@@ -585,9 +585,9 @@ func (o *Emitter) dropCurrent() {
 // is sent first.
 //
 // An Emitter belongs to its worker: use it from the node function's own
-// goroutine (or, once the function has returned, from one goroutine at a
-// time while the worker is waiting for input), never from two goroutines
-// at once. A panic of the store's Retain or Free, or one an edge raises
+// goroutine while the function runs. It is not safe for use by another
+// goroutine while the worker runs; once Run has returned, a kept Emitter
+// may be used from any one goroutine (and refuses, as above). A panic of the store's Retain or Free, or one an edge raises
 // for its store (see HeaderStore), reaches Emit's caller only after every
 // share of t has been sent or freed.
 func (o *Emitter) Emit(t token.Token) error {
