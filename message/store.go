@@ -520,7 +520,9 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 // as arena.ErrNestedAccess) or Close on the store. With fan-out, every holder
 // sees the update: copy first (Put a new message) if the holders must not.
 // Edges that already hold t keep the Deadline, QoS, Flags and Size they
-// read when it was sent.
+// read when it was sent. Free and Retain of t inside fn are fine (a slot
+// freed there is recycled when fn returns), as is any access to other
+// tokens.
 func (s *Store[P]) Update(t token.Token, fn func(*Message[P])) error {
 	if s.gate.Closed() {
 		return arena.ErrClosed
