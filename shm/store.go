@@ -349,8 +349,18 @@ func (s *Store[P]) Retain(t token.Token) error {
 	if err := a.store.tab.add(idx); err != nil {
 		return fmt.Errorf("shm: Retain %v: %w", t, err)
 	}
-	atomic.AddUint32(r, 1)
-	return nil
+	// The count goes up by CAS, never past the ceiling: two Retains racing
+	// at the ceiling less one must not both add (the count would wrap).
+	for {
+		n := atomic.LoadUint32(r)
+		if n == math.MaxUint32 {
+			a.store.tab.remove(idx)
+			return fmt.Errorf("shm: Retain %v: %w", t, message.ErrTooManyRefs)
+		}
+		if atomic.CompareAndSwapUint32(r, n, n+1) {
+			return nil
+		}
+	}
 }
 
 // Free drops one of this process's references to the message; the last
