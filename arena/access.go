@@ -70,7 +70,8 @@ func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 }
 
 // LoadInto copies t's value into *dst, with Load's guarantees, and never
-// allocates, whatever the size of T. On error *dst is unchanged; a nil dst
+// allocates, whatever the size of T (a refusal allocates only its error,
+// one small value naming the token). On error *dst is unchanged; a nil dst
 // is an error (ErrNilPointer).
 func (a *Arena[T]) LoadInto(t token.Token, dst *T) error {
 	if dst == nil {

@@ -265,11 +265,7 @@ func (c *core) badToken(op string, t token.Token) error {
 	if c.gate.Closed() { // after Close, every call says closed
 		return ErrClosed
 	}
-	if t.IsNil() {
-		return fmt.Errorf("%w: %s of the Nil token", ErrBadToken, op)
-	}
-	return fmt.Errorf("%w: %s of %v (index must be < %d slots, generation 1..%d)",
-		ErrBadToken, op, t, c.slots, uint32(retiredGen-1))
+	return &tokenError{err: ErrBadToken, op: op, t: t, slots: c.slots}
 }
 
 // nilFunc is the error for a nil View or Update callback.
@@ -277,7 +273,7 @@ func (c *core) nilFunc(op string, t token.Token) error {
 	if c.gate.Closed() {
 		return ErrClosed
 	}
-	return fmt.Errorf("%w: %s of %v", ErrNilFunc, op, t)
+	return &tokenError{err: ErrNilFunc, op: op, t: t}
 }
 
 // nilDst is the error for LoadInto into a nil pointer.
@@ -285,11 +281,11 @@ func (c *core) nilDst(t token.Token) error {
 	if c.gate.Closed() {
 		return ErrClosed
 	}
-	return fmt.Errorf("%w: LoadInto of %v into a nil *T", ErrNilPointer, t)
+	return &tokenError{err: ErrNilPointer, op: "LoadInto", t: t}
 }
 
 func staleToken(op string, t token.Token) error {
-	return fmt.Errorf("%w: %s of %v", ErrStale, op, t)
+	return &tokenError{err: ErrStale, op: op, t: t}
 }
 
 // Capacity returns how many slots the arena can hold at once: the configured

@@ -1,9 +1,15 @@
 package arena
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cella-go/cella/token"
+)
 
 // Sentinel errors. Match them with errors.Is: configuration and token errors
-// come wrapped with context (which field, which token, which operation).
+// come wrapped with context (which field, which token, which operation; a
+// token error is one small allocation, formatted only when printed).
 // ErrFull and ErrClosed come bare from the hot paths, so that back-pressure
 // costs no allocation.
 var (
@@ -32,3 +38,29 @@ var (
 	// ErrNilPointer means LoadInto was given a nil destination.
 	ErrNilPointer = errors.New("arena: nil destination pointer")
 )
+
+// tokenError is a refused call's error: the sentinel (err), the operation
+// and the token. The message is formatted only when Error is called, so a
+// refusal costs one small allocation, not a formatted string (a stale check
+// in a loop stays cheap).
+type tokenError struct {
+	err   error // ErrStale, ErrBadToken, ErrNilFunc or ErrNilPointer
+	op    string
+	t     token.Token
+	slots uint32 // the arena's, for ErrBadToken's message
+}
+
+func (e *tokenError) Error() string {
+	switch {
+	case e.err == ErrBadToken && e.t.IsNil():
+		return fmt.Sprintf("%v: %s of the Nil token", e.err, e.op)
+	case e.err == ErrBadToken:
+		return fmt.Sprintf("%v: %s of %v (index must be < %d slots, generation 1..%d)",
+			e.err, e.op, e.t, e.slots, uint32(retiredGen-1))
+	case e.err == ErrNilPointer:
+		return fmt.Sprintf("%v: %s of %v into a nil *T", e.err, e.op, e.t)
+	}
+	return fmt.Sprintf("%v: %s of %v", e.err, e.op, e.t)
+}
+
+func (e *tokenError) Unwrap() error { return e.err }

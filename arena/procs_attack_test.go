@@ -727,7 +727,8 @@ func TestProcsWaitCloseChurn(t *testing.T) {
 					defer wg.Done()
 					var err error
 					if w%2 == 0 {
-						_, _, err = a.AllocWait(nil) //nolint:staticcheck // nil ctx is documented
+						//lint:ignore SA1012 a nil context is what is tested
+						_, _, err = a.AllocWait(nil)
 					} else {
 						_, err = a.StoreWait(context.Background(), procsVal{1})
 					}

@@ -64,7 +64,7 @@ func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token, in *int)
 		// token that is bad in itself; it is reported only if every token
 		// before it gets in.
 		valid, cerr := e.checkBatch(chunk, qs[:len(chunk)], lanes[:len(chunk)])
-		invalid := cerr != nil
+		invalid := cerr != nil && cerr != errOverMaxBytes // that one is policy
 		var now int64
 		for i := range valid {
 			if q := &qs[i]; q.deadline != 0 && !q.flags.Has(DegradeAllowed) {

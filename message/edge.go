@@ -200,7 +200,13 @@ func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait, raising bo
 	var q queued
 	lane, err := e.check(t, &q)
 	if err != nil {
-		e.invalid.Add(1)
+		if err == errOverMaxBytes { // policy, not a bad token or header
+			e.mu.Lock() // a counter only: no need to leave fast mode
+			e.st.Rejected++
+			e.mu.Unlock()
+		} else {
+			e.invalid.Add(1)
+		}
 		return nil, err
 	}
 	if q.deadline != 0 && !q.flags.Has(DegradeAllowed) && Now() > q.deadline {

@@ -9,8 +9,8 @@ package message
 // a SendBatch that had to wait counts once in Waited.
 type EdgeStats struct {
 	Admitted   uint64 // sends that moved a reference in
-	Rejected   uint64 // sends refused by policy, a closed edge or a done context
-	Invalid    uint64 // sends refused for a bad token (nil, stale, foreign) or header
+	Rejected   uint64 // sends refused by policy (full, shed, expired, Size above MaxBytes), a closed edge or a done context
+	Invalid    uint64 // sends refused for a bad token (nil, stale, foreign) or header (an unknown QoS)
 	Evicted    uint64 // queued messages freed to make room (DropOldest, DeadlineQoS)
 	Expired    uint64 // queued messages freed because their deadline passed
 	Delivered  uint64 // receives that moved a reference out

@@ -376,13 +376,14 @@ func (e *Edge) spinForRoom(ctx context.Context) {
 // isInvalid reports errors counted in Invalid rather than Rejected.
 func isInvalid(err error) bool {
 	return err != errSendClosed && err != errFullDropNewest && err != errFullNoVictim &&
-		err != errShedBackground && err != errExpiredOnSend
+		err != errShedBackground && err != errExpiredOnSend && err != errOverMaxBytes
 }
 
 // checkLocked validates t and reads what admission needs from its header
 // into q, inside the section and under the lock; it returns q's lane. It
 // never waits. Token and header errors count in Invalid; an expired
-// message is errExpiredOnSend.
+// message (errExpiredOnSend) and one larger than MaxBytes (errOverMaxBytes)
+// are policy refusals, counted in Rejected by the caller.
 func (e *Edge) checkLocked(t token.Token, q *ringEntry) (int, error) {
 	a := e.a
 	if t.IsNil() {
@@ -409,8 +410,7 @@ func (e *Edge) checkLocked(t token.Token, q *ringEntry) (int, error) {
 		e.counted(stInvalid)
 		return 0, errBadQoS
 	case e.pol.MaxBytes > 0 && int64(h.Size) > e.pol.MaxBytes:
-		e.counted(stInvalid)
-		return 0, errOverMaxBytes
+		return 0, errOverMaxBytes // policy: counted in Rejected
 	case h.Deadline != 0 && h.Flags&message.DegradeAllowed == 0 && message.Now() > h.Deadline:
 		return 0, errExpiredOnSend
 	}
