@@ -2,7 +2,7 @@
 // (and the message runtime issue) promise, through the exported API only,
 // as an outside acceptance suite would. Each test names the contract
 // sentence it pins.
-package contracttest_test
+package contract_test
 
 import (
 	"bufio"
