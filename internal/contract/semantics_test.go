@@ -1,5 +1,5 @@
-// Package contracttest checks the behaviour that /work/shared/CONTRACT.md
-// (and the message runtime issue) promise, through the exported API only,
+// These tests check the behaviour that ../shared/CONTRACT.md (and the
+// message runtime issue) promise, through the exported API only,
 // as an outside acceptance suite would. Each test names the contract
 // sentence it pins.
 package contract_test
