@@ -392,9 +392,32 @@ const graphBatch = 16
 // or the graph aborts.
 func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 	out := &Emitter{rs: g.rs, edges: n.outs, ctx: runCtx}
+	var buf [graphBatch]token.Token
+	var next, k int // buf[next:k] are received tokens not yet handled
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		// A node function panicked or called runtime.Goexit (itself, or
+		// in a store method): free what this worker holds, so that no slot
+		// is lost (a panic of the store's Free here is dropped: the worker
+		// is failing already). Each token is uncounted before its Free,
+		// so that a Free that never returns is not repeated.
+		out.dropCurrent()
+		var sp storePanic
+		for next < k {
+			t := buf[next]
+			next++
+			_ = sp.free(g.rs, t)
+		}
+		out.discard()
+		out.pending = nil // as on a normal return
+	}()
 	if n.source != nil {
 		out.ctx = srcCtx
 		err := n.source(srcCtx, out)
+		returned = true
 		if err != nil && srcCtx.Err() != nil && errors.Is(err, srcCtx.Err()) {
 			return nil // stopped
 		}
@@ -403,24 +426,6 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 	if n.stage != nil && len(n.outs) > 0 {
 		out.pending = make([]token.Token, 0, graphBatch)
 	}
-	var buf [graphBatch]token.Token
-	var next, k int // buf[next:k] are received tokens not yet handled
-	returned := false
-	defer func() {
-		if returned {
-			return
-		}
-		// A node function panicked or called runtime.Goexit: free what
-		// this worker holds, so that no slot is lost (a panic of the
-		// store's Free here is dropped: the worker is failing already).
-		out.dropCurrent()
-		var sp storePanic
-		for _, t := range buf[next:k] {
-			_ = sp.free(g.rs, t)
-		}
-		out.discard()
-		out.pending = nil // as on a normal return
-	}()
 	err := g.loop(n, runCtx, out, &buf, &next, &k)
 	returned = true
 	// Whatever is still held back is sent (or, when the worker failed,
@@ -466,13 +471,8 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 			case <-aborted:
 				// The graph is aborting: stop at once and free what this
 				// worker holds (what is queued is freed by Run).
-				var sp storePanic
-				for _, t := range buf[*next:got] {
-					_ = sp.free(g.rs, t)
-				}
-				*next = got
+				g.freeReceived(buf, next, got)
 				out.discard()
-				sp.raise()
 				return nil
 			default:
 			}
@@ -493,13 +493,8 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 				// are still ours: free them, and what the stage emitted
 				// but we did not send yet.
 				out.dropCurrent()
-				var sp storePanic
-				for _, t := range buf[*next:got] {
-					_ = sp.free(g.rs, t)
-				}
-				*next = got
+				g.freeReceived(buf, next, got)
 				out.discard()
-				sp.raise()
 				return err
 			}
 			out.holding = false
@@ -513,6 +508,21 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 				limit = 1
 			}
 		}
+	}
+}
+
+// freeReceived frees buf[*next:got], the received tokens a failing or
+// aborting worker has not handed to its node function, uncounting each
+// before its Free (a Free that never returns, runtime.Goexit, must not be
+// repeated by work's cleanup). A panic of the store's Free is raised once
+// all are freed.
+func (g *Graph) freeReceived(buf *[graphBatch]token.Token, next *int, got int) {
+	var sp storePanic
+	defer sp.raise()
+	for *next < got {
+		t := buf[*next]
+		*next++
+		_ = sp.free(g.rs, t)
 	}
 }
 
@@ -679,7 +689,18 @@ func (o *Emitter) flush() error {
 	for i, e := range o.edges {
 		o.flushEdge, o.flushed = i, 0
 		for o.flushed < len(o.pending) {
-			if _, err := sp.sendBatch(o.ctx, e, o.pending[o.flushed:], &o.flushed); err != nil {
+			_, err := sp.sendBatch(o.ctx, e, o.pending[o.flushed:], &o.flushed)
+			if err == errStorePanicked {
+				// The store's Header panicked for a token of the chunk,
+				// before any of it got in: which one is not known, so the
+				// next goes alone (a panic for it is its own refusal).
+				err = sp.send(o.ctx, e, o.pending[o.flushed])
+				if err == nil {
+					o.flushed++
+					continue
+				}
+			}
+			if err != nil {
 				t := o.pending[o.flushed]
 				o.flushed++ // before the Free: see freeOwed
 				_ = sp.free(o.rs, t)
@@ -709,9 +730,16 @@ func tokenRefusal(err error) bool {
 // holds only the shares not sent yet: none for the edges done, and for the
 // edge it was sending to, those of the tokens that had not got in. One that
 // ended inside Emit holds the shares Emit still owed.
+//
+// Every share is uncounted before its Free (through owed), so that when a
+// Free never returns (runtime.Goexit), discard run again by the worker's
+// cleanup frees only what is left.
 func (o *Emitter) discard() {
 	var sp storePanic // dropped: this runs as the worker fails or aborts
-	for j, t := range o.pending {
+	o.freeOwed(&sp)
+	for len(o.pending) > 0 {
+		// From the last: the indices below flushed keep their meaning.
+		j := len(o.pending) - 1
 		shares := len(o.edges)
 		if o.flushing {
 			shares = len(o.edges) - o.flushEdge - 1
@@ -719,13 +747,11 @@ func (o *Emitter) discard() {
 				shares++
 			}
 		}
-		for range shares {
-			_ = sp.free(o.rs, t)
-		}
+		o.owedTok, o.owed = o.pending[j], shares
+		o.pending = o.pending[:j]
+		o.freeOwed(&sp)
 	}
-	o.pending = o.pending[:0]
 	o.flushing = false
-	o.freeOwed(&sp)
 }
 
 // Free drops a reference the node holds (a stage dropping its input).
