@@ -26,8 +26,11 @@ type RefStore interface {
 // out.Emit until it is done (return nil) or ctx is done (the graph is
 // stopping: return promptly). Returning an error aborts the graph, so a
 // source should Put with Store.PutWait(ctx, ...), which waits for a free
-// slot while the store is full and returns ctx's error when the graph
-// stops, rather than Put, whose arena.ErrFull would abort the graph.
+// slot while the store is full, rather than Put, whose arena.ErrFull would
+// abort the graph. Once the graph is stopping, out.Emit refuses (it frees
+// the token and returns ctx's error) even when nothing has to wait: a
+// source that returns Emit's error ends promptly. Returning ctx's error is
+// a clean stop, not a failure.
 type SourceFunc func(ctx context.Context, out *Emitter) error
 
 // StageFunc handles one token from the stage's input edge. It owns t: it
@@ -232,10 +235,12 @@ func (g *Graph) Run(ctx context.Context) error {
 		panic(p)
 	}
 	sp.raise()
-	if err := ctx.Err(); err != nil {
-		return err
+	// A node that failed first wins over a cancellation of ctx that came
+	// while the graph was aborting and draining.
+	if cause := context.Cause(runCtx); cause != nil && cause != ctx.Err() && cause != context.Cause(ctx) {
+		return cause
 	}
-	return context.Cause(runCtx) // nil unless a node failed
+	return ctx.Err()
 }
 
 // wire checks that every edge has exactly one consumer and at least one
@@ -415,7 +420,7 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		out.pending = nil // as on a normal return
 	}()
 	if n.source != nil {
-		out.ctx = srcCtx
+		out.ctx, out.stop = srcCtx, srcCtx.Done()
 		err := n.source(srcCtx, out)
 		returned = true
 		if err != nil && srcCtx.Err() != nil && errors.Is(err, srcCtx.Err()) {
@@ -536,6 +541,7 @@ type Emitter struct {
 	rs    RefStore
 	edges []*Edge
 	ctx   context.Context
+	stop  <-chan struct{} // a source's: ctx.Done(), Emit refuses once closed
 	// pending holds a stage's emitted tokens (one reference per output
 	// edge each) until flush sends them with SendBatch: after the stage
 	// has handled the tokens it received together, when pending is full,
@@ -582,7 +588,9 @@ func (o *Emitter) dropCurrent() {
 // freed and counted in that edge's Stats, not reported. Emit returns an
 // error only when the graph is stopping (a done context or a closed edge),
 // or when t is bad; then t has been freed too. A source's Emit honours the
-// source context, so a Block edge cannot hold up Stop.
+// source context: once the graph is stopping it refuses every token (with
+// the context's error) even when an edge has room, and a Block edge cannot
+// hold up Stop.
 //
 // A source's Emit sends at once. A stage's Emit may hold t back briefly to
 // send it together with the other tokens the stage emits while handling
@@ -609,6 +617,16 @@ func (o *Emitter) Emit(t token.Token) error {
 	var sp storePanic
 	defer sp.raise()
 	o.owedTok, o.owed = t, 1
+	if o.stop != nil {
+		select {
+		case <-o.stop:
+			// A source's graph is stopping: refuse even when nothing would
+			// have to wait, so that a source that never waits still ends.
+			o.freeOwed(&sp)
+			return o.ctx.Err()
+		default:
+		}
+	}
 	if len(o.edges) == 0 {
 		return o.freeOwed(&sp)
 	}
