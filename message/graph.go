@@ -217,7 +217,7 @@ func (g *Graph) Run(ctx context.Context) error {
 				defer wg.Done()
 				defer g.retire(n, edges)
 				if err := g.guard(n, runCtx, srcCtx, abort); err != nil && runCtx.Err() == nil {
-					abort(withContext(fmt.Sprintf("node %q", n.name), err))
+					abort(&nodeFailed{g, withContext(fmt.Sprintf("node %q", n.name), err)})
 				}
 			}()
 		}
@@ -236,12 +236,24 @@ func (g *Graph) Run(ctx context.Context) error {
 	}
 	sp.raise()
 	// A node that failed first wins over a cancellation of ctx that came
-	// while the graph was aborting and draining.
-	if cause := context.Cause(runCtx); cause != nil && cause != ctx.Err() && cause != context.Cause(ctx) {
-		return cause
+	// while the graph was aborting and draining. (The cause is recognised
+	// by its type and graph, never compared with ctx's errors: a cause may
+	// be of any type, comparable or not.)
+	if nf, ok := context.Cause(runCtx).(*nodeFailed); ok && nf.g == g {
+		return nf.err
 	}
 	return ctx.Err()
 }
+
+// nodeFailed is the cause a Graph's run is aborted with when one of its
+// nodes fails: Run returns err.
+type nodeFailed struct {
+	g   *Graph
+	err error
+}
+
+func (f *nodeFailed) Error() string { return f.err.Error() }
+func (f *nodeFailed) Unwrap() error { return f.err }
 
 // wire checks that every edge has exactly one consumer and at least one
 // producer, and counts the workers feeding each edge.
@@ -375,13 +387,13 @@ func (g *Graph) guard(n *node, runCtx, srcCtx context.Context, abort context.Can
 		}
 		if r := recover(); r != nil {
 			g.panicked.CompareAndSwap(nil, &NodePanic{Node: n.name, Value: r, Stack: debug.Stack()})
-			abort(fmt.Errorf("message: node %q panicked: %v", n.name, r))
+			abort(&nodeFailed{g, fmt.Errorf("message: node %q panicked: %v", n.name, r)})
 			err = nil
 			return
 		}
 		// runtime.Goexit: the worker ends whatever we do; the graph must
 		// not wait for what it would have done.
-		abort(fmt.Errorf("%w: node %q", ErrNodeExited, n.name))
+		abort(&nodeFailed{g, fmt.Errorf("%w: node %q", ErrNodeExited, n.name)})
 	}()
 	err = g.work(n, runCtx, srcCtx)
 	returned = true
@@ -587,7 +599,9 @@ func (o *Emitter) dropCurrent() {
 // edge, and whatever an edge refuses by policy (full, expired, shed) is
 // freed and counted in that edge's Stats, not reported. Emit returns an
 // error only when the graph is stopping (a done context or a closed edge),
-// or when t is bad; then t has been freed too. A source's Emit honours the
+// or when t is bad; then every share of t that an edge did not take has
+// been freed too (with several edges, those that took it before the graph
+// began stopping deliver it). A source's Emit honours the
 // source context: once the graph is stopping it refuses every token (with
 // the context's error) even when an edge has room, and a Block edge cannot
 // hold up Stop.
