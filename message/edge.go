@@ -528,9 +528,10 @@ func (e *Edge) freeCaught(t token.Token) (err error) {
 // before it frees (the message removed and counted; an expiry's other
 // victims, not freed yet, in reapLeft), so exitLocked counts the failed
 // Free, puts reapLeft back in its lane in admission order (expired: a
-// receive or expiry scan that reaches them frees them), wakes the parked senders and receivers that can
-// go on, and releases the lock. What the operation would have done next is
-// lost with its goroutine; a receive frees the tokens it had taken (recv).
+// receive or expiry scan that reaches them frees them), wakes the parked
+// senders and receivers that can go on, and releases the lock. What the
+// operation would have done next is lost with its goroutine; a receive
+// frees the tokens it had taken (recv).
 func (e *Edge) exitLocked() {
 	e.st.FreeErrors++
 	if left := e.reapLeft; len(left) > 0 {
@@ -552,18 +553,6 @@ func (e *Edge) exitLocked() {
 		e.wakeSendersLocked()
 	}
 	e.unlockAndWake()
-}
-
-// freeQuiet frees t through hs outside any lock, for a goroutine that is
-// ending (runtime.Goexit) with tokens nobody else can free: a panic of the
-// store's Free is dropped (the goroutine is ending already).
-func freeQuiet(hs HeaderStore, t token.Token) (err error) {
-	defer func() {
-		if recover() != nil {
-			err = errFreePanicked
-		}
-	}()
-	return hs.Free(t)
 }
 
 // takeFreePanicLocked moves a caught panic of the store's Free into *fp

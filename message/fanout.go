@@ -64,9 +64,10 @@ type fanOut struct {
 // return (runtime.Goexit in a store method), frees the shares it held.
 func (f *fanOut) finish() {
 	if !f.returned {
+		var quiet storePanic // dropped: the goroutine is ending
 		for f.owed > 0 {
 			f.owed--
-			_ = freeQuiet(f.rs, f.t)
+			_ = quiet.free(f.rs, f.t)
 		}
 		return
 	}
@@ -117,98 +118,6 @@ func (f *fanOut) sendAll(ctx context.Context, edges []*Edge) (sent int, err erro
 		return sent, errors.Join(errs...)
 	}
 	return sent, nil
-}
-
-// storePanic keeps the first panic of a store method (or of an edge's
-// send, which may raise its store's) that a caller caught so that it could
-// first finish freeing or sending what it holds; raise re-raises it.
-type storePanic struct{ v any }
-
-func (p *storePanic) free(rs RefStore, t token.Token) (err error) {
-	defer p.catch(&err)
-	return rs.Free(t)
-}
-
-func (p *storePanic) retain(rs RefStore, t token.Token) (err error) {
-	defer p.catch(&err)
-	return rs.Retain(t)
-}
-
-// send is e.Send that keeps a panic instead of raising it: err == nil
-// exactly when t got in (a panic of the store's Header comes before that).
-func (p *storePanic) send(ctx context.Context, e *Edge, t token.Token) (err error) {
-	defer p.catch(&err)
-	fp, err := e.sendCatching(ctx, t, true, false)
-	p.keep(fp)
-	return err
-}
-
-// sendBatch is SendBatch that keeps a panic instead of raising it. *in
-// counts the tokens of ts that got in, as they get in; after a panic of
-// the store's Header (which comes before a chunk is admitted), n is what
-// got in before it.
-func (p *storePanic) sendBatch(ctx context.Context, e *Edge, ts []token.Token, in *int) (n int, err error) {
-	start := *in
-	defer func() {
-		if r := recover(); r != nil {
-			p.keep(r)
-			n, err = *in-start, errStorePanicked
-		}
-	}()
-	n, fp, err := e.sendBatchCatching(ctx, ts, in)
-	p.keep(fp)
-	return n, err
-}
-
-// check is e.check.
-func (p *storePanic) check(e *Edge, t token.Token, q *queued) (err error) {
-	defer p.catch(&err)
-	_, err = e.check(t, q)
-	return err
-}
-
-// keep records v, a panic an edge returned (sendCatching), unless one is
-// kept already.
-func (p *storePanic) keep(v any) {
-	if v != nil && p.v == nil {
-		p.v = v
-	}
-}
-
-func (p *storePanic) catch(err *error) {
-	if r := recover(); r != nil {
-		if p.v == nil {
-			p.v = r
-		}
-		*err = errStorePanicked
-	}
-}
-
-// drain empties e with Drain, which raises a panic of the store's Free
-// after draining (or, for one held back, before): it drains again then.
-func (p *storePanic) drain(e *Edge) {
-	for range 3 {
-		if !p.drainOnce(e) {
-			return
-		}
-	}
-}
-
-func (p *storePanic) drainOnce(e *Edge) (panicked bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			p.keep(r)
-			panicked = true
-		}
-	}()
-	e.Drain()
-	return false
-}
-
-func (p *storePanic) raise() {
-	if p.v != nil {
-		panic(p.v)
-	}
 }
 
 // All returns an iterator over the tokens received from e: a receive loop

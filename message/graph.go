@@ -601,10 +601,9 @@ func (o *Emitter) dropCurrent() {
 // error only when the graph is stopping (a done context or a closed edge),
 // or when t is bad; then every share of t that an edge did not take has
 // been freed too (with several edges, those that took it before the graph
-// began stopping deliver it). A source's Emit honours the
-// source context: once the graph is stopping it refuses every token (with
-// the context's error) even when an edge has room, and a Block edge cannot
-// hold up Stop.
+// began stopping deliver it). A source's Emit honours the source context:
+// once the graph is stopping it refuses every token (with the context's
+// error) even when an edge has room, and a Block edge cannot hold up Stop.
 //
 // A source's Emit sends at once. A stage's Emit may hold t back briefly to
 // send it together with the other tokens the stage emits while handling
@@ -619,9 +618,12 @@ func (o *Emitter) dropCurrent() {
 // An Emitter belongs to its worker: use it from the node function's own
 // goroutine while the function runs. It is not safe for use by another
 // goroutine while the worker runs; once Run has returned, a kept Emitter
-// may be used from any one goroutine (and refuses, as above). A panic of the store's Retain or Free, or one an edge raises
-// for its store (see HeaderStore), reaches Emit's caller only after every
-// share of t has been sent or freed.
+// may be used from any one goroutine (and refuses, as above).
+//
+// A panic of the store's Header, Retain or Free, or one an edge raises for
+// its store (see HeaderStore), reaches Emit's caller only after every share
+// of t has been sent or freed; if one of them calls runtime.Goexit, the
+// worker's cleanup frees the shares Emit still held.
 func (o *Emitter) Emit(t token.Token) error {
 	o.passed(t)
 	// A panic of the store (or one an edge raises for it) is re-raised

@@ -74,8 +74,9 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, share int) (n int, e
 	taken := 0
 	defer func() {
 		if taken > 0 {
+			var quiet storePanic // dropped: the goroutine is ending
 			for _, t := range dst[:taken] {
-				_ = freeQuiet(e.hs, t)
+				_ = quiet.free(e.hs, t)
 			}
 			return
 		}
