@@ -43,7 +43,7 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 	if nilStore(rs) {
 		return 0, fmt.Errorf("%w: SendAll needs the store of the token", ErrNilStore)
 	}
-	f := fanOut{rs: rs, t: t, owed: 1}
+	f := fanOut{rs: rs, owed: shares{t, 1}}
 	defer f.finish()
 	sent, err = f.sendAll(ctx, edges)
 	f.returned = true
@@ -54,8 +54,7 @@ func SendAll(ctx context.Context, rs RefStore, t token.Token, edges ...*Edge) (s
 // caller's, then one per Retain, less those sent or freed).
 type fanOut struct {
 	rs       RefStore
-	t        token.Token
-	owed     int
+	owed     shares
 	returned bool
 	sp       storePanic
 }
@@ -65,50 +64,39 @@ type fanOut struct {
 func (f *fanOut) finish() {
 	if !f.returned {
 		var quiet storePanic // dropped: the goroutine is ending
-		for f.owed > 0 {
-			f.owed--
-			_ = quiet.free(f.rs, f.t)
-		}
+		_ = f.owed.freeAll(&quiet, f.rs)
 		return
 	}
 	f.sp.raise()
 }
 
-// free drops one share of t.
-func (f *fanOut) free() error {
-	f.owed-- // before the Free: one that never returns must not be repeated
-	return f.sp.free(f.rs, f.t)
-}
-
 func (f *fanOut) sendAll(ctx context.Context, edges []*Edge) (sent int, err error) {
 	if len(edges) == 0 {
-		if err := f.free(); err != nil {
+		if err := f.owed.free(&f.sp, f.rs); err != nil {
 			return 0, withContext("SendAll to no edges: free", err)
 		}
 		return 0, nil
 	}
 	for i := 1; i < len(edges); i++ {
-		if err := f.sp.retain(f.rs, f.t); err != nil {
+		if err := f.sp.retain(f.rs, f.owed.t); err != nil {
 			// Free the shares taken and the caller's. When t itself is bad
 			// these Frees fail for the reason Retain gave: nothing to add.
-			for f.owed > 0 {
-				_ = f.free()
-			}
+			_ = f.owed.freeAll(&f.sp, f.rs)
 			return 0, withContext("SendAll: retain", err)
 		}
-		f.owed++
+		f.owed.n++
 	}
 	var errs []error
 	for i, e := range edges {
 		var serr error
 		if e == nil {
 			serr = ErrNilEdge
-		} else if serr = f.sp.send(ctx, e, f.t); serr == nil {
-			f.owed--
+		} else if serr = f.sp.send(ctx, e, f.owed.t); serr == nil {
+			f.owed.n--
 			sent++
 			continue
 		}
-		ferr := f.free()
+		ferr := f.owed.free(&f.sp, f.rs)
 		errs = append(errs, withContext(fmt.Sprintf("SendAll: edge %d of %d", i, len(edges)), serr))
 		if ferr != nil {
 			errs = append(errs, withContext(fmt.Sprintf("SendAll: free of the share edge %d refused", i), ferr))

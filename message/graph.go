@@ -422,12 +422,8 @@ func (g *Graph) work(n *node, runCtx, srcCtx context.Context) error {
 		// is failing already). Each token is uncounted before its Free,
 		// so that a Free that never returns is not repeated.
 		out.dropCurrent()
-		var sp storePanic
-		for next < k {
-			t := buf[next]
-			next++
-			_ = sp.free(g.rs, t)
-		}
+		var dropped storePanic
+		g.freeReceived(&dropped, &buf, &next, k)
 		out.discard()
 		out.pending = nil // as on a normal return
 	}()
@@ -488,8 +484,10 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 			case <-aborted:
 				// The graph is aborting: stop at once and free what this
 				// worker holds (what is queued is freed by Run).
-				g.freeReceived(buf, next, got)
+				var sp storePanic
+				g.freeReceived(&sp, buf, next, got)
 				out.discard()
+				sp.raise()
 				return nil
 			default:
 			}
@@ -510,8 +508,10 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 				// are still ours: free them, and what the stage emitted
 				// but we did not send yet.
 				out.dropCurrent()
-				g.freeReceived(buf, next, got)
+				var sp storePanic
+				g.freeReceived(&sp, buf, next, got)
 				out.discard()
+				sp.raise()
 				return err
 			}
 			out.holding = false
@@ -531,11 +531,8 @@ func (g *Graph) loop(n *node, runCtx context.Context, out *Emitter, buf *[graphB
 // freeReceived frees buf[*next:got], the received tokens a failing or
 // aborting worker has not handed to its node function, uncounting each
 // before its Free (a Free that never returns, runtime.Goexit, must not be
-// repeated by work's cleanup). A panic of the store's Free is raised once
-// all are freed.
-func (g *Graph) freeReceived(buf *[graphBatch]token.Token, next *int, got int) {
-	var sp storePanic
-	defer sp.raise()
+// repeated by work's cleanup). A panic of the store's Free is kept in sp.
+func (g *Graph) freeReceived(sp *storePanic, buf *[graphBatch]token.Token, next *int, got int) {
 	for *next < got {
 		t := buf[*next]
 		*next++
@@ -566,12 +563,11 @@ type Emitter struct {
 	// function fails or panics.
 	cur     token.Token
 	holding bool
-	// owed counts the shares of owedTok an Emit in progress holds;
+	// owed counts the shares of the token an Emit in progress holds;
 	// flushing, flushEdge and flushed say how far a flush has got (the
 	// edge it sends to, and how many pending tokens that edge has taken or
 	// refused). discard reads them when a worker ends inside either.
-	owedTok   token.Token
-	owed      int
+	owed      shares
 	flushing  bool
 	flushEdge int
 	flushed   int
@@ -632,26 +628,26 @@ func (o *Emitter) Emit(t token.Token) error {
 	// (runtime.Goexit in a store method: see discard).
 	var sp storePanic
 	defer sp.raise()
-	o.owedTok, o.owed = t, 1
+	o.owed = shares{t, 1}
 	if o.stop != nil {
 		select {
 		case <-o.stop:
 			// A source's graph is stopping: refuse even when nothing would
 			// have to wait, so that a source that never waits still ends.
-			o.freeOwed(&sp)
+			_ = o.owed.freeAll(&sp, o.rs)
 			return o.ctx.Err()
 		default:
 		}
 	}
 	if len(o.edges) == 0 {
-		return o.freeOwed(&sp)
+		return o.owed.freeAll(&sp, o.rs)
 	}
 	for i := 1; i < len(o.edges); i++ {
 		if err := sp.retain(o.rs, t); err != nil {
-			o.freeOwed(&sp)
+			_ = o.owed.freeAll(&sp, o.rs)
 			return err
 		}
-		o.owed++
+		o.owed.n++
 	}
 	if o.pending != nil {
 		// Held back, t is sent later, where an error is no longer the
@@ -659,11 +655,11 @@ func (o *Emitter) Emit(t token.Token) error {
 		// does.
 		var q queued
 		if err := sp.check(o.edges[0], t, &q); err != nil && !errors.Is(err, ErrRejected) {
-			o.freeOwed(&sp)
+			_ = o.owed.freeAll(&sp, o.rs)
 			return err
 		}
 		o.pending = append(o.pending, t)
-		o.owed = 0
+		o.owed.n = 0
 		if len(o.pending) == cap(o.pending) || o.consumerWaiting() {
 			return o.flush()
 		}
@@ -672,27 +668,15 @@ func (o *Emitter) Emit(t token.Token) error {
 	var first error
 	for _, e := range o.edges {
 		if err := sp.send(o.ctx, e, t); err != nil {
-			o.owed-- // before the Free: see freeOwed
-			_ = sp.free(o.rs, t)
+			_ = o.owed.free(&sp, o.rs)
 			if first == nil && !errors.Is(err, ErrRejected) {
 				first = err
 			}
 			continue
 		}
-		o.owed--
+		o.owed.n--
 	}
 	return first
-}
-
-// freeOwed frees the shares of owedTok that o.owed counts and returns the
-// last Free's error. Each is uncounted before its Free, so that a Free that
-// never returns (runtime.Goexit) is not repeated by discard.
-func (o *Emitter) freeOwed(sp *storePanic) (err error) {
-	for o.owed > 0 {
-		o.owed--
-		err = sp.free(o.rs, o.owedTok)
-	}
-	return err
 }
 
 // consumerWaiting reports whether a receiver is parked on an output edge:
@@ -736,7 +720,7 @@ func (o *Emitter) flush() error {
 			}
 			if err != nil {
 				t := o.pending[o.flushed]
-				o.flushed++ // before the Free: see freeOwed
+				o.flushed++ // before the Free: see shares
 				_ = sp.free(o.rs, t)
 				if first == nil && !tokenRefusal(err) {
 					first = err
@@ -765,25 +749,25 @@ func tokenRefusal(err error) bool {
 // edge it was sending to, those of the tokens that had not got in. One that
 // ended inside Emit holds the shares Emit still owed.
 //
-// Every share is uncounted before its Free (through owed), so that when a
+// Every share is uncounted before its Free (through owed: see shares), so that when a
 // Free never returns (runtime.Goexit), discard run again by the worker's
 // cleanup frees only what is left.
 func (o *Emitter) discard() {
 	var sp storePanic // dropped: this runs as the worker fails or aborts
-	o.freeOwed(&sp)
+	_ = o.owed.freeAll(&sp, o.rs)
 	for len(o.pending) > 0 {
 		// From the last: the indices below flushed keep their meaning.
 		j := len(o.pending) - 1
-		shares := len(o.edges)
+		n := len(o.edges)
 		if o.flushing {
-			shares = len(o.edges) - o.flushEdge - 1
+			n = len(o.edges) - o.flushEdge - 1
 			if j >= o.flushed {
-				shares++
+				n++
 			}
 		}
-		o.owedTok, o.owed = o.pending[j], shares
+		o.owed = shares{o.pending[j], n}
 		o.pending = o.pending[:j]
-		o.freeOwed(&sp)
+		_ = o.owed.freeAll(&sp, o.rs)
 	}
 	o.flushing = false
 }

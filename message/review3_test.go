@@ -435,8 +435,8 @@ func TestReview3EmitDirectMisbehaviourMatrix(t *testing.T) {
 			tok, edges, fired := rv3Setup(t, w, c)
 			o := &Emitter{rs: w, edges: edges, ctx: context.Background()}
 			p, returned := gsWithin(t, 2*time.Second, "Emit", func() { _ = o.Emit(tok) })
-			if c.mode == "panic" && (o.owed != 0 || o.flushing) {
-				t.Errorf("after a panic from Emit: owed %d flushing %v, want 0 false", o.owed, o.flushing)
+			if c.mode == "panic" && (o.owed.n != 0 || o.flushing) {
+				t.Errorf("after a panic from Emit: owed %d flushing %v, want 0 false", o.owed.n, o.flushing)
 			}
 			w.clearHooks()
 			o.discard()
@@ -458,7 +458,7 @@ func TestReview3EmitHeldBackMisbehaviourMatrix(t *testing.T) {
 				_ = o.Emit(tok)
 				_ = o.flush()
 			})
-			if c.mode == "panic" && (o.owed != 0 || o.flushing || len(o.pending) != 0) {
+			if c.mode == "panic" && (o.owed.n != 0 || o.flushing || len(o.pending) != 0) {
 				t.Errorf("after a panic: owed %d flushing %v pending %d, want 0 false 0", o.owed, o.flushing, len(o.pending))
 			}
 			w.clearHooks()

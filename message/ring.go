@@ -46,15 +46,12 @@ func (r *ring) push() *queued {
 // higher seq (the ring is in seq order). It shifts the entries after it;
 // only a rare path uses it.
 func (r *ring) insertBySeq(q *queued) {
-	d := r.push()
+	r.push()
 	i := r.n - 1
 	for ; i > 0 && r.at(i-1).seq > q.seq; i-- {
 		*r.at(i) = *r.at(i - 1)
 	}
-	if i != r.n-1 {
-		d = r.at(i)
-	}
-	*d = *q
+	*r.at(i) = *q
 }
 
 // pop removes the oldest entry and returns it; the pointer is valid until

@@ -74,9 +74,7 @@ func (p *storePanic) keep(v any) {
 
 func (p *storePanic) catch(err *error) {
 	if r := recover(); r != nil {
-		if p.v == nil {
-			p.v = r
-		}
+		p.keep(r)
 		*err = errStorePanicked
 	}
 }
@@ -106,4 +104,27 @@ func (p *storePanic) raise() {
 	if p.v != nil {
 		panic(p.v)
 	}
+}
+
+// shares counts the references to one token a caller holds while it hands
+// them out (sends them, or frees them). Each is uncounted before the Free
+// that drops it, so that when a Free never returns (runtime.Goexit), the
+// cleanup that runs as the goroutine ends frees exactly the rest.
+type shares struct {
+	t token.Token
+	n int
+}
+
+// free drops one share through hs.
+func (s *shares) free(sp *storePanic, hs HeaderStore) error {
+	s.n--
+	return sp.free(hs, s.t)
+}
+
+// freeAll drops every share left and returns the last Free's error.
+func (s *shares) freeAll(sp *storePanic, hs HeaderStore) (err error) {
+	for s.n > 0 {
+		err = s.free(sp, hs)
+	}
+	return err
 }
