@@ -15,6 +15,14 @@ import (
 // unlocked: other goroutines go on, parked ones are woken, nothing the
 // edge held is lost. Before exitLocked, every test here hung.
 
+// usShortLife is the deadline these tests give a message that must expire
+// while queued: long enough that the send that queues it comes first even
+// on a loaded machine under -race (1 ms was not), short for the test.
+const usShortLife = 20 * time.Millisecond
+
+// usOutlive sleeps until messages put usShortLife ago have expired.
+func usOutlive() { time.Sleep(usShortLife + 5*time.Millisecond) }
+
 // usGoexitFree makes the next Free (after really freeing) call
 // runtime.Goexit; later Frees behave.
 func usGoexitFree(s *usStore) {
@@ -68,14 +76,14 @@ func TestGoexitFreeOnReapKeepsTheRest(t *testing.T) {
 	s := usNewStore()
 	e := usEdge(t, s, Policy{MaxItems: 4, Admission: Block})
 	for range 3 {
-		if err := e.TrySend(usExpiring(s, time.Millisecond)); err != nil {
+		if err := e.TrySend(usExpiring(s, usShortLife)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := e.TrySend(s.put(Header{})); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	usGoexitFree(s)
 	tok := s.put(Header{})
 	// The edge is full: the send reaps the three expired messages; the
@@ -109,13 +117,13 @@ func TestGoexitFreeOnRecvBatchFreesTaken(t *testing.T) {
 	if err := e.TrySend(s.put(Header{})); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.TrySend(usExpiring(s, time.Millisecond)); err != nil {
+	if err := e.TrySend(usExpiring(s, usShortLife)); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.TrySend(s.put(Header{})); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	usGoexitFree(s)
 	// RecvBatch takes the first, meets the expired one and ends in its
 	// Free: the first is freed for it.

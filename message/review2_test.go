@@ -71,7 +71,7 @@ func TestReview2EmitHeldFreePanicLosesToken(t *testing.T) {
 	w := gsNew(t, 16)
 	e := gsEdge(t, w, Policy{MaxItems: 8, Admission: Block})
 	live := w.put(t, 1)
-	exp, err := w.putWait(context.Background(), Header{Deadline: Now() + int64(time.Millisecond)}, 2)
+	exp, err := w.putWait(context.Background(), Header{Deadline: Now() + int64(usShortLife)}, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestReview2EmitHeldFreePanicLosesToken(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	w.setFree(func(tok token.Token) error {
 		if tok == exp {
 			panic("rv2: Free panicked")
@@ -124,14 +124,14 @@ func TestReview2LaneOrderAfterReapGoexit(t *testing.T) {
 	e := usEdge(t, s, Policy{MaxItems: 4, Admission: Block})
 	a := s.put(Header{QoS: Background})
 	b := s.put(Header{QoS: BestEffort})
-	x := s.put(Header{QoS: Background, Deadline: Now() + int64(time.Millisecond)})
-	y := s.put(Header{QoS: Background, Deadline: Now() + int64(time.Millisecond)})
+	x := s.put(Header{QoS: Background, Deadline: Now() + int64(usShortLife)})
+	y := s.put(Header{QoS: Background, Deadline: Now() + int64(usShortLife)})
 	for _, tk := range []token.Token{a, b, x, y} {
 		if err := e.TrySend(tk); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	usGoexitFree(s)
 	nt := s.put(Header{QoS: BestEffort})
 	usGoexits(t, "TrySend reaping", func() { e.TrySend(nt) })
@@ -369,14 +369,14 @@ func TestReview2GoexitParkedSendersTimerReap(t *testing.T) {
 func TestReview2GoexitDeadlineQoSShed(t *testing.T) {
 	s := usNewStore()
 	e := usEdge(t, s, Policy{MaxItems: 8, SoftItems: 2, Admission: DeadlineQoS})
-	x := usExpiring(s, time.Millisecond)
-	y := usExpiring(s, time.Millisecond)
+	x := usExpiring(s, usShortLife)
+	y := usExpiring(s, usShortLife)
 	for _, tk := range []token.Token{x, y} {
 		if err := e.TrySend(tk); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	usGoexitFree(s)
 	bg := s.put(Header{QoS: Background})
 	usGoexits(t, "Background TrySend at the soft cap", func() { e.TrySend(bg) })
@@ -450,14 +450,14 @@ func TestReview2RecvPanicThenGoexit(t *testing.T) {
 	s := usNewStore()
 	e := usEdge(t, s, Policy{MaxItems: 8, Admission: Block})
 	live := s.put(Header{})
-	x := usExpiring(s, time.Millisecond)
-	y := usExpiring(s, time.Millisecond)
+	x := usExpiring(s, usShortLife)
+	y := usExpiring(s, usShortLife)
 	for _, tk := range []token.Token{live, x, y} {
 		if err := e.TrySend(tk); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	var calls atomic.Int32
 	s.setFree(func(tk token.Token) error {
 		switch calls.Add(1) {

@@ -323,7 +323,7 @@ func rv3Setup(t *testing.T, w *rv3Store, c rv3Case) (token.Token, []*Edge, *atom
 	case "Held":
 		e := edges[c.k-1]
 		live := w.put(t, 8)
-		exp, err := w.putWait(context.Background(), Header{Deadline: Now() + int64(time.Millisecond)}, 9)
+		exp, err := w.putWait(context.Background(), Header{Deadline: Now() + int64(usShortLife)}, 9)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,7 +332,7 @@ func rv3Setup(t *testing.T, w *rv3Store, c rv3Case) (token.Token, []*Edge, *atom
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(2 * time.Millisecond)
+		usOutlive()
 		w.setAfter(func(x token.Token) {
 			if x == exp {
 				panic("rv3: held Free panic")
@@ -887,13 +887,13 @@ func TestReview3StatsLongBatchMixed(t *testing.T) {
 func rv3HoldPanic(t *testing.T, s *usStore, e *Edge) {
 	t.Helper()
 	live := s.put(Header{})
-	exp := usExpiring(s, time.Millisecond)
+	exp := usExpiring(s, usShortLife)
 	for _, x := range []token.Token{live, exp} {
 		if err := e.TrySend(x); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(2 * time.Millisecond)
+	usOutlive()
 	s.setFree(func(x token.Token) error {
 		if x == exp {
 			panic(usBoom{"rv3 held"})
