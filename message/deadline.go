@@ -4,6 +4,8 @@ import (
 	"context"
 	"math"
 	"time"
+
+	"github.com/cella-go/cella/internal/clock"
 )
 
 // DeadlineAt converts t, a time from Go's clocks (time.Now().Add(d), a
@@ -18,17 +20,17 @@ func DeadlineAt(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
 	}
-	// Now() is time.Since(epoch) + epochBoot: the same offset here. Sub
-	// saturates at the extreme durations, which only the checks below have
-	// to handle.
-	d := t.Sub(epoch)
-	if int64(d) <= -epochBoot {
+	// Now() follows time.Since(clock.Epoch) + clock.EpochBoot: the same
+	// offset here. Sub saturates at the extreme durations, which only the
+	// checks below have to handle.
+	d := t.Sub(clock.Epoch)
+	if int64(d) <= -clock.EpochBoot {
 		return 1
 	}
-	if int64(d) > math.MaxInt64-epochBoot {
+	if int64(d) > math.MaxInt64-clock.EpochBoot {
 		return math.MaxInt64
 	}
-	return int64(d) + epochBoot
+	return int64(d) + clock.EpochBoot
 }
 
 // DeadlineFromContext returns ctx's deadline on the Now() clock and true,
@@ -65,5 +67,5 @@ func (h *Header) DeadlineTime() (time.Time, bool) {
 	if h.Deadline == 0 {
 		return time.Time{}, false
 	}
-	return epoch.Add(time.Duration(h.Deadline - epochBoot)), true
+	return clock.Epoch.Add(time.Duration(h.Deadline - clock.EpochBoot)), true
 }

@@ -18,13 +18,13 @@ package message
 // drained, every reference the test holds is freed, and the store must be
 // whole: Available() == Capacity().
 //
-// Deadlines: Now has no hook, so the test warps the clock by moving the
-// package's epoch (efWarp): a "soon" deadline lies efSoonIn ahead of Now
-// when it is set and has passed after the next warp (efWarpBy later), so
-// expiry is exact, never a race with the wall clock. Other deadlines are
-// none, already past (1) or never (MaxInt64). The warp writes a package
+// Deadlines: the test warps the clock of Now and DeadlineAt forward
+// (efWarp, clock.Warp): a "soon" deadline lies efSoonIn ahead of Now when
+// it is set and has passed after the next warp (efWarpBy later), so expiry
+// is exact, never a race with the wall clock. Other deadlines are none,
+// already past (1) or never (MaxInt64). The warp writes a package
 // variable, so efWarp must only run while no other goroutine uses the
-// package: FuzzEdgeModel and TestEdgeModelSeeds are single-goroutine and do
+// clock: FuzzEdgeModel and TestEdgeModelSeeds are single-goroutine and do
 // not call t.Parallel.
 //
 // Run it with
@@ -42,6 +42,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/arena"
+	"github.com/cella-go/cella/internal/clock"
 	"github.com/cella-go/cella/token"
 )
 
@@ -83,7 +84,7 @@ const (
 )
 
 // efWarp moves Now forward by d. See the file comment for why this is safe.
-func efWarp(d time.Duration) { epoch = epoch.Add(-d) }
+func efWarp(d time.Duration) { clock.Warp(d) }
 
 var (
 	efSlots    = [...]int{1, 2, 3, 4, 5, 6, 8, 12}

@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/internal/clock"
 	"github.com/cella-go/cella/message"
 	"github.com/cella-go/cella/token"
 )
@@ -189,7 +190,7 @@ func payloadSize[P any]() uint32 {
 // Size becomes the size of P.
 func (s *Store[P]) Put(h message.Header, p P) (token.Token, error) {
 	if h.Created == 0 {
-		h.Created = message.Now()
+		h.Created = clock.Stamp() // message.Now's clock, unfenced
 	}
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
@@ -208,7 +209,7 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 		return token.Nil, ErrNilFunc
 	}
 	if h.Created == 0 {
-		h.Created = message.Now()
+		h.Created = clock.Stamp() // message.Now's clock, unfenced
 	}
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
@@ -247,7 +248,7 @@ func (s *Store[P]) PutFunc(h message.Header, fill func(*message.Message[P]) erro
 // is closed.
 func (s *Store[P]) Loan(h message.Header) (token.Token, *message.Message[P], error) {
 	if h.Created == 0 {
-		h.Created = message.Now()
+		h.Created = clock.Stamp() // message.Now's clock, unfenced
 	}
 	if h.Size == 0 {
 		h.Size = payloadSize[P]()
