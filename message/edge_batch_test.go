@@ -288,9 +288,9 @@ func TestRecvBatchLanesAndLimits(t *testing.T) {
 		tok, _ := s.Put(Header{Seq: uint64(i), QoS: q}, payload{})
 		e.TrySend(tok)
 	}
-	soon, _ := s.Put(Header{Seq: 9, Deadline: Now() + int64(time.Millisecond)}, payload{})
+	soon, _ := s.Put(Header{Seq: 9, Deadline: Now() + int64(usShortLife)}, payload{})
 	e.TrySend(soon)
-	time.Sleep(2 * time.Millisecond)
+	usOutlive()
 	var dst [3]token.Token
 	n, err := e.RecvBatch(nilCtx, dst[:])
 	if n != 3 || err != nil {

@@ -22,7 +22,7 @@ func TestDeadlineQoSBackgroundWithoutSoftCap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		old := fs.put(Header{QoS: Background, Deadline: Now() + int64(time.Millisecond)})
+		old := fs.put(Header{QoS: Background, Deadline: Now() + int64(usShortLife)})
 		keep := fs.put(Header{QoS: BestEffort})
 		if err := e.TrySend(old); err != nil {
 			t.Fatal(err)
@@ -30,7 +30,7 @@ func TestDeadlineQoSBackgroundWithoutSoftCap(t *testing.T) {
 		if err := e.TrySend(keep); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(3 * time.Millisecond) // old expires
+		usOutlive() // old expires
 		in := fs.put(Header{QoS: Background})
 		if err := e.TrySend(in); err != nil {
 			t.Errorf("Background send with an expired message queued and no soft cap = %v; "+
@@ -134,13 +134,13 @@ func TestDeadlineQoSSoftCapFreesExpiredFirst(t *testing.T) {
 			return e.TrySend(tok)
 		}
 		live := fs.put(Header{QoS: BestEffort})
-		dying := fs.put(Header{QoS: BestEffort, Deadline: Now() + int64(time.Millisecond)})
+		dying := fs.put(Header{QoS: BestEffort, Deadline: Now() + int64(usShortLife)})
 		for _, tok := range []token.Token{live, dying} {
 			if err := send(tok); err != nil {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(3 * time.Millisecond) // dying expires: one live message, below the soft cap
+		usOutlive() // dying expires: one live message, below the soft cap
 		if err := send(fs.put(Header{QoS: Background})); err != nil {
 			t.Errorf("batch %v: Background send with 1 live and 1 expired message at soft cap 2 = %v; "+
 				"want it admitted (expired messages are freed first)", batch, err)

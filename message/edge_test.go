@@ -122,9 +122,9 @@ func TestRecvExpiredOnlyQueue(t *testing.T) {
 	fs := newFakeStore()
 	e := mustEdge(t, fs, Policy{MaxItems: 4})
 	for i := 0; i < 3; i++ {
-		e.TrySend(fs.put(Header{Deadline: Now() + int64(time.Millisecond)}))
+		e.TrySend(fs.put(Header{Deadline: Now() + int64(usShortLife)}))
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
 	if _, err := e.Recv(ctx); !errors.Is(err, context.DeadlineExceeded) {

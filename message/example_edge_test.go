@@ -80,7 +80,7 @@ func ExampleHeader_SetDeadline() {
 	edge, _ := message.NewEdge(store, message.Policy{})
 
 	var h message.Header
-	h.SetDeadline(time.Now().Add(time.Millisecond))
+	h.SetDeadline(time.Now().Add(20 * time.Millisecond))
 	t, _ := store.Put(h, order{ID: 1})
 	edge.TrySend(t)
 
@@ -90,7 +90,7 @@ func ExampleHeader_SetDeadline() {
 	t, _ = store.Put(h, order{ID: 2})
 	edge.TrySend(t)
 
-	time.Sleep(2 * time.Millisecond) // the first deadline passes
+	time.Sleep(30 * time.Millisecond) // the first deadline passes
 	got, _ := edge.TryRecv()
 	store.View(got, func(m *message.Message[order]) {
 		left, _ := m.Header.DeadlineTime()

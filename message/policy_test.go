@@ -129,7 +129,7 @@ func TestAdmissionTable(t *testing.T) {
 			for i, m := range c.pre {
 				h := Header{QoS: m.qos, Size: m.size, Seq: uint64(i)}
 				if m.expires {
-					h.Deadline = Now() + int64(time.Millisecond)
+					h.Deadline = Now() + int64(usShortLife)
 					waitExpiry = true
 				}
 				pre[i] = fs.put(h)
@@ -138,7 +138,7 @@ func TestAdmissionTable(t *testing.T) {
 				}
 			}
 			if waitExpiry {
-				time.Sleep(3 * time.Millisecond)
+				usOutlive()
 			}
 			if got := e.Watermark(); got != c.wantMarkPre {
 				t.Errorf("watermark before = %v, want %v", got, c.wantMarkPre)

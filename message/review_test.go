@@ -42,13 +42,13 @@ func TestReviewRecvParksHoldingFreePanic(t *testing.T) {
 func TestReviewSendParksHoldingFreePanic(t *testing.T) {
 	s := usNewStore()
 	e := usEdge(t, s, Policy{MaxBytes: 11})
-	if err := e.TrySend(s.put(Header{Size: 1, Deadline: Now() + int64(time.Millisecond)})); err != nil {
+	if err := e.TrySend(s.put(Header{Size: 1, Deadline: Now() + int64(usShortLife)})); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.TrySend(s.put(Header{Size: 10})); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Millisecond)
+	usOutlive()
 	usPanicFree(s, usBoom{"send"})
 	tok := s.put(Header{Size: 5})
 	done := make(chan any, 1)

@@ -607,8 +607,9 @@ func TestDeadlineQoSSoftCapFreesExpiredFirst(t *testing.T) {
 		return tok
 	}
 	must(t, e.TrySend(put(message.Header{QoS: message.BestEffort})), "TrySend live")
-	must(t, e.TrySend(put(message.Header{QoS: message.BestEffort, Deadline: message.Now() + int64(time.Millisecond)})), "TrySend dying")
-	time.Sleep(3 * time.Millisecond) // one live message, below the soft cap
+	// 20 ms: the send must come first even under -race on a loaded machine.
+	must(t, e.TrySend(put(message.Header{QoS: message.BestEffort, Deadline: message.Now() + int64(20*time.Millisecond)})), "TrySend dying")
+	time.Sleep(25 * time.Millisecond) // one live message, below the soft cap
 	if err := e.TrySend(put(message.Header{QoS: message.Background})); err != nil {
 		t.Errorf("Background send with 1 live and 1 expired message at soft cap 2 = %v; want it admitted", err)
 	}
