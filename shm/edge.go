@@ -303,7 +303,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		if full && wait {
 			a.parked.Add(1)
 			if !spinFirst {
-				atomic.AddUint32(&e.ctl.sendWaiters, 1)
+				e.announce(&e.ctl.sendWaiters, &e.mine().send)
 			}
 		}
 		e.unlock()
@@ -322,7 +322,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			continue
 		}
 		ok := a.parkFor(ctx, &e.ctl.sendSeq, seq, untilExpiry(expiry))
-		atomic.AddUint32(&e.ctl.sendWaiters, ^uint32(0))
+		e.withdraw(&e.ctl.sendWaiters, &e.mine().send)
 		if !ok && !a.closed.Load() {
 			e.count(stRejected)
 		}
@@ -461,6 +461,27 @@ var (
 	_ [offSize - offQoS - 8]struct{}
 	_ [offQoS + 8 - offSize]struct{}
 )
+
+// mine is this process's counts of waiters on the edge.
+func (e *Edge) mine() *edgeWaiters { return &e.a.rec.edgeWaiters[e.id] }
+
+// announce counts a goroutine of this process in as parked on the edge
+// (total is the edge's recvWaiters or sendWaiters, own this process's part
+// of it). Own goes up after total and down before it, so that recovery,
+// which subtracts a dead process's own from total, never takes more than
+// the process had added: a total too low by one would let a sender skip
+// the wake of a real waiter, while one too high (a death between the two
+// adds) only costs a syscall per send.
+func (e *Edge) announce(total, own *uint32) {
+	atomic.AddUint32(total, 1)
+	atomic.AddUint32(own, 1)
+}
+
+// withdraw undoes announce.
+func (e *Edge) withdraw(total, own *uint32) {
+	atomic.AddUint32(own, ^uint32(0))
+	atomic.AddUint32(total, ^uint32(0))
+}
 
 // wakeReceivers wakes parked receivers after a send made progress. A
 // receiver announces itself (recvWaiters) under the lock before it reads

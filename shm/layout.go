@@ -29,7 +29,7 @@ import (
 const (
 	magic = 0x4d48534c4c4c4543 // "CELLLSHM" little-endian; written last-but-one by the creator
 	// layoutVersion changes whenever the bytes below change meaning.
-	layoutVersion = 6
+	layoutVersion = 7
 
 	// MaxProcs is how many processes may have one segment attached at once.
 	MaxProcs = 64
@@ -141,7 +141,16 @@ type record struct {
 	// recomputes every slot's reader count and writer bit from the live
 	// records' entries, so a dead process's holds simply vanish.
 	holds [holdsPerProc]uint64
+	// edgeWaiters is this process's part of each edge's recvWaiters and
+	// sendWaiters (a Store's edges; unused in a plain Arena), which
+	// recovery subtracts when the process dies parked: a count left raised
+	// would cost every later send on the edge a wake syscall.
+	edgeWaiters [MaxEdges]edgeWaiters
 }
+
+// edgeWaiters counts one process's goroutines announced as parked on one
+// edge.
+type edgeWaiters struct{ recv, send uint32 }
 
 // way is one cache line of a record: the section word and a cache (a chain of free slots).
 type way struct {

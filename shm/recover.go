@@ -382,6 +382,18 @@ func (a *seg) clearRecord(i int) {
 		atomic.AddUint32(&a.hdr.freeWaiters, -n) // it died parked in awaitFree
 		atomic.StoreUint32(&r.freeWaiters, 0)
 	}
+	for j := 0; j < int(a.hdr.edges) && a.store != nil; j++ {
+		// It died parked on edge j (between announce and withdraw).
+		own, c := &r.edgeWaiters[j], a.edgeCtl(j)
+		if n := atomic.LoadUint32(&own.recv); n != 0 {
+			atomic.AddUint32(&c.recvWaiters, -n)
+			atomic.StoreUint32(&own.recv, 0)
+		}
+		if n := atomic.LoadUint32(&own.send); n != 0 {
+			atomic.AddUint32(&c.sendWaiters, -n)
+			atomic.StoreUint32(&own.send, 0)
+		}
+	}
 	if a.store != nil {
 		tab := a.store.table(i)
 		high := min(atomic.LoadUint32(&r.tableHigh), a.capacity)
