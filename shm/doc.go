@@ -117,6 +117,9 @@
 //     counts are recomputed from its rings, and the counters rebalanced
 //     (Admitted = Delivered + Evicted + Expired + Drained + Len: entries a
 //     dead process moved out without counting them count as drained);
+//   - the waiters a dead process had parked on edges are uncounted (each
+//     record keeps its part of every edge's waiter counts), so later sends
+//     do not wake nobody with a syscall each;
 //   - the dead records are cleared and their locks released for new
 //     processes.
 //
