@@ -26,24 +26,32 @@
 // The first call starts calibrating, and for calibrateNs every call returns
 // Mono. Then the rate is measured over a long baseline (from the start at
 // first; later from between rebaseNs and twice that ago, so that it follows
-// the kernel's own frequency corrections), and an anchor is published. A
-// call that finds its anchor older than spanNs of counter renews it (one
-// goroutine at a time; the others keep the old anchor meanwhile): it reads
-// the counter, Mono and the counter again, and where the old anchor's line
-// stands at that instant:
+// the kernel's own frequency corrections), and a line is published: an
+// anchor and a span (spanNs of counter) for which it is current. The first
+// call past the span renews it (one goroutine at a time); it reads the
+// counter, Mono and the counter again, and where the old line stands at
+// that instant (along the line to its end, then at the measured rate):
 //
 //   - behind Mono (the usual case for a drift of a few nanoseconds), the new
-//     anchor starts at Mono: a step forward;
-//   - ahead of it, the new anchor starts where the line is, never back, with
-//     a rate slowed to absorb the lead within the next span.
+//     line starts at Mono: a step forward;
+//   - ahead of it, the new line starts where the old one is, never back,
+//     with a rate slowed to absorb the lead within its span.
+//
+// While one goroutine renews, the others read the old line held at its end
+// (frozen): a line never hands out more than its end, and the next one
+// starts at or after it, so nobody goes back across a renewal however long
+// the renewer is delayed. A line more than maxErrorNs off (a counter that
+// jumped: a migrated virtual machine; or a rate far off) is dropped and
+// calibration starts again; its end becomes a floor below which the clock
+// does not read meanwhile. After maxResets of those the counter is given up
+// for Mono (still at least the floor). A line idle for more than staleSpans
+// spans is not judged: the next starts at Mono or at the old line's end,
+// whichever is later.
 //
 // So Now never goes back within a goroutine (as Mono, it may disagree by
 // the drift of one span between two goroutines that do not synchronise),
 // and it stays within one span's drift of CLOCK_MONOTONIC: nanoseconds to
-// tens of nanoseconds at the rates of a disciplined clock. A lead or lag
-// beyond maxErrorNs (a counter that jumped: a migrated virtual machine)
-// starts calibration again, and after maxResets of those the counter is
-// given up for Mono.
+// tens of nanoseconds at the rates of a disciplined clock.
 //
 // # Publication
 //
@@ -98,7 +106,7 @@ func Mono() int64 { return int64(time.Since(Epoch)) + EpochBoot }
 // goroutine.
 func Now() int64 {
 	if a := current.Load(); a != nil {
-		if v, ok := a.at(readTSCOrdered(), 1); ok {
+		if v, ok := a.at(readTSCOrdered()); ok {
 			return v
 		}
 	}
@@ -110,7 +118,7 @@ func Now() int64 {
 // uses the result). About 10 ns cheaper than Now on the build machine.
 func Stamp() int64 {
 	if a := current.Load(); a != nil {
-		if v, ok := a.at(readTSC(), 1); ok {
+		if v, ok := a.at(readTSC()); ok {
 			return v
 		}
 	}
@@ -123,8 +131,10 @@ const (
 	rebaseNs    = 30 * int64(time.Second)      // baselines move this often
 	maxErrorNs  = 50 * int64(time.Microsecond) // a line this far off: recalibrate
 	maxResets   = 3                            // then give the counter up
-	// staleSpans: while another goroutine renews, an anchor serves up to
-	// this many spans past its own.
+	// staleSpans: a renewal judges the old line against Mono only if it
+	// was current at most this many spans ago; after a longer idle (or a
+	// counter that jumped further) it simply starts a new line, at Mono
+	// or at the old line's end, whichever is later.
 	staleSpans = 16
 	// skewTicks: a counter read this little below an anchor's (the anchor
 	// was taken on another CPU an instant later) reads as the anchor.
@@ -135,41 +145,109 @@ const (
 	bracketTicks = 1 << 14
 )
 
-// anchor is one line of the clock: counter tsc stands for ns, and each tick
-// after it for mult / 2^32 nanoseconds, for span ticks.
+// anchor is one line of the clock, as published: counter tsc stands for
+// ns, and each tick after it for mult / 2^32 nanoseconds, for span ticks.
 type anchor struct {
 	seq  atomic.Uint64 // odd while the fields are written
 	tsc  atomic.Uint64
 	ns   atomic.Int64
-	mult atomic.Uint64 // nanoseconds per tick, 32.32 fixed point
-	span atomic.Uint64 // ticks after tsc for which the anchor is current
+	mult atomic.Uint64 // the line's rate, slowed while it absorbs a lead
+	span atomic.Uint64 // ticks after tsc for which the line is current
+	base atomic.Uint64 // the measured rate: how the line extends past its span
 }
 
-// at returns the anchor's time at counter value tsc, if tsc is within
-// spans of its span and the anchor was not rewritten meanwhile.
-func (a *anchor) at(tsc uint64, spans uint64) (int64, bool) {
+// line is an anchor's fields, read under its seqlock. Rates are
+// nanoseconds per tick in 32.32 fixed point.
+type line struct {
+	tsc        uint64
+	ns         int64
+	mult, span uint64
+	base       uint64
+}
+
+// load reads a's fields, or reports false if a was being rewritten.
+func (a *anchor) load() (line, bool) {
+	s := a.seq.Load()
+	l := line{tsc: a.tsc.Load(), ns: a.ns.Load(), mult: a.mult.Load(), span: a.span.Load(), base: a.base.Load()}
+	return l, s&1 == 0 && a.seq.Load() == s
+}
+
+// at is the fast path: a's time at counter value tsc, if tsc is within
+// the line's span and a was not rewritten meanwhile. It reads the fields
+// into registers (a line copied through the stack costs the fast path a
+// failed store forwarding: 10 ns).
+func (a *anchor) at(tsc uint64) (int64, bool) {
 	s := a.seq.Load()
 	t0, ns, mult, span := a.tsc.Load(), a.ns.Load(), a.mult.Load(), a.span.Load()
 	if a.seq.Load() != s || s&1 != 0 {
 		return 0, false
 	}
+	return lineAt(tsc, t0, ns, mult, span)
+}
+
+// at returns the line's time at counter value tsc, if tsc is within its
+// span.
+func (l *line) at(tsc uint64) (int64, bool) { return lineAt(tsc, l.tsc, l.ns, l.mult, l.span) }
+
+// lineAt is the time at counter value tsc on the line through (t0, ns) at
+// rate mult, if tsc is within span ticks of t0. A counter just below t0
+// (read on another CPU an instant before the anchor was taken) reads as
+// the anchor.
+func lineAt(tsc, t0 uint64, ns int64, mult, span uint64) (int64, bool) {
 	d := tsc - t0
-	if d >= span*spans {
+	if d >= span {
 		if int64(d) >= 0 || int64(d) < -skewTicks {
 			return 0, false
 		}
 		d = 0
 	}
-	hi, lo := bits.Mul64(d, mult)
-	return ns + int64(hi<<32|lo>>32), true
+	return ns + mulRate(d, mult), true
+}
+
+// end is the line's time at the end of its span: above every value it
+// hands out, and at most where the next line starts (renew).
+func (l *line) end() int64 { return l.ns + mulRate(l.span, l.mult) }
+
+// frozen is the line's time at tsc, held at its end past the span: what a
+// reader gets while another goroutine renews the line. Everything it hands
+// out is at most end, and the next line starts at end or later, so no
+// reader goes back across a renewal however long the renewer is delayed.
+func (l *line) frozen(tsc uint64) int64 {
+	if v, ok := l.at(tsc); ok {
+		return v
+	}
+	if d := tsc - l.tsc; int64(d) < 0 {
+		return l.ns // the counter read far below the anchor: not ours to judge
+	}
+	return l.end()
+}
+
+// extend is the line's time at tsc as a renewal judges it: along the line
+// to its end, then at the measured rate (a lead the line absorbed is not
+// absorbed again past its span). It reports false beyond staleSpans spans.
+func (l *line) extend(tsc uint64) (int64, bool) {
+	d := tsc - l.tsc
+	if d < l.span || int64(d) < 0 {
+		return l.at(tsc)
+	}
+	if d >= staleSpans*l.span {
+		return 0, false
+	}
+	return l.end() + mulRate(d-l.span, l.base), true
+}
+
+// mulRate is d ticks at a 32.32 rate, in nanoseconds.
+func mulRate(d, rate uint64) int64 {
+	hi, lo := bits.Mul64(d, rate)
+	return int64(hi<<32 | lo>>32)
 }
 
 // The clock's states.
 const (
 	stateUnknown     = iota // trusted not asked yet
-	stateCalibrating        // Mono until calibrateUntil
-	stateRunning            // an anchor is current (or being renewed)
-	stateOff                // Mono for good
+	stateCalibrating        // Mono (at least floor) until calibrateUntil
+	stateRunning            // a line is current (or being renewed)
+	stateOff                // Mono (at least floor) for good
 )
 
 var (
@@ -177,6 +255,10 @@ var (
 	state          atomic.Int32
 	calibrateUntil atomic.Int64 // Mono at which calibration may end
 	renewing       atomic.Bool  // held by the goroutine renewing
+	// floor is the end of the last line dropped (reset): while Mono is
+	// below it, the clock reads floor, so that dropping a line that ran
+	// ahead does not take a goroutine's clock back.
+	floor atomic.Int64
 
 	// Under renewing.
 	anchors       [4]anchor
@@ -201,75 +283,104 @@ var trusted = sync.OnceValue(func() bool {
 	return err == nil && string(bytes.TrimSpace(b)) == "tsc"
 })
 
-// slow is Now and Stamp when no anchor is current: calibrating, off, or due
+// atLeastFloor is Mono's reading v, or floor while Mono is below it.
+func atLeastFloor(v int64) int64 { return max(v, floor.Load()) }
+
+// slow is Now and Stamp when no line is current: calibrating, off, or due
 // for renewal.
 //
 //go:noinline
 func slow() int64 {
 	switch state.Load() {
 	case stateOff:
-		return Mono()
+		return atLeastFloor(Mono())
 	case stateUnknown:
 		if !trusted() {
 			state.Store(stateOff)
-			return Mono()
+			return atLeastFloor(Mono())
 		}
 	case stateCalibrating:
 		if now := Mono(); now < calibrateUntil.Load() {
-			return now
+			return atLeastFloor(now)
+		}
+	}
+	if a := current.Load(); a != nil {
+		// The fast path may have failed on an anchor the ring rewrote
+		// while this goroutine was preempted: the current one may do.
+		if v, ok := a.at(readTSCOrdered()); ok {
+			return v
 		}
 	}
 	if !renewing.CompareAndSwap(false, true) {
-		// Another goroutine renews: its old anchor serves a while longer.
+		// Another goroutine renews: the current line, held at its end.
 		if a := current.Load(); a != nil {
-			if v, ok := a.at(readTSCOrdered(), staleSpans); ok {
-				return v
+			if l, ok := a.load(); ok {
+				return l.frozen(readTSCOrdered())
 			}
 		}
-		return Mono()
+		return atLeastFloor(Mono())
 	}
 	v := renew()
 	renewing.Store(false)
 	return v
 }
 
-// renew publishes the next anchor (or starts, or goes on, calibrating) and
-// returns its time. The caller holds renewing.
+// renew publishes the next line (or starts, or goes on, calibrating) and
+// returns its time. The caller holds renewing. Whatever it returns, and
+// wherever the next line starts, is at least the current line's value at
+// that instant (and its end, if it is past its span): never back.
 func renew() int64 {
+	var old line
+	haveOld := false
+	if a := current.Load(); a != nil {
+		old, haveOld = a.load() // only renew writes anchors: always whole here
+	}
 	s, ok := pair()
+	if haveOld {
+		if v, ok := old.at(s.tsc); ok {
+			return v // another goroutine renewed it meanwhile
+		}
+	}
 	if !ok {
-		return Mono()
+		if haveOld {
+			return max(atLeastFloor(Mono()), old.frozen(readTSCOrdered()))
+		}
+		return atLeastFloor(Mono())
 	}
 	switch state.Load() {
 	case stateOff:
-		return s.ns
+		return atLeastFloor(s.ns)
 	case stateUnknown:
 		return restart(s)
 	}
 	if s.ns-older.ns < calibrateNs {
-		return s.ns // calibrating
+		return atLeastFloor(s.ns) // calibrating
 	}
 	rate := float64(s.ns-older.ns) / float64(s.tsc-older.tsc) // ns per tick
 	if !(rate > 1.0/64 && rate < 64) {
 		// Not a counter between 16 MHz and 64 GHz: not one to trust.
-		return reset(s, true)
+		return reset(s, old, haveOld, true)
 	}
 	if s.ns-recent.ns >= rebaseNs {
 		older, recent = recent, s
 	}
-	start := s.ns
-	if a := current.Load(); a != nil {
-		if line, ok := a.at(s.tsc, staleSpans); ok {
-			lead := line - s.ns
+	start, slowed := atLeastFloor(s.ns), rate
+	if haveOld {
+		if ext, fresh := old.extend(s.tsc); fresh {
+			lead := ext - s.ns
 			if lead > maxErrorNs || lead < -maxErrorNs {
-				return reset(s, false)
+				return reset(s, old, haveOld, false)
 			}
 			if lead > 0 {
 				// Ahead: go on from the line, slower, so that the next
 				// renewal finds it near Mono again.
-				start = line
-				rate *= 1 - float64(lead)/float64(spanNs)
+				start = max(start, ext)
+				slowed = rate * (1 - float64(lead)/float64(spanNs))
 			}
+		} else {
+			// Idle for long, or a counter that jumped: start afresh, but
+			// not below what the old line handed out.
+			start = max(start, old.end())
 		}
 	}
 	a := &anchors[next]
@@ -277,8 +388,9 @@ func renew() int64 {
 	a.seq.Add(1)
 	a.tsc.Store(s.tsc)
 	a.ns.Store(start)
-	a.mult.Store(uint64(rate * (1 << 32)))
+	a.mult.Store(uint64(slowed * (1 << 32)))
 	a.span.Store(uint64(float64(spanNs) / rate))
+	a.base.Store(uint64(rate * (1 << 32)))
 	a.seq.Add(1)
 	current.Store(a)
 	state.Store(stateRunning)
@@ -290,18 +402,22 @@ func restart(s sample) int64 {
 	older, recent = s, s
 	calibrateUntil.Store(s.ns + calibrateNs)
 	state.Store(stateCalibrating)
-	return s.ns
+	return atLeastFloor(s.ns)
 }
 
-// reset drops the current anchor after a line went too far off (or the
-// rate made no sense: giveUp) and calibrates again, or gives the counter
-// up after maxResets.
-func reset(s sample, giveUp bool) int64 {
+// reset drops the current line after it went too far off (or the rate made
+// no sense: giveUp) and calibrates again, or gives the counter up after
+// maxResets. The dropped line's end becomes the floor: a reader that held
+// it may have been handed anything up to there.
+func reset(s sample, old line, haveOld, giveUp bool) int64 {
+	if haveOld {
+		floor.Store(max(floor.Load(), old.end()))
+	}
 	current.Store(nil)
 	resets++
 	if giveUp || resets > maxResets {
 		state.Store(stateOff)
-		return s.ns
+		return atLeastFloor(s.ns)
 	}
 	return restart(s)
 }
@@ -332,6 +448,9 @@ func Warp(d time.Duration) {
 		time.Sleep(time.Microsecond)
 	}
 	Epoch = Epoch.Add(-d)
+	if f := floor.Load(); f != 0 {
+		floor.Store(f + int64(d))
+	}
 	older.ns += int64(d)
 	recent.ns += int64(d)
 	calibrateUntil.Add(int64(d))

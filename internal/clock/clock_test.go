@@ -16,6 +16,7 @@ func restartForTest(t *testing.T) {
 	}
 	current.Store(nil)
 	state.Store(stateUnknown)
+	floor.Store(0)
 	resets = 0
 	renewing.Store(false)
 }
@@ -245,28 +246,35 @@ func TestJumpRecalibrates(t *testing.T) {
 // two.
 func TestStaleAnchorRefused(t *testing.T) {
 	var a anchor
-	a.tsc.Store(1000)
+	a.tsc.Store(1 << 20)
 	a.ns.Store(5000)
 	a.mult.Store(1 << 32) // 1 ns per tick
+	a.base.Store(2 << 32) // measured: 2 ns per tick
 	a.span.Store(100)
-	if v, ok := a.at(1050, 1); !ok || v != 5050 {
-		t.Fatalf("at(1050) = %d, %v; want 5050, true", v, ok)
+	if v, ok := a.at(1<<20 + 50); !ok || v != 5050 {
+		t.Fatalf("at(+50) = %d, %v; want 5050, true", v, ok)
 	}
-	if _, ok := a.at(1100, 1); ok {
+	if _, ok := a.at(1<<20 + 100); ok {
 		t.Fatal("at past the span accepted")
 	}
-	if v, ok := a.at(1100, 2); !ok || v != 5100 {
-		t.Fatalf("at(1100) with 2 spans = %d, %v; want 5100, true", v, ok)
-	}
-	if v, ok := a.at(990, 1); !ok || v != 5000 {
+	if v, ok := a.at(1<<20 - 10); !ok || v != 5000 {
 		t.Fatalf("at a counter just below the anchor = %d, %v; want the anchor's 5000", v, ok)
 	}
-	a.tsc.Store(1 << 20)
-	if _, ok := a.at(1<<20-2*skewTicks, 1); ok {
+	if _, ok := a.at(1<<20 - 2*skewTicks); ok {
 		t.Fatal("at a counter far below the anchor accepted")
 	}
+	l, _ := a.load()
+	if v := l.frozen(1<<20 + 500); v != 5100 {
+		t.Fatalf("frozen past the span = %d, want the end 5100", v)
+	}
+	if v, ok := l.extend(1<<20 + 150); !ok || v != 5200 {
+		t.Fatalf("extend 50 ticks past the span = %d, %v; want 5100 + 50*2", v, ok)
+	}
+	if _, ok := l.extend(1<<20 + staleSpans*100); ok {
+		t.Fatal("extend beyond staleSpans accepted")
+	}
 	a.seq.Add(1) // being written
-	if _, ok := a.at(1050, 1); ok {
+	if _, ok := a.at(1<<20 + 50); ok {
 		t.Fatal("at of an anchor being written accepted")
 	}
 }
