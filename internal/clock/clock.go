@@ -37,14 +37,19 @@
 //   - ahead of it, the new line starts where the old one is, never back,
 //     with a rate slowed to absorb the lead within its span.
 //
-// While one goroutine renews, the others read the old line held at its end
-// (frozen): a line never hands out more than its end, and the next one
-// starts at or after it, so nobody goes back across a renewal however long
-// the renewer is delayed. A line more than maxErrorNs off (a counter that
-// jumped: a migrated virtual machine; or a rate far off) is dropped and
-// calibration starts again; its end becomes a floor below which the clock
-// does not read meanwhile. After maxResets of those the counter is given up
-// for Mono (still at least the floor). A line idle for more than staleSpans
+// The pair is read without a lock; the publication (a few stores) runs
+// under renewing, and a reader that finds one in progress waits for it
+// rather than hand out a value of its own. So every value the clock hands
+// out comes from a line (at most its end) or from Mono while no line is
+// due (calibrating, off), and a new line starts at or after all of those:
+// the old line's end, Mono at its pair, the floor. Nobody goes back across
+// a renewal, however long the renewer is delayed. A line more than
+// maxErrorNs off (a counter that jumped: a migrated virtual machine; or a
+// rate far off) is dropped and calibration starts again; its end becomes a
+// floor below which the clock does not read meanwhile. After maxResets of
+// those, or when Mono cannot be bracketed by two counter reads (a machine
+// too loaded to calibrate against), the counter is given up for Mono
+// (still at least the floor). A line idle for more than staleSpans
 // spans is not judged: the next starts at Mono or at the old line's end,
 // whichever is later.
 //
@@ -65,6 +70,7 @@ import (
 	"bytes"
 	"math/bits"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -208,20 +214,6 @@ func lineAt(tsc, t0 uint64, ns int64, mult, span uint64) (int64, bool) {
 // hands out, and at most where the next line starts (renew).
 func (l *line) end() int64 { return l.ns + mulRate(l.span, l.mult) }
 
-// frozen is the line's time at tsc, held at its end past the span: what a
-// reader gets while another goroutine renews the line. Everything it hands
-// out is at most end, and the next line starts at end or later, so no
-// reader goes back across a renewal however long the renewer is delayed.
-func (l *line) frozen(tsc uint64) int64 {
-	if v, ok := l.at(tsc); ok {
-		return v
-	}
-	if d := tsc - l.tsc; int64(d) < 0 {
-		return l.ns // the counter read far below the anchor: not ours to judge
-	}
-	return l.end()
-}
-
 // extend is the line's time at tsc as a renewal judges it: along the line
 // to its end, then at the measured rate (a lead the line absorbed is not
 // absorbed again past its span). It reports false beyond staleSpans spans.
@@ -287,89 +279,121 @@ var trusted = sync.OnceValue(func() bool {
 func atLeastFloor(v int64) int64 { return max(v, floor.Load()) }
 
 // slow is Now and Stamp when no line is current: calibrating, off, or due
-// for renewal.
+// for renewal. A renewal is two steps: the caller reads a pair (counter,
+// Mono) without any lock, then publishes the next line under renewing, a
+// section of a few stores. A reader that finds a renewal being published
+// waits for it (it is that short) rather than hand out a value of its own:
+// every value the clock hands out then comes from Mono while no line was
+// due (calibrating, off) or from a line, and a new line starts at or
+// after both (renew), so nothing goes back.
 //
 //go:noinline
 func slow() int64 {
-	switch state.Load() {
-	case stateOff:
-		return atLeastFloor(Mono())
-	case stateUnknown:
-		if !trusted() {
-			state.Store(stateOff)
+	failed := 0 // pairs that found no tight bracket
+	for wait := 0; ; {
+		switch state.Load() {
+		case stateOff:
 			return atLeastFloor(Mono())
+		case stateUnknown:
+			if !trusted() {
+				state.Store(stateOff)
+				return atLeastFloor(Mono())
+			}
+		case stateCalibrating:
+			if now := Mono(); now < calibrateUntil.Load() {
+				return atLeastFloor(now)
+			}
+		case stateRunning:
+			// The fast path may have failed on an anchor the ring rewrote
+			// while this goroutine was preempted: the current one may do.
+			if a := current.Load(); a != nil {
+				if v, ok := a.at(readTSCOrdered()); ok {
+					return v
+				}
+			}
 		}
-	case stateCalibrating:
-		if now := Mono(); now < calibrateUntil.Load() {
-			return atLeastFloor(now)
+		if renewing.Load() {
+			awaitRenewal(&wait)
+			continue
 		}
-	}
-	if a := current.Load(); a != nil {
-		// The fast path may have failed on an anchor the ring rewrote
-		// while this goroutine was preempted: the current one may do.
-		if v, ok := a.at(readTSCOrdered()); ok {
+		s, ok := pair()
+		if !ok {
+			if failed++; failed < maxPairFailures {
+				runtime.Gosched()
+				continue
+			}
+			// Mono cannot be bracketed here: give the counter up (the
+			// floor keeps what lines handed out).
+			return giveUp()
+		}
+		if !renewing.CompareAndSwap(false, true) {
+			awaitRenewal(&wait)
+			continue
+		}
+		v, done := renew(s)
+		renewing.Store(false)
+		if done {
 			return v
 		}
 	}
-	if !renewing.CompareAndSwap(false, true) {
-		// Another goroutine renews: the current line, held at its end.
-		if a := current.Load(); a != nil {
-			if l, ok := a.load(); ok {
-				return l.frozen(readTSCOrdered())
-			}
-		}
-		return atLeastFloor(Mono())
-	}
-	v := renew()
-	renewing.Store(false)
-	return v
 }
 
-// renew publishes the next line (or starts, or goes on, calibrating) and
-// returns its time. The caller holds renewing. Whatever it returns, and
-// wherever the next line starts, is at least the current line's value at
-// that instant (and its end, if it is past its span): never back.
-func renew() int64 {
+// maxPairFailures bounds the tries at bracketing Mono (five pairs each)
+// before the counter is given up.
+const maxPairFailures = 64
+
+// awaitRenewal waits a little for the goroutine publishing a line: spins
+// first (the section is a few stores), then yields its P.
+func awaitRenewal(wait *int) {
+	*wait++
+	if *wait < 64 {
+		for i := 0; i < 32 && renewing.Load(); i++ {
+		}
+		return
+	}
+	runtime.Gosched()
+}
+
+// renew publishes the next line from s, a pair taken before the caller
+// took renewing (or starts, or goes on, calibrating), and returns its
+// time. It reports done false, publishing nothing, when s is older than
+// the current line (another goroutine renewed meanwhile): the caller reads
+// the clock again. A line starts at or after Mono at s, the floor, and the
+// old line's end (or where it stands at s, if later): every value handed
+// out before.
+func renew(s sample) (int64, bool) {
 	var old line
 	haveOld := false
 	if a := current.Load(); a != nil {
 		old, haveOld = a.load() // only renew writes anchors: always whole here
-	}
-	s, ok := pair()
-	if haveOld {
-		if v, ok := old.at(s.tsc); ok {
-			return v // another goroutine renewed it meanwhile
+		if int64(s.tsc-old.tsc) < int64(old.span) {
+			return 0, false // renewed since s was read (or not due yet)
 		}
-	}
-	if !ok {
-		if haveOld {
-			return max(atLeastFloor(Mono()), old.frozen(readTSCOrdered()))
-		}
-		return atLeastFloor(Mono())
 	}
 	switch state.Load() {
 	case stateOff:
-		return atLeastFloor(s.ns)
+		return atLeastFloor(s.ns), true
 	case stateUnknown:
-		return restart(s)
+		return restart(s), true
 	}
 	if s.ns-older.ns < calibrateNs {
-		return atLeastFloor(s.ns) // calibrating
+		return atLeastFloor(s.ns), true // calibrating
 	}
 	rate := float64(s.ns-older.ns) / float64(s.tsc-older.tsc) // ns per tick
 	if !(rate > 1.0/64 && rate < 64) {
 		// Not a counter between 16 MHz and 64 GHz: not one to trust.
-		return reset(s, old, haveOld, true)
+		return reset(s, old, haveOld, true), true
 	}
 	if s.ns-recent.ns >= rebaseNs {
 		older, recent = recent, s
 	}
 	start, slowed := atLeastFloor(s.ns), rate
 	if haveOld {
+		start = max(start, old.end())
 		if ext, fresh := old.extend(s.tsc); fresh {
 			lead := ext - s.ns
 			if lead > maxErrorNs || lead < -maxErrorNs {
-				return reset(s, old, haveOld, false)
+				return reset(s, old, haveOld, false), true
 			}
 			if lead > 0 {
 				// Ahead: go on from the line, slower, so that the next
@@ -377,10 +401,6 @@ func renew() int64 {
 				start = max(start, ext)
 				slowed = rate * (1 - float64(lead)/float64(spanNs))
 			}
-		} else {
-			// Idle for long, or a counter that jumped: start afresh, but
-			// not below what the old line handed out.
-			start = max(start, old.end())
 		}
 	}
 	a := &anchors[next]
@@ -394,7 +414,24 @@ func renew() int64 {
 	a.seq.Add(1)
 	current.Store(a)
 	state.Store(stateRunning)
-	return start
+	return start, true
+}
+
+// giveUp turns the counter off for good after Mono could not be bracketed:
+// the current line's end becomes the floor.
+func giveUp() int64 {
+	for !renewing.CompareAndSwap(false, true) {
+		runtime.Gosched()
+	}
+	if a := current.Load(); a != nil {
+		if l, ok := a.load(); ok {
+			floor.Store(max(floor.Load(), l.end()))
+		}
+	}
+	current.Store(nil)
+	state.Store(stateOff)
+	renewing.Store(false)
+	return atLeastFloor(Mono())
 }
 
 // restart begins calibrating from s.

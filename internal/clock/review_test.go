@@ -3,8 +3,8 @@ package clock
 // Review tests for 0e1ed0b (package clock). Each test names the claim of the
 // package comment it tries to break. Three failed on 0e1ed0b and pass since
 // the fix: TestReviewStaleReaderAcrossLeadRenewal (readers of the old line
-// during a renewal went past the new line's start: they now read it frozen
-// at its end), TestReviewResetAfterLeadNeverBack (dropping a line that ran
+// during a renewal went past the new line's start: they now wait for the
+// new line), TestReviewResetAfterLeadNeverBack (dropping a line that ran
 // ahead went back to Mono: the dropped line's end is now a floor) and
 // TestReviewAbsorbedLeadThenIdleNoReset (a renewal after an idle judged the
 // slowed line over several spans and reset: past its span a line now
@@ -258,19 +258,13 @@ func TestReviewNeverBackManyGoroutines(t *testing.T) {
 }
 
 // TestReviewStaleReaderAcrossLeadRenewal: "a renewal never steps back". A
-// renewer reads its pair (counter, Mono) and only then publishes; meanwhile
-// the other goroutines, whose CAS on renewing fails, keep reading the old
-// anchor for up to staleSpans spans, past the pair's counter. If the old
-// line was ahead (a lead below maxErrorNs), the new anchor starts where the
-// old line stood AT THE PAIR and runs slower, so a goroutine that read the
-// old anchor after the pair (renewer preempted between pair() and
-// current.Store) and then reads the new anchor goes back.
-//
-// The preemption is simulated: the old anchor is kept, the renewal runs, and
-// both lines are compared at the same counter values after the pair (the
-// later read, on the new anchor, can only have a larger counter; equal
-// counters is the tightest case). The window tested is 100 us: a renewer
-// descheduled for 100 us on a busy two-CPU guest.
+// renewer reads its pair (counter, Mono) and only then publishes. On
+// 0e1ed0b the other goroutines kept extending the old line past the pair
+// meanwhile, above the slower new line (back by 4 us with a 40 us lead and
+// a 100 us delay); on 4b056d3 they read it frozen at its end, which could
+// lag Mono by an idle's length. Now they wait for the publication, so every
+// value of the old line is at most its end: the new line, from the pair on,
+// must never be below that end.
 func TestReviewStaleReaderAcrossLeadRenewal(t *testing.T) {
 	if !counterInUse() {
 		t.Skip("the counter is not used here")
@@ -297,7 +291,7 @@ func TestReviewStaleReaderAcrossLeadRenewal(t *testing.T) {
 		if !okOld {
 			t.Fatalf("old anchor rewritten")
 		}
-		vOld := ol.frozen(x)    // the slow path's read while another goroutine renews
+		vOld := ol.end()        // the most any read of the old line gave
 		vNew, okNew := nw.at(x) // the next read, on the new anchor
 		if !okNew {
 			t.Fatalf("new anchor refused %d ticks after its start", x-pairTSC)
@@ -307,7 +301,7 @@ func TestReviewStaleReaderAcrossLeadRenewal(t *testing.T) {
 		}
 	}
 	if worst > 0 {
-		t.Fatalf("a read of the old anchor %d ticks after the renewal's pair (a renewer preempted for under 100 us) is %d ns later than the new anchor at the same counter: Now goes back by %d ns across the renewal", worstAt, worst, worst)
+		t.Fatalf("the old line's end is %d ns later than the new line %d ticks after the renewal's pair: Now goes back by %d ns across the renewal", worst, worstAt, worst)
 	}
 }
 
