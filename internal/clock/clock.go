@@ -160,6 +160,7 @@ type anchor struct {
 	mult atomic.Uint64 // the line's rate, slowed while it absorbs a lead
 	span atomic.Uint64 // ticks after tsc for which the line is current
 	base atomic.Uint64 // the measured rate: how the line extends past its span
+	mono atomic.Int64  // Mono of the pair the line was made from
 }
 
 // line is an anchor's fields, read under its seqlock. Rates are
@@ -169,12 +170,14 @@ type line struct {
 	ns         int64
 	mult, span uint64
 	base       uint64
+	mono       int64
 }
 
 // load reads a's fields, or reports false if a was being rewritten.
 func (a *anchor) load() (line, bool) {
 	s := a.seq.Load()
-	l := line{tsc: a.tsc.Load(), ns: a.ns.Load(), mult: a.mult.Load(), span: a.span.Load(), base: a.base.Load()}
+	l := line{tsc: a.tsc.Load(), ns: a.ns.Load(), mult: a.mult.Load(), span: a.span.Load(), base: a.base.Load(),
+		mono: a.mono.Load()}
 	return l, s&1 == 0 && a.seq.Load() == s
 }
 
@@ -357,8 +360,10 @@ func awaitRenewal(wait *int) {
 // renew publishes the next line from s, a pair taken before the caller
 // took renewing (or starts, or goes on, calibrating), and returns its
 // time. It reports done false, publishing nothing, when s is older than
-// the current line (another goroutine renewed meanwhile): the caller reads
-// the clock again. A line starts at or after Mono at s, the floor, and the
+// the current line's pair (another goroutine renewed meanwhile: judged by
+// Mono, which never jumps) or the line still covers s: the caller reads
+// the clock again. A pair whose counter lies far below the line's although
+// it is newer is a counter that jumped back: the next line starts from it. A line starts at or after Mono at s, the floor, and the
 // old line's end (or where it stands at s, if later): every value handed
 // out before.
 func renew(s sample) (int64, bool) {
@@ -366,8 +371,11 @@ func renew(s sample) (int64, bool) {
 	haveOld := false
 	if a := current.Load(); a != nil {
 		old, haveOld = a.load() // only renew writes anchors: always whole here
-		if int64(s.tsc-old.tsc) < int64(old.span) {
-			return 0, false // renewed since s was read (or not due yet)
+		if s.ns < old.mono {
+			return 0, false // renewed since s was read
+		}
+		if _, ok := old.at(s.tsc); ok {
+			return 0, false // not due yet
 		}
 	}
 	switch state.Load() {
@@ -411,6 +419,7 @@ func renew(s sample) (int64, bool) {
 	a.mult.Store(uint64(slowed * (1 << 32)))
 	a.span.Store(uint64(float64(spanNs) / rate))
 	a.base.Store(uint64(rate * (1 << 32)))
+	a.mono.Store(s.ns)
 	a.seq.Add(1)
 	current.Store(a)
 	state.Store(stateRunning)
@@ -494,6 +503,7 @@ func Warp(d time.Duration) {
 	if a := current.Load(); a != nil {
 		a.seq.Add(1)
 		a.ns.Add(int64(d))
+		a.mono.Add(int64(d))
 		a.seq.Add(1)
 	}
 	renewing.Store(false)

@@ -63,6 +63,7 @@ func publishAhead(lead int64) bool {
 	a.mult.Store(c.mult.Load())
 	a.span.Store(c.span.Load())
 	a.base.Store(c.base.Load())
+	a.mono.Store(c.mono.Load())
 	a.seq.Add(1)
 	current.Store(a)
 	return true
