@@ -397,7 +397,6 @@ func renew(s sample) (int64, bool) {
 	}
 	start, slowed := atLeastFloor(s.ns), rate
 	if haveOld {
-		start = max(start, old.end())
 		if ext, fresh := old.extend(s.tsc); fresh {
 			lead := ext - s.ns
 			if lead > maxErrorNs || lead < -maxErrorNs {
@@ -409,6 +408,14 @@ func renew(s sample) (int64, bool) {
 				start = max(start, ext)
 				slowed = rate * (1 - float64(lead)/float64(spanNs))
 			}
+		} else {
+			// Idle for long, or a counter far below the anchor (it jumped
+			// back, or this CPU's lags the renewer's): start afresh, but
+			// not below what the old line can have handed out: its end,
+			// or, if sooner, its time as far on as Mono has gone since its
+			// pair (a counter that jumped back hands out nothing past that).
+			handed := old.ns + (s.ns - old.mono)
+			start = max(start, min(old.end(), handed))
 		}
 	}
 	a := &anchors[next]

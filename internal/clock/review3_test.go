@@ -354,12 +354,12 @@ func TestReview3CounterJumpedBack(t *testing.T) {
 		if !ok {
 			t.Errorf("%s: Now did not return within %v (slow loops: renew refuses every pair below the anchor)", c.name, c.limit)
 			select {
-			case v = <-got: // the counter climbed back past the anchor's span
+			case <-got: // the counter climbed back past the anchor's span
 				t.Logf("%s: Now returned by itself after %v", c.name, time.Since(start))
 			case <-time.After(200 * time.Millisecond):
 				restartForTest(t) // rescue: state unknown lets the loop restart
 				select {
-				case v = <-got:
+				case <-got:
 					t.Logf("%s: Now returned only after a restart, %v", c.name, time.Since(start))
 				case <-time.After(r3Timeout):
 					t.Fatalf("%s: Now still not returned after a restart", c.name)
