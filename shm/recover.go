@@ -378,20 +378,26 @@ func (e *Edge) balanceCounters() {
 // clearRecord empties a dead process's record and releases its lock.
 func (a *seg) clearRecord(i int) {
 	r := a.record(i)
-	if n := atomic.LoadUint32(&r.freeWaiters); n != 0 {
+	// Waiter counts the dead process had announced (it died parked) come
+	// off the totals. Each part is taken from the record before it is
+	// subtracted: if this recovery dies in between, the next one finds the
+	// part gone and the total high by it (a wake syscall per send), never
+	// subtracts it twice (a total too low lets a sender skip a real
+	// waiter's wake).
+	if n := atomic.SwapUint32(&r.freeWaiters, 0); n != 0 {
 		atomic.AddUint32(&a.hdr.freeWaiters, -n) // it died parked in awaitFree
-		atomic.StoreUint32(&r.freeWaiters, 0)
 	}
-	for j := 0; j < int(a.hdr.edges) && a.store != nil; j++ {
-		// It died parked on edge j (between announce and withdraw).
-		own, c := &r.edgeWaiters[j], a.edgeCtl(j)
-		if n := atomic.LoadUint32(&own.recv); n != 0 {
-			atomic.AddUint32(&c.recvWaiters, -n)
-			atomic.StoreUint32(&own.recv, 0)
-		}
-		if n := atomic.LoadUint32(&own.send); n != 0 {
-			atomic.AddUint32(&c.sendWaiters, -n)
-			atomic.StoreUint32(&own.send, 0)
+	if a.store != nil {
+		// This process's own list of edges, checked when it attached: the
+		// header's count is shared memory another process could scribble.
+		for j, e := range a.store.edges {
+			own := &r.edgeWaiters[j]
+			if n := atomic.SwapUint32(&own.recv, 0); n != 0 {
+				atomic.AddUint32(&e.ctl.recvWaiters, -n)
+			}
+			if n := atomic.SwapUint32(&own.send, 0); n != 0 {
+				atomic.AddUint32(&e.ctl.sendWaiters, -n)
+			}
 		}
 	}
 	if a.store != nil {
