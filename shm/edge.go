@@ -303,7 +303,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 		if full && wait {
 			a.parked.Add(1)
 			if !spinFirst {
-				e.announce(&e.ctl.sendWaiters, &e.mine().send)
+				announce(&e.ctl.sendWaiters, &e.mine().send)
 			}
 		}
 		e.unlock()
@@ -322,7 +322,7 @@ func (e *Edge) send(ctx context.Context, ts []token.Token, wait bool) (int, erro
 			continue
 		}
 		ok := a.parkFor(ctx, &e.ctl.sendSeq, seq, untilExpiry(expiry))
-		e.withdraw(&e.ctl.sendWaiters, &e.mine().send)
+		withdraw(&e.ctl.sendWaiters, &e.mine().send)
 		if !ok && !a.closed.Load() {
 			e.count(stRejected)
 		}
@@ -472,13 +472,13 @@ func (e *Edge) mine() *edgeWaiters { return &e.a.rec.edgeWaiters[e.id] }
 // the process had added: a total too low by one would let a sender skip
 // the wake of a real waiter, while one too high (a death between the two
 // adds) only costs a syscall per send.
-func (e *Edge) announce(total, own *uint32) {
+func announce(total, own *uint32) {
 	atomic.AddUint32(total, 1)
 	atomic.AddUint32(own, 1)
 }
 
 // withdraw undoes announce.
-func (e *Edge) withdraw(total, own *uint32) {
+func withdraw(total, own *uint32) {
 	atomic.AddUint32(own, ^uint32(0))
 	atomic.AddUint32(total, ^uint32(0))
 }

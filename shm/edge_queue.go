@@ -411,7 +411,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 		if park {
 			a.parked.Add(1) // the spin or the sleep reads the segment: Close waits
 			if !spinFirst {
-				e.announce(&e.ctl.recvWaiters, &e.mine().recv)
+				announce(&e.ctl.recvWaiters, &e.mine().recv)
 			}
 		}
 		if k > 0 || net != 0 {
@@ -435,7 +435,7 @@ func (e *Edge) recv(ctx context.Context, dst []token.Token, wait bool) (int, err
 			continue
 		}
 		ok := a.park(ctx, &e.ctl.recvSeq, seq)
-		e.withdraw(&e.ctl.recvWaiters, &e.mine().recv)
+		withdraw(&e.ctl.recvWaiters, &e.mine().recv)
 		a.parked.Add(-1)
 		if !ok {
 			if a.closed.Load() {

@@ -50,8 +50,10 @@
 // those, or when Mono cannot be bracketed by two counter reads (a machine
 // too loaded to calibrate against), the counter is given up for Mono
 // (still at least the floor). A line idle for more than staleSpans
-// spans is not judged: the next starts at Mono or at the old line's end,
-// whichever is later.
+// spans, or whose counter now reads far below its anchor (it jumped back),
+// is not judged: the next starts at Mono or at what the old line can have
+// handed out (its end, or its time as far on as Mono has gone since its
+// pair, whichever is sooner), whichever is later.
 //
 // So Now never goes back within a goroutine (as Mono, it may disagree by
 // the drift of one span between two goroutines that do not synchronise),
@@ -139,8 +141,9 @@ const (
 	maxResets   = 3                            // then give the counter up
 	// staleSpans: a renewal judges the old line against Mono only if it
 	// was current at most this many spans ago; after a longer idle (or a
-	// counter that jumped further) it simply starts a new line, at Mono
-	// or at the old line's end, whichever is later.
+	// counter that jumped further, either way) it simply starts a new
+	// line, at Mono or at what the old line can have handed out,
+	// whichever is later.
 	staleSpans = 16
 	// skewTicks: a counter read this little below an anchor's (the anchor
 	// was taken on another CPU an instant later) reads as the anchor.
