@@ -52,8 +52,12 @@
 // (still at least the floor). A line idle for more than staleSpans
 // spans, or whose counter now reads far below its anchor (it jumped back),
 // is not judged: the next starts at Mono or at what the old line can have
-// handed out (its end, or its time as far on as Mono has gone since its
-// pair, whichever is sooner), whichever is later.
+// handed out (line.handed: its end, or its time as far on as Mono has gone
+// since its pair with a margin for a line slightly fast and for its own
+// bracket, whichever is sooner), whichever is later. If the counter's
+// advance since the old line's pair disagrees with Mono's (it jumped, not
+// idled), the rate's baselines restart from the new pair and the last
+// rate serves until they are calibrateNs long.
 //
 // So Now never goes back within a goroutine (as Mono, it may disagree by
 // the drift of one span between two goroutines that do not synchronise),
@@ -157,13 +161,14 @@ const (
 // anchor is one line of the clock, as published: counter tsc stands for
 // ns, and each tick after it for mult / 2^32 nanoseconds, for span ticks.
 type anchor struct {
-	seq  atomic.Uint64 // odd while the fields are written
-	tsc  atomic.Uint64
-	ns   atomic.Int64
-	mult atomic.Uint64 // the line's rate, slowed while it absorbs a lead
-	span atomic.Uint64 // ticks after tsc for which the line is current
-	base atomic.Uint64 // the measured rate: how the line extends past its span
-	mono atomic.Int64  // Mono of the pair the line was made from
+	seq   atomic.Uint64 // odd while the fields are written
+	tsc   atomic.Uint64
+	ns    atomic.Int64
+	mult  atomic.Uint64 // the line's rate, slowed while it absorbs a lead
+	span  atomic.Uint64 // ticks after tsc for which the line is current
+	base  atomic.Uint64 // the measured rate: how the line extends past its span
+	mono  atomic.Int64  // Mono of the pair the line was made from
+	width atomic.Uint64 // that pair's bracket, in ticks
 }
 
 // line is an anchor's fields, read under its seqlock. Rates are
@@ -174,13 +179,14 @@ type line struct {
 	mult, span uint64
 	base       uint64
 	mono       int64
+	width      uint64
 }
 
 // load reads a's fields, or reports false if a was being rewritten.
 func (a *anchor) load() (line, bool) {
 	s := a.seq.Load()
 	l := line{tsc: a.tsc.Load(), ns: a.ns.Load(), mult: a.mult.Load(), span: a.span.Load(), base: a.base.Load(),
-		mono: a.mono.Load()}
+		mono: a.mono.Load(), width: a.width.Load()}
 	return l, s&1 == 0 && a.seq.Load() == s
 }
 
@@ -234,6 +240,32 @@ func (l *line) extend(tsc uint64) (int64, bool) {
 	return l.end() + mulRate(d-l.span, l.base), true
 }
 
+// consistent reports whether the counter has gone on with Mono since the
+// line's pair, at the line's measured rate (to within maxErrorNs and a
+// thousandth): a line long idle rather than one whose counter jumped.
+func (l *line) consistent(s sample) bool {
+	d := s.tsc - l.tsc
+	if int64(d) <= 0 || d >= 1<<56 {
+		return false
+	}
+	elapsed := s.ns - l.mono
+	diff := mulRate(d, l.base) - elapsed
+	tol := maxErrorNs + max(elapsed, 0)>>10
+	return diff <= tol && diff >= -tol
+}
+
+// handed bounds what the line can have handed out by the time s was read:
+// its end, or, if sooner, its time at its pair plus what Mono went on
+// since, with room for a line a little faster than Mono (a rate measured to
+// within a bracket, the kernel's corrections since: a thousandth of the
+// time) and for its counter being read up to half its bracket after its
+// Mono.
+func (l *line) handed(s sample) int64 {
+	elapsed := max(s.ns-l.mono, 0)
+	margin := elapsed>>10 + mulRate(l.width/2+1, l.base)
+	return min(l.end(), l.ns+elapsed+margin)
+}
+
 // mulRate is d ticks at a 32.32 rate, in nanoseconds.
 func mulRate(d, rate uint64) int64 {
 	hi, lo := bits.Mul64(d, rate)
@@ -267,8 +299,9 @@ var (
 
 // sample is a counter reading and the Mono time it was taken at.
 type sample struct {
-	tsc uint64
-	ns  int64
+	tsc   uint64
+	ns    int64
+	width uint64 // ticks between the two counter reads around ns
 }
 
 // trusted reports whether the kernel reads CLOCK_MONOTONIC from the
@@ -387,39 +420,54 @@ func renew(s sample) (int64, bool) {
 	case stateUnknown:
 		return restart(s), true
 	}
-	if s.ns-older.ns < calibrateNs {
-		return atLeastFloor(s.ns), true // calibrating
+	// Where s stands against the old line: within staleSpans of it (fresh:
+	// judged for a lead), long after it with the counter consistent with
+	// Mono (an idle), or neither (the counter jumped, either way).
+	var ext int64
+	fresh, jumped := false, false
+	if haveOld {
+		ext, fresh = old.extend(s.tsc)
+		jumped = !fresh && !old.consistent(s)
 	}
-	rate := float64(s.ns-older.ns) / float64(s.tsc-older.tsc) // ns per tick
-	if !(rate > 1.0/64 && rate < 64) {
-		// Not a counter between 16 MHz and 64 GHz: not one to trust.
-		return reset(s, old, haveOld, true), true
+	if jumped {
+		// A rate measured across the jump would be wrong: measure anew
+		// from s, and keep the last rate until the baseline is long enough.
+		older, recent = s, s
+	}
+	var rate float64 // ns per tick
+	switch {
+	case s.ns-older.ns >= calibrateNs:
+		rate = float64(s.ns-older.ns) / float64(s.tsc-older.tsc)
+		if !(rate > 1.0/64 && rate < 64) {
+			// Not a counter between 16 MHz and 64 GHz: not one to trust.
+			return reset(s, old, haveOld, fresh, true), true
+		}
+	case haveOld:
+		rate = float64(old.base) / (1 << 32)
+	default:
+		return atLeastFloor(s.ns), true // calibrating
 	}
 	if s.ns-recent.ns >= rebaseNs {
 		older, recent = recent, s
 	}
 	start, slowed := atLeastFloor(s.ns), rate
-	if haveOld {
-		if ext, fresh := old.extend(s.tsc); fresh {
-			lead := ext - s.ns
-			if lead > maxErrorNs || lead < -maxErrorNs {
-				return reset(s, old, haveOld, false), true
-			}
-			if lead > 0 {
-				// Ahead: go on from the line, slower, so that the next
-				// renewal finds it near Mono again.
-				start = max(start, ext)
-				slowed = rate * (1 - float64(lead)/float64(spanNs))
-			}
-		} else {
-			// Idle for long, or a counter far below the anchor (it jumped
-			// back, or this CPU's lags the renewer's): start afresh, but
-			// not below what the old line can have handed out: its end,
-			// or, if sooner, its time as far on as Mono has gone since its
-			// pair (a counter that jumped back hands out nothing past that).
-			handed := old.ns + (s.ns - old.mono)
-			start = max(start, min(old.end(), handed))
+	switch {
+	case fresh:
+		lead := ext - s.ns
+		if lead > maxErrorNs || lead < -maxErrorNs {
+			return reset(s, old, haveOld, fresh, false), true
 		}
+		if lead > 0 {
+			// Ahead: go on from the line, slower, so that the next
+			// renewal finds it near Mono again.
+			start = max(start, ext)
+			slowed = rate * (1 - float64(lead)/float64(spanNs))
+		}
+	case haveOld:
+		// Idle for long, or the counter jumped (or this CPU's lags the
+		// renewer's): start afresh, but not below what the old line can
+		// have handed out.
+		start = max(start, old.handed(s))
 	}
 	a := &anchors[next]
 	next = (next + 1) % len(anchors)
@@ -430,6 +478,7 @@ func renew(s sample) (int64, bool) {
 	a.span.Store(uint64(float64(spanNs) / rate))
 	a.base.Store(uint64(rate * (1 << 32)))
 	a.mono.Store(s.ns)
+	a.width.Store(s.width)
 	a.seq.Add(1)
 	current.Store(a)
 	state.Store(stateRunning)
@@ -463,11 +512,15 @@ func restart(s sample) int64 {
 
 // reset drops the current line after it went too far off (or the rate made
 // no sense: giveUp) and calibrates again, or gives the counter up after
-// maxResets. The dropped line's end becomes the floor: a reader that held
-// it may have been handed anything up to there.
-func reset(s sample, old line, haveOld, giveUp bool) int64 {
-	if haveOld {
+// maxResets. What the dropped line can have handed out becomes the floor:
+// its end if s is within staleSpans of it (fresh), else its bound handed.
+func reset(s sample, old line, haveOld, fresh, giveUp bool) int64 {
+	switch {
+	case fresh:
+		// Past its span: readers may have read it right up to its end.
 		floor.Store(max(floor.Load(), old.end()))
+	case haveOld:
+		floor.Store(max(floor.Load(), old.handed(s)))
 	}
 	current.Store(nil)
 	resets++
@@ -489,7 +542,7 @@ func pair() (sample, bool) {
 		ns := Mono()
 		t2 := readTSCOrdered()
 		if w := t2 - t1; w < width {
-			best, width = sample{tsc: t1 + w/2, ns: ns}, w
+			best, width = sample{tsc: t1 + w/2, ns: ns, width: w}, w
 		}
 	}
 	return best, width < bracketTicks
