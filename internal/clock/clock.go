@@ -54,15 +54,22 @@
 // is not judged: the next starts at Mono or at what the old line can have
 // handed out (line.handed: its end, or its time as far on as Mono has gone
 // since its pair with a margin for a line slightly fast and for its own
-// bracket, whichever is sooner), whichever is later. If the counter's
-// advance since the old line's pair disagrees with Mono's (it jumped, not
-// idled), the rate's baselines restart from the new pair and the last
-// rate serves until they are calibrateNs long.
+// bracket, whichever is sooner), whichever is later. Such a renewal also
+// restarts the rate's baselines from its pair (a jump smaller than an
+// idle cannot be told from it, and a rate measured across it would be off
+// by it); the last rate serves until they are calibrateNs long.
 //
-// So Now never goes back within a goroutine (as Mono, it may disagree by
-// the drift of one span between two goroutines that do not synchronise),
-// and it stays within one span's drift of CLOCK_MONOTONIC: nanoseconds to
-// tens of nanoseconds at the rates of a disciplined clock.
+// Between renewals the counter is trusted as the kernel trusts its clock
+// source: a counter that jumps back by less than the time since the
+// current line's anchor still lies within the line's span, and Now steps
+// back with it until the next renewal, at most a span later, which finds
+// the line behind Mono and steps forward (or, past maxErrorNs, drops it
+// with its end as the floor). Linux stops using a counter that does this.
+//
+// Apart from that, Now never goes back within a goroutine (as Mono, it
+// may disagree by the drift of one span between two goroutines that do not
+// synchronise), and it stays within one span's drift of CLOCK_MONOTONIC:
+// nanoseconds to tens of nanoseconds at the rates of a disciplined clock.
 //
 // # Publication
 //
@@ -240,20 +247,6 @@ func (l *line) extend(tsc uint64) (int64, bool) {
 	return l.end() + mulRate(d-l.span, l.base), true
 }
 
-// consistent reports whether the counter has gone on with Mono since the
-// line's pair, at the line's measured rate (to within maxErrorNs and a
-// thousandth): a line long idle rather than one whose counter jumped.
-func (l *line) consistent(s sample) bool {
-	d := s.tsc - l.tsc
-	if int64(d) <= 0 || d >= 1<<56 {
-		return false
-	}
-	elapsed := s.ns - l.mono
-	diff := mulRate(d, l.base) - elapsed
-	tol := maxErrorNs + max(elapsed, 0)>>10
-	return diff <= tol && diff >= -tol
-}
-
 // handed bounds what the line can have handed out by the time s was read:
 // its end, or, if sooner, its time at its pair plus what Mono went on
 // since, with room for a line a little faster than Mono (a rate measured to
@@ -420,19 +413,18 @@ func renew(s sample) (int64, bool) {
 	case stateUnknown:
 		return restart(s), true
 	}
-	// Where s stands against the old line: within staleSpans of it (fresh:
-	// judged for a lead), long after it with the counter consistent with
-	// Mono (an idle), or neither (the counter jumped, either way).
+	// s is fresh if it lies within staleSpans of the old line: that line
+	// is judged for a lead. Otherwise the clock idled past it or the
+	// counter jumped; a counter that jumped by less than an idle's length
+	// cannot be told from the idle, and a rate measured across the jump
+	// would be off by it, so the rate is measured anew from s (the last
+	// rate serves until the baseline is calibrateNs long).
 	var ext int64
-	fresh, jumped := false, false
+	fresh := false
 	if haveOld {
-		ext, fresh = old.extend(s.tsc)
-		jumped = !fresh && !old.consistent(s)
-	}
-	if jumped {
-		// A rate measured across the jump would be wrong: measure anew
-		// from s, and keep the last rate until the baseline is long enough.
-		older, recent = s, s
+		if ext, fresh = old.extend(s.tsc); !fresh {
+			older, recent = s, s
+		}
 	}
 	var rate float64 // ns per tick
 	switch {
