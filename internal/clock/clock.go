@@ -278,9 +278,9 @@ var (
 	state          atomic.Int32
 	calibrateUntil atomic.Int64 // Mono at which calibration may end
 	renewing       atomic.Bool  // held by the goroutine renewing
-	// floor is the end of the last line dropped (reset): while Mono is
-	// below it, the clock reads floor, so that dropping a line that ran
-	// ahead does not take a goroutine's clock back.
+	// floor is what the last line dropped (reset, giveUp) can have handed
+	// out: while Mono is below it, the clock reads floor, so that dropping
+	// a line that ran ahead does not take a goroutine's clock back.
 	floor atomic.Int64
 
 	// Under renewing.
@@ -392,9 +392,10 @@ func awaitRenewal(wait *int) {
 // the current line's pair (another goroutine renewed meanwhile: judged by
 // Mono, which never jumps) or the line still covers s: the caller reads
 // the clock again. A pair whose counter lies far below the line's although
-// it is newer is a counter that jumped back: the next line starts from it. A line starts at or after Mono at s, the floor, and the
-// old line's end (or where it stands at s, if later): every value handed
-// out before.
+// it is newer is a counter that jumped back: the next line starts from it.
+// A line starts at or after Mono at s, the floor, and everything the old
+// line can have handed out (where it stands at s if s is fresh, else
+// line.handed).
 func renew(s sample) (int64, bool) {
 	var old line
 	haveOld := false
