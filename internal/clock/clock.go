@@ -26,7 +26,8 @@
 // The first call starts calibrating, and for calibrateNs every call returns
 // Mono. Then the rate is measured over a long baseline (from the start at
 // first; later from between rebaseNs and twice that ago, so that it follows
-// the kernel's own frequency corrections), and a line is published: an
+// the kernel's own frequency corrections while the clock is read
+// steadily), and a line is published: an
 // anchor and a span (spanNs of counter) for which it is current. The first
 // call past the span renews it (one goroutine at a time); it reads the
 // counter, Mono and the counter again, and where the old line stands at
@@ -57,7 +58,10 @@
 // bracket, whichever is sooner), whichever is later. Such a renewal also
 // restarts the rate's baselines from its pair (a jump smaller than an
 // idle cannot be told from it, and a rate measured across it would be off
-// by it); the last rate serves until they are calibrateNs long.
+// by it); the last rate serves until they are calibrateNs long. So a
+// process that reads the clock only in bursts shorter than that, between
+// idles, keeps the rate of its calibration; each such renewal still starts
+// at Mono, so the error stays within one span's drift at that rate.
 //
 // Between renewals the counter is trusted as the kernel trusts its clock
 // source: a counter that jumps back by less than the time since the
@@ -527,7 +531,9 @@ func reset(s sample, old line, haveOld, fresh, giveUp bool) int64 {
 // pair reads the counter and Mono at one instant: Mono between two counter
 // reads. Of a few tries it keeps the one whose counter reads are closest
 // (the others were slowed down between them: preempted, or an interrupt),
-// and fails if even that one is not close.
+// and fails if even that one is not close. (Stopping at the first narrow
+// try saved nothing measurable: a renewal after an idle costs about 3 µs
+// here, 0.85 µs warm, either way, most of it caches gone cold.)
 func pair() (sample, bool) {
 	best, width := sample{}, uint64(bracketTicks)
 	for range 5 {
