@@ -164,12 +164,7 @@ func readDuringRenewal(t *testing.T, delay time.Duration) (v, released int64) {
 // back, whether the old line was behind Mono or ahead (a lead under
 // maxErrorNs), and however long the publisher took.
 func TestReview2WaitThenNewLine(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, c := range []struct {
 		name  string
 		lead  int64
@@ -201,12 +196,7 @@ func TestReview2WaitThenNewLine(t *testing.T) {
 // a value near Mono when the publication ends, not the old line's end (on
 // 4b056d3: behind by the idle, 2.3 ms after 3 ms and 49 ms after 50 ms).
 func TestReview2ReadDuringRenewalNearMono(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	const idle = 50 * time.Millisecond // beyond staleSpans spans, as after any pause
 	for _, d := range []time.Duration{3 * time.Duration(spanNs), idle} {
 		freshLine(t)
@@ -223,12 +213,7 @@ func TestReview2ReadDuringRenewalNearMono(t *testing.T) {
 // not renew must not read far behind Mono. Only rounds where the reads
 // overlapped a renewal can show it; the test counts them.
 func TestReview2ConcurrentWakeAfterIdle(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	allowed := spanNs + maxErrorNs + r2Tol()
 	var go1 atomic.Int32
 	var worst atomic.Int64
@@ -278,12 +263,7 @@ func TestReview2ConcurrentWakeAfterIdle(t *testing.T) {
 // giveUp drops the line, makes its end the floor and turns the clock off:
 // the value it returns and every read after are at least the line's end.
 func TestReview2GiveUpNeverBack(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	c := freshLine(t)
 	const lead = 30 * int64(time.Microsecond)
 	if !publishAhead(lead) {
@@ -310,12 +290,7 @@ func TestReview2GiveUpNeverBack(t *testing.T) {
 // older than its anchor (a crafted line taken an instant after the pair),
 // it publishes nothing and reports done false, so the caller reads the line.
 func TestReview2RenewEarlyReturn(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for range 20 {
 		c := freshLine(t)
 		s, ok := pair()
@@ -371,12 +346,7 @@ func TestReview2RenewEarlyReturn(t *testing.T) {
 // holding the dropped anchor gets at most the floor; the first new line
 // starts at or above the floor.
 func TestReview2ResetFloorThenCalibration(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	freshLine(t)
 	const lead = 3 * maxErrorNs
 	if !publishAhead(lead) {
@@ -442,12 +412,7 @@ func TestReview2ResetFloorThenCalibration(t *testing.T) {
 // clock reads the floor until Mono reaches it: at most about one span plus
 // the lead, then Mono again.
 func TestReview2FloorStallBounded(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, lead := range []int64{2 * maxErrorNs, 900 * int64(time.Microsecond), 5 * spanNs} {
 		restartForTest(t)
 		running(t)
@@ -488,13 +453,7 @@ func TestReview2FloorStallBounded(t *testing.T) {
 // max(Mono, floor); Warp moves the floor with Mono, so Now does not go back
 // across it and the stall stays as long as before it.
 func TestReview2OffFloorAndWarp(t *testing.T) {
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	restartForTest(t)
 	lockRenewing()
 	state.Store(stateOff)
@@ -551,13 +510,7 @@ func TestReview2WarpWithFloorRunning(t *testing.T) {
 	if !counterInUse() {
 		t.Skip("the counter is not used here")
 	}
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	restartForTest(t)
 	running(t)
 	forgeLead(t, 2*maxErrorNs)
@@ -587,12 +540,7 @@ func TestReview2WarpWithFloorRunning(t *testing.T) {
 // TestReview2NoAllocNewPaths: a renewal (the slow path past the span),
 // renew's early return and the off state with a floor allocate nothing.
 func TestReview2NoAllocNewPaths(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	n := testing.AllocsPerRun(20, func() { waitPastSpan(); Now(); Stamp() })
 	if n != 0 {
 		t.Fatalf("%v allocs per renewal", n)
@@ -615,12 +563,7 @@ func TestReview2NoAllocNewPaths(t *testing.T) {
 // back. Now G waits for H: its reads come from the new line and do not go
 // back.
 func TestReview2CalibrationEndDelayedRenewer(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	lockRenewing() // H
 	current.Store(nil)
 	state.Store(stateCalibrating)

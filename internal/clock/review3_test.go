@@ -66,12 +66,7 @@ func r3PublishAt(t *testing.T, tsc uint64, ns int64) *anchor {
 // so must a pair read long before, after several lines were published and
 // expired meanwhile).
 func TestReview3OlderPairPublishedSecond(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	tried := 0
 	for range 20 {
 		freshLine(t)
@@ -132,12 +127,7 @@ func TestReview3OlderPairPublishedSecond(t *testing.T) {
 // of the new calibration alone, and return at least the floor (the dropped
 // line's end) and at least what this goroutine read before its pair.
 func TestReview3StalePairAcrossResetAndGiveUp(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	freshLine(t)
 	if !publishAhead(40 * int64(time.Microsecond)) {
 		t.Fatal("no line")
@@ -279,13 +269,7 @@ func TestReview3WarpBetweenPairAndPublish(t *testing.T) {
 	if !counterInUse() {
 		t.Skip("the counter is not used here")
 	}
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	restartForTest(t)
 	running(t)
 	for _, w := range []time.Duration{time.Hour, 10 * time.Microsecond, 200 * time.Microsecond} {
@@ -327,12 +311,7 @@ func TestReview3WarpBetweenPairAndPublish(t *testing.T) {
 // such pair as "older than the current line", and slow loops on
 // pair/renew until the counter climbs back past the old anchor's span.
 func TestReview3CounterJumpedBack(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, c := range []struct {
 		name  string
 		spans uint64
@@ -381,12 +360,7 @@ func TestReview3CounterJumpedBack(t *testing.T) {
 // not read as the anchor; the reader must still return soon, and not below
 // the line.
 func TestReview3SkewedAnchorReturns(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for range 10 {
 		freshLine(t)
 		before := Now()
@@ -413,12 +387,7 @@ func TestReview3SkewedAnchorReturns(t *testing.T) {
 // progress (it spins on renewing) and returns when it ends, at least the
 // line's end; readers meanwhile wait too and do not go back after.
 func TestReview3GiveUpWaitsForPublisher(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	freshLine(t)
 	before := Now()
 	lockRenewing()
@@ -465,12 +434,7 @@ func TestReview3GiveUpWaitsForPublisher(t *testing.T) {
 // idling now and then (so renewals race, pairs are delayed, readers wait).
 // Only reads inside a tight Mono bracket count.
 func TestReview3NearMonoUnderLoad(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	tol := r2Tol()
 	n := 4 * runtime.GOMAXPROCS(0)
 	if n < 8 {
@@ -541,12 +505,7 @@ func TestReview3NearMonoUnderLoad(t *testing.T) {
 // absorbed lead and finally giveUp: no goroutine goes back, nobody hangs,
 // and (under -race) no race.
 func TestReview3TransitionsNeverBack(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	var stop atomic.Bool
 	var back atomic.Int64
 	var wg sync.WaitGroup
@@ -600,12 +559,7 @@ func TestReview3TransitionsNeverBack(t *testing.T) {
 // stale pair, giveUp and a read that waits for a publication allocate
 // nothing.
 func TestReview3NoAllocNewPaths(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	freshLine(t)
 	s, _ := pair()
 	lockRenewing()

@@ -137,12 +137,7 @@ func r4JumpAfterReads(t *testing.T, frac float64, mk func() *anchor) (last, afte
 // that jumps back then makes the next line start below values already
 // handed out.
 func TestReview4JumpBackAfterFastLine(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	// On 9ec1d40 a line 2% fast went back 12.8-17.2 us, one 500 ppm fast 47
 	// ns. The bound now allows a line up to 1/1024 faster than Mono: a rate
 	// is measured to within one bracket over at least calibrateNs (3.4e-4
@@ -189,12 +184,7 @@ func TestReview4JumpBackAfterFastLine(t *testing.T) {
 // skewTicks. The line then reads k ticks ahead of Mono, which
 // old.ns + (s.ns - old.mono) does not count.
 func TestReview4JumpBackAfterLateAnchor(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	const k = bracketTicks/2 - 1
 	worst, tries := int64(0), 0
 	for range 10 {
@@ -318,12 +308,7 @@ func TestReview4JumpBaselinesTooNearMono(t *testing.T) {
 // start is at most the lead (plus a tolerance) ahead of Mono, never a span
 // ahead, and the clock stays running and comes back near Mono.
 func TestReview4IdleAndJumpStartNearMono(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	const lead = 30 * int64(time.Microsecond)
 	for _, c := range []struct {
 		name  string
@@ -380,13 +365,7 @@ func TestReview4WarpBetweenJumpPairAndPublish(t *testing.T) {
 	if !counterInUse() {
 		t.Skip("the counter is not used here")
 	}
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	restartForTest(t)
 	running(t)
 	for _, w := range []time.Duration{time.Hour, 10 * time.Microsecond} {
@@ -425,12 +404,7 @@ func TestReview4WarpBetweenJumpPairAndPublish(t *testing.T) {
 // calibrated again, a jump back (anchor only) starts the next line at or
 // above the floor and near Mono, and the clock stays running.
 func TestReview4FloorThenJumpBack(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	freshLine(t)
 	forgeLead(t, 3*maxErrorNs)
 	waitPastSpan()
@@ -461,12 +435,7 @@ func TestReview4FloorThenJumpBack(t *testing.T) {
 // others wait and read the new line), nobody goes back, the clock stays
 // running.
 func TestReview4JumpBackManyReaders(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	var stop atomic.Bool
 	var back atomic.Int64
 	done := make(chan struct{})

@@ -155,12 +155,7 @@ func TestReview5NTPIdleIsIdle(t *testing.T) {
 // before the jump. 10 us (under maxErrorNs: the next renewal steps to Mono
 // without a reset) and 0.4 span (the next renewal resets, with the floor).
 func TestReview5JumpBackWithinSpan(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, back := range []int64{10e3, 4 * spanNs / 10} {
 		worst, tries := int64(0), 0
 		for range 5 {
@@ -217,12 +212,7 @@ func TestReview5JumpBackWithinSpan(t *testing.T) {
 // span, nothing goes back, the clock calibrates and runs again (one reset,
 // not off) and is back near Mono.
 func TestReview5ForwardJumpUnderStaleSpans(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, fwd := range []int64{2, 5, staleSpans - 1} {
 		l, _ := freshLine(t).load()
 		r0 := resets
@@ -339,12 +329,7 @@ func TestReview5SecondJumpInsideBaseline(t *testing.T) {
 // resets. (A read taken before a simulated idle stands, in the shifted
 // frame, idle ns earlier: it is compared as such.)
 func TestReview5LongIdleStartsAtMono(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	for _, idle := range []int64{(staleSpans + 1) * spanNs, 100 * spanNs, 2e9} {
 		for _, kind := range []string{"at Mono's rate", "900 ppm fast", "lead 30 us"} {
 			freshLine(t)
@@ -455,12 +440,7 @@ func TestReview5StampBetweenNows(t *testing.T) {
 // TestReview5NoAllocJumpAndIdle: renewals after a jump (baselines
 // restarted) and after an idle allocate nothing.
 func TestReview5NoAllocJumpAndIdle(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	j := r4Ticks(t, 50*spanNs)
 	idle := r4Ticks(t, 2e9)
 	if n := testing.AllocsPerRun(20, func() { r4Jump(j, true); Now() }); n != 0 {
@@ -483,13 +463,7 @@ func TestReview5WarpAndResetAfterJump(t *testing.T) {
 	if !counterInUse() {
 		t.Skip("the counter is not used here")
 	}
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	restartForTest(t)
 	running(t)
 	freshLine(t)

@@ -441,12 +441,7 @@ func TestReview6StampBetweenNowsWithIdles(t *testing.T) {
 // real idle of 25 ms (baselines restarted: the last rate serves) and 40 ms
 // of reads (a rate measured anew over 20 ms): still accurate.
 func TestReview6RebaseKeepsRate(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	tol := reviewTol()
 	var p0, p1 sample
 	var worst0, back0 int64
@@ -532,12 +527,7 @@ func TestReview6RebaseKeepsRate(t *testing.T) {
 // a millisecond), reads Now once, then for a few spans; the first read
 // after each sleep must lie near Mono, whichever branch took it.
 func TestReview6MonotonicAcrossIdleLengths(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	tol := reviewTol()
 	_, _, r0 := r6Baselines()
 	var worstFirst, worstAfter, back int64

@@ -23,6 +23,31 @@ import (
 // test).
 func counterInUse() bool { return haveTSC && trusted() }
 
+// useCounter skips a test that needs the counter where it is not used;
+// otherwise it starts the clock afresh and calibrates it, and starts it
+// afresh again when the test ends.
+func useCounter(t *testing.T) {
+	t.Helper()
+	if !counterInUse() {
+		t.Skip("the counter is not used here")
+	}
+	restartForTest(t)
+	t.Cleanup(func() { restartForTest(t) })
+	running(t)
+}
+
+// keepEpoch puts Epoch back, with the clock started afresh, when a test
+// that warps the clock (or moves Epoch itself) ends.
+func keepEpoch(t *testing.T) {
+	saved := Epoch
+	t.Cleanup(func() {
+		restartForTest(t)
+		lockRenewing()
+		Epoch = saved
+		renewing.Store(false)
+	})
+}
+
 // reviewTol is how far outside a tight Mono bracket a read may fall: the
 // package comment promises "nanoseconds to tens of nanoseconds"; the race
 // detector slows Mono (the calibration reference) down, so it gets more.
@@ -186,12 +211,7 @@ func TestReviewNowWithinTensOfNs(t *testing.T) {
 // counter that jumped forward by a few microseconds, below maxErrorNs) so
 // that renewals take the "ahead" branch with its slower rate.
 func TestReviewNeverBackManyGoroutines(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	dur := 60 * spanNs
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -267,12 +287,7 @@ func TestReviewNeverBackManyGoroutines(t *testing.T) {
 // value of the old line is at most its end: the new line, from the pair on,
 // must never be below that end.
 func TestReviewStaleReaderAcrossLeadRenewal(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	const lead = 40 * int64(time.Microsecond) // below maxErrorNs: absorbed, not reset
 	forgeLead(t, lead)
 	old := current.Load()
@@ -369,12 +384,7 @@ func TestReviewResetAfterLeadNeverBack(t *testing.T) {
 // counter never jumped. After maxResets such idles the counter is given up
 // for good.
 func TestReviewAbsorbedLeadThenIdleNoReset(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	const lead = 20 * int64(time.Microsecond)
 	resetsSeen := 0
 	for i := 1; i <= maxResets+1; i++ {
@@ -456,13 +466,7 @@ func TestReviewCalibrationBoundary(t *testing.T) {
 // and the renewals after it neither reset nor drift (the baselines moved
 // too). Also when Warp falls inside calibration.
 func TestReviewWarpTogether(t *testing.T) {
-	saved := Epoch
-	defer func() {
-		restartForTest(t)
-		lockRenewing()
-		Epoch = saved
-		renewing.Store(false)
-	}()
+	keepEpoch(t)
 	deadlineAt := func(tm time.Time) int64 { return int64(tm.Sub(Epoch)) + EpochBoot } // message.DeadlineAt
 	const w = time.Hour
 	check := func(phase string) {
@@ -602,12 +606,7 @@ func TestReviewNoAllocSlowPaths(t *testing.T) {
 // per tick gives the counter up; reads are Mono from then on and do not go
 // back from what the line gave.
 func TestReviewRateSanityGivesUpWithoutGoingBack(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	lockRenewing()
 	older.ns -= 1 << 50 // the baseline now says ~10^15 ns passed: rate way above 64
 	renewing.Store(false)
@@ -718,12 +717,7 @@ func TestReviewSeqlockNeverMixes(t *testing.T) {
 // (near Mono): with a counter read before the wrap (Now reads the counter
 // before at() loads the fields) or after it.
 func TestReviewRingWrapStaleReader(t *testing.T) {
-	if !counterInUse() {
-		t.Skip("the counter is not used here")
-	}
-	restartForTest(t)
-	defer restartForTest(t)
-	running(t)
+	useCounter(t)
 	tol := int64(time.Microsecond)
 	if race {
 		tol *= 10
