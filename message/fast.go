@@ -4,14 +4,31 @@ package message
 //
 // An edge whose policy needs no byte accounting (MaxBytes and SoftBytes 0)
 // and no shedding (Admission is not DeadlineQoS) has a fastRing: a bounded
-// multi-producer multi-consumer ring of tokens (Dmitry Vyukov's design: one
-// sequence word per cell, a CAS on the tail to claim a cell, a CAS on the
-// head to take one). A send of a BestEffort message without a deadline and
-// a receive go through the ring without the edge's mutex while the edge is
-// in fast mode (SendBatch and RecvBatch claim or take a run of cells with
-// one CAS); everything else takes the mutex, and the mutex's holder first
-// switches the edge to slow mode. A cell's sequence word is published and
-// released with publishCell: a plain store on amd64.
+// multi-producer multi-consumer ring of tokens. A send of a BestEffort
+// message without a deadline and a receive go through the ring without the
+// edge's mutex while the edge is in fast mode (SendBatch and RecvBatch claim
+// or take a run of cells with one CAS); everything else takes the mutex, and
+// the mutex's holder first switches the edge to slow mode.
+//
+// # The ring
+//
+// Positions grow without end (64 bits); position pos lives in cell
+// pos&mask. A sender claims positions with a CAS on the tail, writes the
+// token into each cell and publishes it by storing pos+1 into the cell's
+// sequence word (publishCell: a plain store on amd64). A receiver reads the
+// sequence words and the tokens first and then takes the positions with a
+// CAS on the head: the CAS succeeds only if no other receiver took them in
+// between, and a failed CAS drops what it read. So only senders write a
+// cell, and a sender may reuse the cell of position pos-len(cells) as soon
+// as the head has passed it: the receiver that moved the head past it had
+// read it already. Senders learn the head from a cache (headCache, at most
+// the real head) and reload it when the cache says the ring is full.
+//
+// This differs from Dmitry Vyukov's ring, where a receiver takes a cell
+// first and then releases it with a store to its sequence word: there,
+// every cell's cache line goes to the receiver's core and back with write
+// ownership on every lap; here the receiver only reads it, and the one line
+// it writes is the head's (once per batch).
 //
 // # Modes
 //
@@ -71,13 +88,19 @@ const fastMaxCells = 256
 
 type fastCell struct {
 	// seq is the cell's state, as the low 32 bits of a position (cellSeq):
-	// pos when free for the claim of position pos, pos+1 once that
-	// position's token is published, pos+len(cells) once it is taken (free
-	// for the next lap). 32 bits are enough: a ring has at most
-	// fastMaxCells cells, so the values a cell can hold for the positions
-	// a sender or receiver is looking at are a few laps apart, and the
-	// claim itself is a CAS on the 64-bit tail or head.
-	seq  atomic.Uint32
+	// pos+1 once position pos's token is published, anything behind it
+	// before (the cell's initial position, or the previous lap's pos+1).
+	// Only senders (and the mutex's holder) write it. 32 bits are enough:
+	// a ring has at most fastMaxCells cells, so the values a cell can hold
+	// for the positions a sender or receiver is looking at are a few laps
+	// apart, and the claims themselves are CASes on the 64-bit tail and
+	// head.
+	seq atomic.Uint32
+	// size and tok are written by the sender of the cell's position before
+	// it publishes, and read by receivers with atomic loads (plain loads on
+	// amd64): a receiver reads them before its CAS on the head, possibly
+	// while a sender of a later lap rewrites them (the CAS then fails and
+	// the read is dropped). See loadCell and storeCell.
 	size uint32
 	tok  token.Token
 }
@@ -99,7 +122,7 @@ type fastRing struct {
 	// Read-only after newFastRing.
 	cells []fastCell
 	mask  uint64
-	limit uint64 // MaxItems, or 0 for no item cap
+	room  uint64 // how many tokens the ring may hold: MaxItems, at most len(cells)
 
 	_ atomicx.Pad
 	// Senders' line.
@@ -125,7 +148,7 @@ func fastEligible(p *Policy) bool {
 // "published for position p" (seq p+1) would be its "free for position p+1"
 // too: a sender could reuse the cell before the receiver that claimed p
 // has read it. With two cells or more the next lap's free value is p+len,
-// never p+1. The item cap is the limit's job, not the ring's size.
+// never p+1. The item cap is the room's job, not the ring's size.
 const fastMinCells = 2
 
 func newFastRing(p *Policy) *fastRing {
@@ -133,48 +156,66 @@ func newFastRing(p *Policy) *fastRing {
 	if p.MaxItems > 0 && p.MaxItems < n {
 		n = max(fastMinCells, ceilPow2(p.MaxItems))
 	}
-	f := &fastRing{cells: make([]fastCell, n), mask: uint64(n - 1), limit: uint64(p.MaxItems)}
+	f := &fastRing{cells: make([]fastCell, n), mask: uint64(n - 1), room: uint64(n)}
+	if p.MaxItems > 0 && p.MaxItems < n {
+		f.room = uint64(p.MaxItems)
+	}
 	for i := range f.cells {
-		f.cells[i].seq.Store(cellSeq(uint64(i)))
+		f.cells[i].seq.Store(cellSeq(uint64(i))) // unpublished: behind i+1
 	}
 	return f
 }
 
+// full reports whether the ring holds room tokens when a sender is about to
+// claim position pos, with h the head it knows; it reloads the head (and
+// refreshes the cache) when h says so. It returns the head it decided on.
+func (f *fastRing) full(pos, h uint64) (bool, uint64) {
+	if pos-h < f.room {
+		return false, h
+	}
+	h = f.head.Load() &^ slowBit
+	storeRelease(&f.headCache, h)
+	return pos-h >= f.room, h
+}
+
+// storeCell writes a token and its size into c, before publishCell.
+func storeCell(c *fastCell, t token.Token, size uint32) {
+	atomicx.StoreRelease32(&c.size, size)
+	atomicx.StoreRelease64((*uint64)(unsafe.Pointer(&c.tok)), uint64(t))
+}
+
+// loadCell reads what storeCell wrote. A receiver calls it before its CAS
+// on the head, so a sender of the next lap may be writing the cell: the
+// loads are atomic (plain on amd64) and a torn pair is dropped with the
+// failed CAS.
+func loadCell(c *fastCell) (token.Token, uint32) {
+	return token.Token(atomic.LoadUint64((*uint64)(unsafe.Pointer(&c.tok)))), atomic.LoadUint32(&c.size)
+}
+
 // trySend claims a cell for t and publishes it. It fails, changing
-// nothing, when the edge is in slow mode, the item cap is reached or the
-// ring is full.
+// nothing, when the edge is in slow mode or the ring holds its room (the
+// item cap, or every cell).
 func (f *fastRing) trySend(t token.Token, size uint32) bool {
 	for {
 		pos := f.tail.Load()
 		if pos&slowBit != 0 {
 			return false
 		}
-		h := f.headCache.Load()
-		if f.limit > 0 && pos-h >= f.limit {
-			h = f.head.Load() &^ slowBit
-			storeRelease(&f.headCache, h)
-			if pos-h >= f.limit {
-				return false
-			}
-		}
-		c := &f.cells[pos&f.mask]
-		seq := c.seq.Load()
-		if seq != cellSeq(pos) {
-			if behind(seq, pos) {
-				return false // the cell of the previous lap is not taken yet: full
-			}
-			continue // another sender claimed pos
+		full, h := f.full(pos, f.headCache.Load())
+		if full {
+			return false
 		}
 		if !f.tail.CompareAndSwap(pos, pos+1) {
-			continue
+			continue // another sender claimed pos
 		}
+		c := &f.cells[pos&f.mask]
 		// Length now, counting claimed cells: an upper bound from the
 		// cached head; the exact one from the real head only when the
 		// bound is above the high water mark.
 		if int64(pos+1-h) > f.hw.Load() {
 			f.raiseHighWater(pos)
 		}
-		c.tok, c.size = t, size
+		storeCell(c, t, size)
 		publishCell(c, pos+1)
 		return true
 	}
@@ -208,13 +249,12 @@ func (f *fastRing) tryRecv() (token.Token, bool) {
 			if behind(seq, pos+1) {
 				return token.Nil, false // empty, or its sender is publishing
 			}
-			continue // another receiver took pos
+			continue // a later lap: another receiver took pos
 		}
+		t, _ := loadCell(c)
 		if !f.head.CompareAndSwap(pos, pos+1) {
-			continue
+			continue // another receiver took pos: t may be a later lap's
 		}
-		t := c.tok
-		publishCell(c, pos+uint64(len(f.cells)))
 		return t, true
 	}
 }
@@ -236,37 +276,23 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 		if pos&slowBit != 0 {
 			return 0
 		}
-		k := uint64(m)
-		h := f.headCache.Load()
-		if f.limit > 0 && pos-h+k > f.limit {
-			h = f.head.Load() &^ slowBit
-			storeRelease(&f.headCache, h)
-			if pos-h >= f.limit {
+		full, h := f.full(pos+uint64(m)-1, f.headCache.Load())
+		if full {
+			// Not room for all of them: as many as fit.
+			if full, h = f.full(pos, h); full {
 				return 0
 			}
-			k = min(k, f.limit-(pos-h))
 		}
-		// The free cells from pos on (a cell not free for its position is
-		// one the previous lap has not released: the ring is full there).
-		j := uint64(0)
-		for j < k && f.cells[(pos+j)&f.mask].seq.Load() == cellSeq(pos+j) {
-			j++
-		}
-		if j == 0 {
-			if behind(f.cells[pos&f.mask].seq.Load(), pos) {
-				return 0
-			}
-			continue // another sender claimed pos
-		}
+		j := min(uint64(m), f.room-(pos-h))
 		if !f.tail.CompareAndSwap(pos, pos+j) {
-			continue
+			continue // another sender claimed pos
 		}
 		if int64(pos+j-h) > f.hw.Load() {
 			f.raiseHighWater(pos + j - 1)
 		}
 		for i := uint64(0); i < j; i++ {
 			c := &f.cells[(pos+i)&f.mask]
-			c.tok, c.size = qs[i].tok, qs[i].size
+			storeCell(c, qs[i].tok, qs[i].size)
 			publishCell(c, pos+i+1)
 		}
 		return int(j)
@@ -275,6 +301,9 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 
 // tryRecvN is tryRecv for up to len(dst) tokens, taken with one CAS. It
 // returns how many it took (0 in slow mode or when nothing is published).
+// It reads the tokens into dst before the CAS; when another receiver wins
+// the CAS, the entries it read are set back to token.Nil before it looks
+// again, so dst[n:] never holds a token the caller does not own.
 func (f *fastRing) tryRecvN(dst []token.Token) int {
 	for {
 		pos := f.head.Load()
@@ -282,22 +311,22 @@ func (f *fastRing) tryRecvN(dst []token.Token) int {
 			return 0
 		}
 		k := uint64(0)
-		for k < uint64(len(dst)) && f.cells[(pos+k)&f.mask].seq.Load() == cellSeq(pos+k+1) {
-			k++
+		for ; k < uint64(len(dst)); k++ {
+			c := &f.cells[(pos+k)&f.mask]
+			if c.seq.Load() != cellSeq(pos+k+1) {
+				break
+			}
+			dst[k], _ = loadCell(c)
 		}
 		if k == 0 {
 			if behind(f.cells[pos&f.mask].seq.Load(), pos+1) {
 				return 0 // empty, or its sender is publishing
 			}
-			continue // another receiver took pos
+			continue // a later lap: another receiver took pos
 		}
 		if !f.head.CompareAndSwap(pos, pos+k) {
+			clear(dst[:k])
 			continue
-		}
-		for i := uint64(0); i < k; i++ {
-			c := &f.cells[(pos+i)&f.mask]
-			dst[i] = c.tok
-			publishCell(c, pos+i+uint64(len(f.cells)))
 		}
 		return int(k)
 	}
@@ -358,13 +387,13 @@ func (e *Edge) enterSlowLocked() {
 		for c.seq.Load() != cellSeq(pos+1) {
 			b.Wait() // its sender claimed it before the bit and is publishing
 		}
+		tok, size := loadCell(c)
 		e.seq++
 		d := lane.push()
-		d.tok, d.seq, d.deadline, d.size, d.flags = c.tok, e.seq, 0, c.size, 0
+		d.tok, d.seq, d.deadline, d.size, d.flags = tok, e.seq, 0, size, 0
 		e.n++
-		e.bytes += int64(c.size)
-		e.laneBytes[laneBestEffort] += int64(c.size)
-		publishCell(c, pos+uint64(len(f.cells)))
+		e.bytes += int64(size)
+		e.laneBytes[laneBestEffort] += int64(size)
 	}
 	f.head.Store(tail | slowBit)
 	e.st.Admitted += tail - f.t0
@@ -396,15 +425,15 @@ func (e *Edge) reopenLocked() {
 			return
 		}
 	}
-	pos := f.tail.Load() &^ slowBit // == the head: the ring is empty
+	// The ring is empty (the head is the tail) and every position before
+	// the tail was read by the receiver that took it, or by
+	// enterSlowLocked: its cells are free. A receiver that read one of them
+	// before the switch may still be reading it; its CAS on the head fails.
+	pos := f.tail.Load() &^ slowBit
 	for i := uint64(0); lane.len() > 0; i++ {
 		c := &f.cells[(pos+i)&f.mask]
-		var b atomicx.Backoff
-		for c.seq.Load() != cellSeq(pos+i) {
-			b.Wait() // a receiver that took it before the bit is releasing it
-		}
 		q := lane.pop()
-		c.tok, c.size = q.tok, q.size
+		storeCell(c, q.tok, q.size)
 		publishCell(c, pos+i+1)
 	}
 	end := pos + uint64(e.n)

@@ -384,55 +384,86 @@ func TestFastSwitchWaitsForClaimedCell(t *testing.T) {
 	}
 }
 
-// A receiver that took a cell before the edge left fast mode releases it
-// without the mutex: reopening fast mode with messages to move back into
-// the ring waits until the cell is released before it reuses it. The test
-// plays that receiver by hand.
-func TestFastReopenWaitsForTakenCell(t *testing.T) {
+// A receiver reads a cell before its CAS on the head. One that read a cell
+// and was overtaken (the edge left fast mode and came back, reusing the
+// cell for a later position) loses its CAS and gets nothing: the token it
+// read is delivered once, by the lane and then the ring. The test plays
+// that receiver by hand.
+func TestFastStaleReaderLosesItsTake(t *testing.T) {
 	fs := newFakeStore()
-	e := mustEdge(t, fs, Policy{MaxItems: 2}) // two cells: the reopen reuses the taken one
+	e := mustEdge(t, fs, Policy{MaxItems: 2}) // two cells: b reuses the one read
 	a, b := fs.put(Header{}), fs.put(Header{})
-	for _, tok := range []token.Token{a, b} {
-		if err := e.TrySend(tok); err != nil {
-			t.Fatal(err)
-		}
+	if err := e.TrySend(a); err != nil {
+		t.Fatal(err)
 	}
 	f := e.fast
 	pos := f.head.Load()
-	if !f.head.CompareAndSwap(pos, pos+1) { // took a, not yet released
-		t.Fatal("take failed")
+	if got, _ := loadCell(&f.cells[pos&f.mask]); got != a {
+		t.Fatalf("cell holds %v, want %v", got, a)
 	}
-	// A LatencyCritical send switches to slow mode (b moves to the lane);
-	// its receive reopens fast mode and moves b back into the ring, at the
-	// position after b's, which is a's cell again.
+	// A LatencyCritical send switches to slow mode (a moves to the lane);
+	// its receive reopens fast mode and moves a back into the ring at the
+	// position after its own; b's send takes the one after that: a's first
+	// cell again.
 	crit := fs.put(Header{QoS: LatencyCritical})
 	if err := e.TrySend(crit); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan token.Token)
-	go func() {
-		tok, _ := e.TryRecv()
-		got <- tok
-	}()
-	time.Sleep(20 * time.Millisecond)
-	select {
-	case tok := <-got:
-		t.Fatalf("TryRecv returned %v while a cell it reuses was still being taken", tok)
-	default:
-	}
-	cell := &f.cells[pos&f.mask]
-	if cell.tok != a {
-		t.Fatalf("cell holds %v, want %v", cell.tok, a)
-	}
-	publishCell(cell, pos+uint64(len(f.cells)))
-	if tok := <-got; tok != crit {
-		t.Fatalf("TryRecv = %v, want %v", tok, crit)
+	if tok, ok := e.TryRecv(); !ok || tok != crit {
+		t.Fatalf("TryRecv = %v, %v; want %v", tok, ok, crit)
 	}
 	if !e.inFastMode() {
 		t.Fatal("not back in fast mode")
 	}
-	if tok, ok := e.TryRecv(); !ok || tok != b {
-		t.Fatalf("TryRecv = %v, %v; want %v", tok, ok, b)
+	if err := e.TrySend(b); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := loadCell(&f.cells[pos&f.mask]); got != b {
+		t.Fatalf("cell holds %v, want b %v", got, b)
+	}
+	if f.head.CompareAndSwap(pos, pos+1) {
+		t.Fatal("the stale receiver's take succeeded: a would be delivered twice")
+	}
+	for _, want := range []token.Token{a, b} {
+		if tok, ok := e.TryRecv(); !ok || tok != want {
+			t.Fatalf("TryRecv = %v, %v; want %v", tok, ok, want)
+		}
+	}
+	if tok, ok := e.TryRecv(); ok {
+		t.Fatalf("TryRecv = %v after the last token", tok)
+	}
+}
+
+// A sender reuses a cell only once the head has passed its previous lap's
+// position: a receiver that read the cell and lost its take to another
+// receiver finds the next lap's token there and its CAS fails; a full ring
+// (head not passed) refuses the sender instead of overwriting the cell.
+func TestFastSenderReusesCellOnlyPastHead(t *testing.T) {
+	f := newFastRing(&Policy{MaxItems: 2})
+	tok := func(i uint32) token.Token { return token.New(i, 1) }
+	if !f.trySend(tok(1), 1) || !f.trySend(tok(2), 1) {
+		t.Fatal("two sends into a ring of room 2 failed")
+	}
+	if f.trySend(tok(3), 1) {
+		t.Fatal("a third send overwrote a cell nobody took")
+	}
+	pos := f.head.Load()
+	read, _ := loadCell(&f.cells[pos&f.mask])         // the slow receiver reads pos...
+	if got, ok := f.tryRecv(); !ok || got != tok(1) { // ...another takes it
+		t.Fatalf("tryRecv = %v, %v", got, ok)
+	}
+	if !f.trySend(tok(3), 1) { // the head passed pos: its cell is free
+		t.Fatal("send into the freed cell failed")
+	}
+	if got, _ := loadCell(&f.cells[pos&f.mask]); got != tok(3) {
+		t.Fatalf("cell holds %v, want the next lap's %v", got, tok(3))
+	}
+	if read != tok(1) || f.head.CompareAndSwap(pos, pos+1) {
+		t.Fatal("the slow receiver's take of a rewritten cell succeeded")
+	}
+	var dst [4]token.Token
+	if n := f.tryRecvN(dst[:]); n != 2 || dst[0] != tok(2) || dst[1] != tok(3) || !dst[2].IsNil() {
+		t.Fatalf("tryRecvN = %d, %v", n, dst)
 	}
 }
 
