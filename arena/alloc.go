@@ -10,7 +10,8 @@ import (
 )
 
 // Alloc takes a free slot and returns its token and a pointer to its value,
-// zeroed. The pointer is valid until the token is freed or the arena closed;
+// zeroed (unless Config.NoZero: then a recycled slot holds what its last
+// user left in it). The pointer is valid until the token is freed or the arena closed;
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	// Gate.Enter spelled out: it does not inline (two calls).
@@ -21,7 +22,9 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 			pc.allocs++
 			idx, gen := cacheSlot(w)
 			v := a.payload(idx)
-			zeroValue(v) // a cached slot is always a recycled one
+			if !a.noZero {
+				zeroValue(v) // a cached slot is always a recycled one
+			}
 			a.gate.Exit(p)
 			return token.New(idx, gen), v, nil
 		}
@@ -32,7 +35,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 		return token.Nil, nil, err
 	}
 	v := a.payload(idx)
-	if res == tookRecycled {
+	if res == tookRecycled && !a.noZero {
 		zeroValue(v)
 	}
 	a.gate.Exit(p)
