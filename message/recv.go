@@ -30,6 +30,8 @@ func (e *Edge) Recv(ctx context.Context) (token.Token, error) {
 // lane first), without waiting for more. The receiver owns every token in
 // dst[:n]. On error n is 0: ctx.Err() when ctx is done first, ErrEdgeClosed
 // once the edge is closed and empty. An empty dst returns 0, nil at once.
+// Entries of dst past n may be overwritten (with token.Nil), never with a
+// token the caller does not own.
 func (e *Edge) RecvBatch(ctx context.Context, dst []token.Token) (n int, err error) {
 	if len(dst) == 0 {
 		return 0, nil
@@ -217,11 +219,14 @@ func (e *Edge) TryRecv() (t token.Token, ok bool) {
 		if t, ok := f.tryRecv(); ok {
 			return t, true
 		}
-		if h := f.head.Load(); h&slowBit == 0 && f.tail.Load()&^slowBit == h {
+		if h := f.head.Load(); h&slowBit == 0 && f.tail.Load() == h {
 			// Fast mode and nothing claimed: the locked lanes are empty
 			// too. (A claimed cell whose token is not published yet may
 			// sit before one whose Send has returned: the locked path
-			// waits for it.)
+			// waits for it.) The tail must be free of the slow bit too:
+			// reopenLocked stores the head before the tail, and an old
+			// tail with the bit can equal the new head while the ring
+			// holds what the lanes held.
 			return token.Nil, false
 		}
 	}
