@@ -52,9 +52,19 @@ func (e *Edge) sendBatchCatching(ctx context.Context, ts []token.Token, in *int)
 	if len(ts) == 0 {
 		return 0, nil, nil
 	}
+	if e.fast != nil && e.meta != nil {
+		n = e.sendFastPrefix(ts)
+		*in += n
+		if n == len(ts) {
+			return n, nil, nil
+		}
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	// The rest is staged: checked into qs, then through the ring or the
+	// lock. (Declared here, after the return above: zeroing it costs 64
+	// stores.)
 	var qs [sendChunk]queued
 	var lanes [sendChunk]uint8
 	waited := false
@@ -250,6 +260,32 @@ func (e *Edge) wakeForBatchLocked() {
 		return
 	}
 	e.wakeReceiverLocked()
+}
+
+// fastChunk is how many tokens sendFastPrefix checks and claims at a time.
+const fastChunk = 16
+
+// sendFastPrefix sends the longest prefix of ts that may take the fast path
+// (live, BestEffort, no deadline) straight into the ring, up to fastChunk
+// tokens per claim, and returns how many it sent. It stops at the first
+// token that may not, and when the ring holds its room or the edge is in
+// slow mode: SendBatch's staged path takes the rest (and waits, spins or
+// reports an error exactly as before). Reading each header once and
+// writing only the ring keeps a batch's stores few: the staged path writes
+// a 32-byte entry per token and zeroes a kilobyte first.
+func (e *Edge) sendFastPrefix(ts []token.Token) int {
+	var sizes [fastChunk]uint32
+	n := 0
+	for n < len(ts) {
+		chunk := ts[n:min(len(ts), n+fastChunk)]
+		m := e.meta.fastInfoN(chunk, sizes[:len(chunk)])
+		k := e.fast.trySendTokens(chunk[:m], sizes[:m])
+		n += k
+		if k < len(chunk) {
+			break
+		}
+	}
+	return n
 }
 
 // fastSendBatch sends the longest prefix of qs that may take the fast path

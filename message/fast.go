@@ -268,19 +268,45 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 	for m < len(qs) && lanes[m] == laneBestEffort && qs[m].deadline == 0 {
 		m++
 	}
+	pos, j := f.claim(m)
+	for i := uint64(0); i < j; i++ {
+		c := &f.cells[(pos+i)&f.mask]
+		storeCell(c, qs[i].tok, qs[i].size)
+		publishCell(c, pos+i+1)
+	}
+	return int(j)
+}
+
+// trySendTokens is trySendN for tokens already known to take the fast path,
+// with their sizes: SendBatch's path without staging (sendFastPrefix).
+func (f *fastRing) trySendTokens(ts []token.Token, sizes []uint32) int {
+	pos, j := f.claim(len(ts))
+	for i := uint64(0); i < j; i++ {
+		c := &f.cells[(pos+i)&f.mask]
+		storeCell(c, ts[i], sizes[i])
+		publishCell(c, pos+i+1)
+	}
+	return int(j)
+}
+
+// claim claims up to m positions with one CAS on the tail, as many as the
+// room allows, and returns the first and how many (0 when the edge is in
+// slow mode or the ring holds its room). The caller writes and publishes
+// each claimed cell.
+func (f *fastRing) claim(m int) (pos, j uint64) {
 	if m == 0 {
-		return 0
+		return 0, 0
 	}
 	for {
 		pos := f.tail.Load()
 		if pos&slowBit != 0 {
-			return 0
+			return 0, 0
 		}
 		full, h := f.full(pos+uint64(m)-1, f.headCache.Load())
 		if full {
 			// Not room for all of them: as many as fit.
 			if full, h = f.full(pos, h); full {
-				return 0
+				return 0, 0
 			}
 		}
 		j := min(uint64(m), f.room-(pos-h))
@@ -290,12 +316,7 @@ func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 		if int64(pos+j-h) > f.hw.Load() {
 			f.raiseHighWater(pos + j - 1)
 		}
-		for i := uint64(0); i < j; i++ {
-			c := &f.cells[(pos+i)&f.mask]
-			storeCell(c, qs[i].tok, qs[i].size)
-			publishCell(c, pos+i+1)
-		}
-		return int(j)
+		return pos, j
 	}
 }
 

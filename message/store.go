@@ -465,6 +465,41 @@ func (s *metaTable) admitInfoN(ts []token.Token, qs []queued, qos []uint8) int {
 	return n
 }
 
+// fastInfoN is admitInfoN for SendBatch's path without staging: it returns
+// how many leading tokens of ts are live messages that an edge's fast ring
+// may take as they are (a valid QoS whose lane is BestEffort, no deadline),
+// with their sizes in sizes. It stops at the first other token, which the
+// caller sends the staged way (check gives its exact error or lane).
+func (s *metaTable) fastInfoN(ts []token.Token, sizes []uint32) int {
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return 0
+	}
+	n := 0
+	for ; n < len(ts); n++ {
+		idx, gen := ts[n].Index(), uint64(ts[n].Generation())
+		if ts[n].IsNil() || unissued(gen) || idx >= s.slots {
+			break
+		}
+		md := s.md(idx)
+		r := md.ref.Load()
+		deadline, info, whole := md.admission()
+		if !whole || r>>32 != gen || uint32(r) == 0 || deadline != 0 {
+			break
+		}
+		if q := QoS(info); !q.Valid() || int(q.effective())-1 != laneBestEffort {
+			break
+		}
+		if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
+			break
+		}
+		sizes[n] = uint32(info >> 32)
+	}
+	s.gate.Exit(g)
+	return n
+}
+
 // live reports whether t holds references, for callers inside an arena hold
 // (which keeps the metadata mapped).
 func (s *metaTable) live(t token.Token) bool {
