@@ -10,8 +10,7 @@ import (
 )
 
 // Alloc takes a free slot and returns its token and a pointer to its value,
-// zeroed (unless Config.NoZero: then a recycled slot holds what its last
-// user left in it). The pointer is valid until the token is freed or the arena closed;
+// zeroed. The pointer is valid until the token is freed or the arena closed;
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	// Gate.Enter spelled out: it does not inline (two calls).
@@ -22,9 +21,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 			pc.allocs++
 			idx, gen := cacheSlot(w)
 			v := a.payload(idx)
-			if !a.noZero {
-				zeroValue(v) // a cached slot is always a recycled one
-			}
+			zeroValue(v) // a cached slot is always a recycled one
 			a.gate.Exit(p)
 			return token.New(idx, gen), v, nil
 		}
@@ -35,7 +32,7 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 		return token.Nil, nil, err
 	}
 	v := a.payload(idx)
-	if res == tookRecycled && !a.noZero {
+	if res == tookRecycled {
 		zeroValue(v)
 	}
 	a.gate.Exit(p)

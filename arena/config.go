@@ -20,13 +20,6 @@ type Config struct {
 	Shards int
 	// Class says where the memory lives; the zero value is memclass.Host().
 	Class memclass.Class
-	// NoZero makes Alloc and AllocWait hand out a recycled slot as its
-	// last user left it instead of zeroed, for callers that overwrite the
-	// whole value anyway (a message store, a buffer filled by a read): a
-	// 4 KiB slot's zeroing costs about as much as the copy that follows it.
-	// A never-used slot is zero either way. Store and StoreWait copy their
-	// value in and are not affected.
-	NoZero bool
 }
 
 // MaxSlots is the largest capacity an arena supports. Up to 2^29-1 slots a

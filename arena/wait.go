@@ -320,7 +320,7 @@ func (a *Arena[T]) allocQuiet() (token.Token, *T, error) {
 		return token.Nil, nil, err
 	}
 	v := a.payload(idx)
-	if res == tookRecycled && !a.noZero {
+	if res == tookRecycled {
 		zeroValue(v)
 	}
 	a.gate.Exit(p)

@@ -151,9 +151,6 @@ type lateState struct {
 // reserves address space for the messages and their metadata and commits
 // none of it.
 func NewStore[P any](cfg arena.Config) (*Store[P], error) {
-	// Put overwrites the whole message; PutFunc and putBytes zero what
-	// they do not write themselves.
-	cfg.NoZero = true
 	a, err := arena.New[Message[P]](cfg)
 	if err != nil {
 		return nil, fmt.Errorf("message: NewStore: %w", err)
@@ -296,7 +293,6 @@ func (s *Store[P]) putFunc(h Header, fill func(*Message[P]) error) (token.Token,
 		}
 	}()
 	m.Header = h
-	clear(payloadBytes(m)) // the arena does not zero (NewStore)
 	ferr := fill(m)
 	returned = true
 	if ferr == nil && !s.gate.Closed() {
@@ -366,16 +362,10 @@ func (s *Store[P]) putBytes(h Header, data []byte) (token.Token, error) {
 		return token.Nil, arena.ErrClosed
 	}
 	m.Header = h
-	b := payloadBytes(m)
-	clear(b[copy(b, data):]) // the arena does not zero (NewStore)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&m.Payload)), unsafe.Sizeof(m.Payload)), data)
 	s.publish(t, &h)
 	s.gate.Exit(g)
 	return t, nil
-}
-
-// payloadBytes is m's payload as bytes.
-func payloadBytes[P any](m *Message[P]) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(&m.Payload)), unsafe.Sizeof(m.Payload))
 }
 
 // admitInfo is the edges' fast path of Header: it validates t and returns
