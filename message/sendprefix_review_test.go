@@ -205,7 +205,7 @@ type sprOutcome struct {
 // loop) and returns the outcome; it frees the edge's share of every token
 // (received, or refused) so that the store ends where it began.
 func sprRun(t testing.TB, s *Store[sprPayload], hs HeaderStore, c *sprCase, warmTok token.Token, pre []token.Token,
-	ts []token.Token, send func(e *Edge, ctx context.Context, ts []token.Token) (int, error, int)) sprOutcome {
+	ts []token.Token, send func(e *Edge, ctx context.Context, ts []token.Token) (int, int, error)) sprOutcome {
 	t.Helper()
 	e := mustEdge(t, hs, c.p)
 	bg := context.Background()
@@ -237,7 +237,7 @@ func sprRun(t testing.TB, s *Store[sprPayload], hs HeaderStore, c *sprCase, warm
 		ctx = nil
 	}
 	var o sprOutcome
-	o.n, o.err, o.in = send(e, ctx, ts)
+	o.n, o.in, o.err = send(e, ctx, ts)
 	o.st = e.Stats()
 	for {
 		tok, ok := e.TryRecv()
@@ -268,27 +268,27 @@ func sprRun(t testing.TB, s *Store[sprPayload], hs HeaderStore, c *sprCase, warm
 	return o
 }
 
-func sprBatchSend(e *Edge, ctx context.Context, ts []token.Token) (int, error, int) {
+func sprBatchSend(e *Edge, ctx context.Context, ts []token.Token) (int, int, error) {
 	in := 5 // sendBatchCatching adds to *in
 	n, fp, err := e.sendBatchCatching(ctx, ts, &in)
 	if fp != nil {
 		panic(fp)
 	}
-	return n, err, in - 5
+	return n, in - 5, err
 }
 
-func sprPublicBatchSend(e *Edge, ctx context.Context, ts []token.Token) (int, error, int) {
+func sprPublicBatchSend(e *Edge, ctx context.Context, ts []token.Token) (int, int, error) {
 	n, err := e.SendBatch(ctx, ts)
-	return n, err, n
+	return n, n, err
 }
 
-func sprLoopSend(e *Edge, ctx context.Context, ts []token.Token) (int, error, int) {
+func sprLoopSend(e *Edge, ctx context.Context, ts []token.Token) (int, int, error) {
 	for i, tok := range ts {
 		if err := e.Send(ctx, tok); err != nil {
-			return i, err, i
+			return i, i, err
 		}
 	}
-	return len(ts), nil, len(ts)
+	return len(ts), len(ts), nil
 }
 
 // sprCheckCase runs c through SendBatch (with the fast prefix), a loop of
