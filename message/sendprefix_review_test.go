@@ -1075,7 +1075,9 @@ func TestSendPrefixReviewGraph(t *testing.T) {
 				if i%17 == 0 {
 					h.Deadline = DeadlineIn(time.Hour)
 				}
-				tok, err := s.Put(h, sprPayload{})
+				// PutWait: with an unbounded edge the 256 slots can all be
+				// queued behind a slow sink (Put then fails with ErrFull).
+				tok, err := s.PutWait(ctx, h, sprPayload{})
 				if err != nil {
 					return err
 				}
