@@ -144,11 +144,11 @@ func fastEligible(p *Policy) bool {
 	return p.MaxBytes == 0 && p.SoftBytes == 0 && p.Admission != DeadlineQoS
 }
 
-// fastMinCells is the smallest ring. In a ring of one cell, a cell's
-// "published for position p" (seq p+1) would be its "free for position p+1"
-// too: a sender could reuse the cell before the receiver that claimed p
-// has read it. With two cells or more the next lap's free value is p+len,
-// never p+1. The item cap is the room's job, not the ring's size.
+// fastMinCells is the smallest ring. The item cap is the room's job, not
+// the ring's size. Two cells is a margin kept from the ring's first
+// protocol, where receivers released cells: in a ring of one cell,
+// "published for position p" (seq p+1) was also "free for position p+1".
+// Receivers that read and then claim never need it.
 const fastMinCells = 2
 
 func newFastRing(p *Policy) *fastRing {

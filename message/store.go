@@ -460,6 +460,10 @@ func (s *metaTable) admitInfoN(ts []token.Token, qs []queued, qos []uint8) int {
 // may take as they are (a valid QoS whose lane is BestEffort, no deadline),
 // with their sizes in sizes. It stops at the first other token, which the
 // caller sends the staged way (check gives its exact error or lane).
+//
+// Its reads are admitInfoN's, written out again: a helper shared by the two
+// is too big to inline (cost 162), and a call per token measured 13.1 ->
+// 13.8 ns per token on batches of 16 (p=0.28), where the target is near.
 func (s *metaTable) fastInfoN(ts []token.Token, sizes []uint32) int {
 	g := s.gate.EnterAny()
 	if s.gate.Closed() {
