@@ -365,11 +365,11 @@ func (f *fastRing) queuedHint() int {
 }
 
 // publishCell stores position pos into c's sequence word, ordered after
-// every earlier load and store of the goroutine, as the publish (by a
-// sender) or the release (by a receiver) of the cell: atomicx.StoreRelease32,
-// a plain store on amd64 instead of an atomic store's full fence (an XCHG,
-// one per token on each side, 16 per batch of 16). Readers load the word
-// atomically.
+// every earlier load and store of the goroutine, as a sender's (or the
+// mutex holder's) publish of the cell: atomicx.StoreRelease32, a plain store
+// on amd64 instead of an atomic store's full fence (an XCHG, one per token,
+// 16 per batch of 16). Receivers load the word atomically and never write
+// it.
 func publishCell(c *fastCell, pos uint64) {
 	atomicx.StoreRelease32((*uint32)(unsafe.Pointer(&c.seq)), cellSeq(pos))
 }
