@@ -25,9 +25,13 @@
 // safe.
 //
 // Pop tries the home freelist, then the home frontier, then steals: it visits
-// the other shards in turn and takes a batch (StealBatch) from the first that
-// has anything, freelist first, then frontier. One slot is returned and the
-// rest go onto the home freelist, so the next allocations are local again.
+// the other shards in turn and takes a batch from the first that has
+// anything, freelist first, then frontier. From a shard of its own part (its
+// own NUMA node) a thief takes the whole freelist with one CAS on the
+// victim's head, and makes it its own list with one CAS on its head; across
+// parts it takes StealBatch slots, and from a frontier StealBatch too. One
+// slot is returned and the rest go onto the home freelist, so the next
+// allocations are local again.
 //
 // # When Pop says empty
 //
@@ -54,8 +58,9 @@
 //
 // Push puts a freed index on the freeing goroutine's home shard, not on the
 // shard the index came from. The slot's cache lines are hot on this core,
-// and a producer/consumer pair on two Ps then costs one steal per batch
-// instead of one contended CAS on the producer's head per free.
+// and a producer/consumer pair on two Ps then costs the producer one steal
+// (two CAS) each time it has used up what the consumer freed, instead of one
+// contended CAS on the producer's head per free.
 //
 // # Links, and handing lists out
 //

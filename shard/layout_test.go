@@ -101,3 +101,42 @@ func TestLayoutCrossPartOrder(t *testing.T) {
 		}
 	}
 }
+
+// A thief that crosses to another part takes StealBatch slots of the
+// victim's freelist, not the whole list: the rest stay near their node.
+func TestLayoutCrossPartStealsABatch(t *testing.T) {
+	const per = 40 // more than one StealBatch, less than two
+	s := newLayout(t, []shard.Part{{Slots: per, Shards: 1, Node: 0}, {Slots: per, Shards: 1, Node: 1}})
+	var part0 []uint32
+	for i := 0; i < 2*per; i++ { // home 0 takes everything, its part's first
+		idx, _, ok := s.Pop(0)
+		if !ok {
+			t.Fatalf("pop %d of %d failed", i, 2*per)
+		}
+		if idx < per {
+			part0 = append(part0, idx)
+		}
+	}
+	for _, idx := range part0 {
+		s.Push(0, idx)
+	}
+	want := []shard.Source{shard.FromSteal}
+	for j := 1; j < shard.StealBatch; j++ {
+		want = append(want, shard.FromList)
+	}
+	want = append(want, shard.FromSteal)
+	for j := 1; j < per-shard.StealBatch; j++ {
+		want = append(want, shard.FromList)
+	}
+	seen := map[uint32]bool{}
+	for i, w := range want {
+		idx, src, ok := s.Pop(1)
+		if !ok || src != w || idx >= per || seen[idx] {
+			t.Fatalf("pop %d on part 1's home: (%d, %v, %v), want a fresh part-0 slot from %v", i, idx, src, ok, w)
+		}
+		seen[idx] = true
+	}
+	if idx, _, ok := s.Pop(1); ok {
+		t.Fatalf("Pop(1) = %d after every free slot was taken", idx)
+	}
+}

@@ -31,9 +31,11 @@ const (
 	Busy
 )
 
-// StealBatch is how many slots a thief takes from one victim at a time: the
-// first is returned, the rest go onto the thief's own freelist so that the
-// next allocations on this P are local again.
+// StealBatch is how many slots a thief takes at a time from a victim's
+// frontier, or from the freelist of a victim in another part: the first is
+// returned, the rest go onto the thief's own freelist so that the next
+// allocations on this P are local again. From a victim in its own part a
+// thief takes the whole freelist (stealList).
 const StealBatch = 32
 
 // Set is a fixed array of shards over the slot indices [0, slots). Each shard
@@ -457,8 +459,9 @@ func takeFresh(st *shardState, max uint32) (idx, n uint32, ok bool) {
 // steal looks for a victim with free slots: first the other shards of home's
 // part, in turn after home, then every shard of the other parts, in the
 // order OrderParts set (index order by default). From the
-// first victim that has anything it takes a batch (its freelist first, then
-// its frontier); the first slot is returned, the rest go onto home's freelist.
+// first victim that has anything it takes a batch (its whole freelist in
+// home's part, StealBatch of it in another part, else StealBatch of its
+// frontier); the first slot is returned, the rest go onto home's freelist.
 func (s *Set) steal(home int, v *scanView) (uint32, bool) {
 	me := &s.shards[home]
 	pi := int(me.part)
@@ -493,7 +496,12 @@ func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
 		return 0, false
 	}
 	s.steals.Add(1)
-	if idx, ok := s.popList(victim); ok {
+	if me.part == victim.part {
+		if idx, ok := s.stealList(me, victim); ok {
+			s.steals.Add(stealDone - 1)
+			return idx, true
+		}
+	} else if idx, ok := s.popList(victim); ok {
 		s.stealMore(me, victim)
 		s.steals.Add(stealDone - 1)
 		return idx, true
@@ -511,6 +519,49 @@ func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
 	s.steals.Add(^uint64(0)) // the victim emptied meanwhile: nothing moved
 	v.clean = false          // but this pass has no single look at it
 	return 0, false
+}
+
+// stealList takes victim's whole freelist with one CAS, keeps its first
+// index for the caller and hands the rest to me. A thief of the same part
+// takes everything: in the common case, a producer on one P and a consumer
+// freeing on another, the consumer's list holds what the producer will
+// allocate next, and one CAS on each head moves all of it, where popping a
+// batch one index at a time cost a contended CAS and a link read per slot.
+//
+// Once the CAS has emptied the victim's head nobody else can reach the
+// chain (a popper that read the old head fails its CAS on the new tag), so
+// its links are the thief's to read.
+func (s *Set) stealList(me, victim *shardState) (uint32, bool) {
+	var top uint32
+	for {
+		old := victim.head.Load()
+		if top = uint32(old); top == 0 {
+			return 0, false
+		}
+		if victim.head.CompareAndSwap(old, (old>>32+1)<<32) {
+			break
+		}
+	}
+	if next := s.loadLink(top - 1); next != 0 {
+		s.adoptChain(me, next-1)
+	}
+	return top - 1, true
+}
+
+// adoptChain pushes onto st the chain that starts at first and ends with a
+// 0 link. If st's freelist is empty (it is when its owner steals, unless a
+// Push landed meanwhile) the chain becomes the list with one CAS and is not
+// walked; otherwise it is walked to its last index and pushed.
+func (s *Set) adoptChain(st *shardState, first uint32) {
+	if old := st.head.Load(); uint32(old) == 0 &&
+		st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(first+1)) {
+		return
+	}
+	last := first
+	for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
+		last = n - 1
+	}
+	s.pushChain(st, first, last)
 }
 
 // stealMore moves up to StealBatch-1 more indices from victim's freelist to

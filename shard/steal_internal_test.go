@@ -1,0 +1,77 @@
+package shard
+
+import (
+	"runtime"
+	"testing"
+	"unsafe"
+)
+
+// stealList hands the victim's chain to a thief whose list is no longer
+// empty (a Push landed after its home looked dry): the chain is walked and
+// pushed on top of what the thief's list holds, and nothing is lost.
+func TestStealListOntoNonEmptyList(t *testing.T) {
+	links := make([]uint32, 16)
+	s := New(16, 2, unsafe.Pointer(&links[0]), 4)
+	for i := 0; i < 16; i++ {
+		if _, _, ok := s.Pop(0); !ok {
+			t.Fatalf("pop %d of 16 failed", i)
+		}
+	}
+	for _, idx := range []uint32{0, 1, 2, 3, 4} {
+		s.Push(0, idx)
+	}
+	for _, idx := range []uint32{10, 11} {
+		s.Push(1, idx)
+	}
+	me, victim := &s.shards[1], &s.shards[0]
+	idx, ok := s.stealList(me, victim)
+	if !ok || idx != 4 {
+		t.Fatalf("stealList = (%d, %v), want (4, true): the victim's top", idx, ok)
+	}
+	if _, ok := s.popList(victim); ok {
+		t.Fatal("the victim still has a list after its whole list was taken")
+	}
+	want := []uint32{3, 2, 1, 0, 11, 10}
+	for i, w := range want {
+		got, ok := s.popList(me)
+		if !ok || got != w {
+			t.Fatalf("pop %d from the thief: (%d, %v), want %d", i, got, ok, w)
+		}
+	}
+	if got, ok := s.popList(me); ok {
+		t.Fatalf("the thief's list holds %d past the %d slots it was given", got, len(want))
+	}
+	runtime.KeepAlive(links)
+}
+
+// stealList onto an empty list installs the chain with one CAS and leaves
+// its last link at the end of the list.
+func TestStealListOntoEmptyList(t *testing.T) {
+	links := make([]uint32, 16)
+	s := New(16, 2, unsafe.Pointer(&links[0]), 4)
+	for i := 0; i < 16; i++ {
+		if _, _, ok := s.Pop(0); !ok {
+			t.Fatalf("pop %d of 16 failed", i)
+		}
+	}
+	for _, idx := range []uint32{5, 6, 7} {
+		s.Push(0, idx)
+	}
+	me, victim := &s.shards[1], &s.shards[0]
+	before := me.head.Load() >> 32
+	if idx, ok := s.stealList(me, victim); !ok || idx != 7 {
+		t.Fatalf("stealList = (%d, %v), want (7, true)", idx, ok)
+	}
+	if tag := me.head.Load() >> 32; tag != before+1 {
+		t.Fatalf("thief's tag went %d -> %d, want one CAS", before, tag)
+	}
+	for i, w := range []uint32{6, 5} {
+		if got, ok := s.popList(me); !ok || got != w {
+			t.Fatalf("pop %d from the thief: (%d, %v), want %d", i, got, ok, w)
+		}
+	}
+	if got, ok := s.popList(me); ok {
+		t.Fatalf("the thief's list holds %d past the chain's end", got)
+	}
+	runtime.KeepAlive(links)
+}
