@@ -39,7 +39,9 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	return token.New(idx, gen), v, nil
 }
 
-// Store takes a free slot, copies v into it and returns its token.
+// Store takes a free slot, copies v into it and returns its token. For a
+// large T, Alloc and a write through its pointer skip the copy into the
+// call; see message.Store.Put on byte-array values at odd stack addresses.
 func (a *Arena[T]) Store(v T) (token.Token, error) {
 	p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
 	if !a.gate.Closed() && p < a.nP {

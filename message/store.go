@@ -184,6 +184,12 @@ func payloadSize[P any]() uint32 {
 // that edges' byte caps count the message. It fails with arena.ErrFull when
 // every slot is in use and arena.ErrClosed after Close (both unwrapped, so
 // that back-pressure allocates nothing).
+//
+// p is copied twice: into the call, then into the slot. For a large P,
+// PutFunc writes the message in place instead. A large byte-array P (say
+// [4096]byte) may also be placed by the compiler at an odd stack address,
+// where Go's copies of it ran several times slower on the build machine
+// (bench/payload.go says how much); a P of uint64s is 8-byte aligned.
 func (s *Store[P]) Put(h Header, p P) (token.Token, error) {
 	t, m, err := s.a.Alloc()
 	if err != nil {
