@@ -13,6 +13,7 @@ import (
 
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/memclass"
+	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
 )
 
@@ -961,6 +962,15 @@ func TestDoc2CounterProbes(t *testing.T) {
 	}
 	st := a.Stats()
 	t.Logf("64 allocs over 2 shards of 32: Steals = %d", st.Steals)
+	if !shard.Pinned {
+		// The purego build picks a random home per call: 32 picks of
+		// each shard in any order (about one sequence in ten) need no
+		// steal, and lists moving back and forth can need many.
+		if st.Steals > 64 {
+			t.Errorf("Steals = %d after 64 allocations", st.Steals)
+		}
+		return
+	}
 	if st.Steals == 0 || st.Steals > 32 {
 		t.Errorf("Steals = %d, want 1..32", st.Steals)
 	}
