@@ -90,9 +90,10 @@
 //
 // A dry shard steals (the victim's whole freelist on its own node, else a
 // batch of 32) under a shared steal word that counts steals in progress and
-// completed; that word is written only by steals, never on the fast path. An Alloc that finds every shard and every cache
-// empty decides ErrFull with a double collect (see cache.go), and looks
-// again, instead of reporting ErrFull, while slots were moving.
+// completed; that word is written only by steals, never on the fast path.
+// An Alloc that finds every shard and every cache empty decides ErrFull
+// with a double collect (see cache.go), and looks again, instead of
+// reporting ErrFull, while slots were moving.
 //
 // # NUMA
 //

@@ -548,20 +548,31 @@ func (s *Set) stealList(me, victim *shardState) (uint32, bool) {
 	return top - 1, true
 }
 
-// adoptChain pushes onto st the chain that starts at first and ends with a
-// 0 link. If st's freelist is empty (it is when its owner steals, unless a
-// Push landed meanwhile) the chain becomes the list with one CAS and is not
-// walked; otherwise it is walked to its last index and pushed.
+// adoptChain makes the chain that starts at first and ends with a 0 link
+// st's freelist, with one CAS and without walking it: the chain may be long
+// (a consumer's whole list), and the caller is pinned.
+//
+// st's list is empty when its owner steals, unless a Push landed on it
+// meanwhile (a shard that several Ps share). The CAS then takes that list
+// out with the same stroke, and it is walked and pushed back on top: it
+// holds what landed since the owner looked, not the stolen chain. (Until a
+// thief has pushed it back it is in the thief's hands, covered by the steal
+// word like the chain itself.)
 func (s *Set) adoptChain(st *shardState, first uint32) {
-	if old := st.head.Load(); uint32(old) == 0 &&
-		st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(first+1)) {
+	for {
+		old := st.head.Load()
+		if !st.head.CompareAndSwap(old, (old>>32+1)<<32|uint64(first+1)) {
+			continue
+		}
+		if top := uint32(old); top != 0 {
+			last := top - 1
+			for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
+				last = n - 1
+			}
+			s.pushChain(st, top-1, last)
+		}
 		return
 	}
-	last := first
-	for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
-		last = n - 1
-	}
-	s.pushChain(st, first, last)
 }
 
 // stealMore moves up to StealBatch-1 more indices from victim's freelist to

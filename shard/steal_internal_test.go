@@ -7,8 +7,8 @@ import (
 )
 
 // stealList hands the victim's chain to a thief whose list is no longer
-// empty (a Push landed after its home looked dry): the chain is walked and
-// pushed on top of what the thief's list holds, and nothing is lost.
+// empty (a Push landed after its home looked dry): the chain becomes the
+// list and what had landed goes back on top of it, and nothing is lost.
 func TestStealListOntoNonEmptyList(t *testing.T) {
 	links := make([]uint32, 16)
 	s := New(16, 2, unsafe.Pointer(&links[0]), 4)
@@ -31,7 +31,7 @@ func TestStealListOntoNonEmptyList(t *testing.T) {
 	if _, ok := s.popList(victim); ok {
 		t.Fatal("the victim still has a list after its whole list was taken")
 	}
-	want := []uint32{3, 2, 1, 0, 11, 10}
+	want := []uint32{11, 10, 3, 2, 1, 0}
 	for i, w := range want {
 		got, ok := s.popList(me)
 		if !ok || got != w {

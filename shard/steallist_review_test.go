@@ -371,11 +371,12 @@ func TestReviewEmptyIsExactWhenQuiet(t *testing.T) {
 
 // 3 and 4 (and 5), white-box: stealList for every mix of victim list length
 // (1, 2, 3, 40) and thief list length (0: one-CAS install; 1, 5: the
-// adoptChain walk). The caller gets the victim's top; the thief's list is
-// the rest of the victim's chain, in order, on top of what it held; the
-// victim is empty; each head's tag moved by exactly its CAS count (victim
-// one, thief one if there was a chain to adopt, else none); every link
-// keeps the flag, and the chain's flagged 0 end ends the thief's list.
+// install takes the thief's list out and pushes it back on top). The caller
+// gets the victim's top; the thief's list is what it held, then the rest of
+// the victim's chain, in order; the victim is empty; each head's tag moved
+// by exactly its CAS count (victim one; thief none without a chain to
+// adopt, else one, or two when it held a list); every link keeps the flag,
+// and the chain's flagged 0 end ends the thief's list.
 func TestReviewStealListChains(t *testing.T) {
 	for _, flag := range []uint32{0, 1 << 31} {
 		for _, vn := range []int{1, 2, 3, 40} {
@@ -418,9 +419,15 @@ func TestReviewStealListChains(t *testing.T) {
 					if uint32(vh2) != 0 || tagOf(vh2) != tagOf(vh)+1 {
 						t.Fatalf("victim head %#x -> %#x, want empty with the tag bumped once", vh, vh2)
 					}
+					// One CAS installs the rest of the chain; when the
+					// thief's list was not empty, one more puts what it
+					// held back on top.
 					wantThiefCAS := uint32(0)
 					if vn > 1 {
 						wantThiefCAS = 1
+						if tn > 0 {
+							wantThiefCAS = 2
+						}
 					}
 					if tagOf(th2) != tagOf(th)+wantThiefCAS {
 						t.Fatalf("thief head %#x -> %#x, want its tag bumped %d time(s)", th, th2, wantThiefCAS)
@@ -428,7 +435,7 @@ func TestReviewStealListChains(t *testing.T) {
 					if s.steals.Load() != w {
 						t.Fatalf("stealList touched the steal word: %#x -> %#x", w, s.steals.Load())
 					}
-					want := append(append([]uint32{}, vlist[1:]...), tlist...)
+					want := append(append([]uint32{}, tlist...), vlist[1:]...)
 					if got := s.list(t, 1); !sameSeq(got, want) {
 						t.Fatalf("thief's list after the steal %v, want %v", got, want)
 					}
@@ -455,8 +462,8 @@ func TestReviewStealListChains(t *testing.T) {
 }
 
 // 3, concurrently: a Push onto the thief's shard races a direct stealList
-// (so adoptChain takes the one-CAS path or the walk, whichever loses), and a
-// popper on the thief's shard races both. Afterwards exactly the victim's
+// (so adoptChain installs the chain on an empty list or takes the pushed
+// slot out and puts it back), and a popper on the thief's shard races both. Afterwards exactly the victim's
 // chain plus the pushed slot are accounted for, each once.
 func TestReviewStealListRacesPush(t *testing.T) {
 	rounds := 3000
@@ -466,7 +473,7 @@ func TestReviewStealListRacesPush(t *testing.T) {
 	s := rvNew(64, 2, 1<<31)
 	all := s.drainAll(t, func(int) int { return 0 })
 	rng := rand.New(rand.NewPCG(11, 12))
-	var walked, installed int
+	var onTop, taken int
 	for r := 0; r < rounds; r++ {
 		rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 		k := 1 + rng.IntN(20)
@@ -506,12 +513,19 @@ func TestReviewStealListRacesPush(t *testing.T) {
 			t.Fatalf("round %d: stealList = (%d, %v), want (%d, true)", r, top, ok, chain[k-1])
 		}
 		rest := s.list(t, 1)
-		if k > 1 && len(rest) > 0 {
-			if rest[len(rest)-1] == x {
-				walked++ // the chain went on top of the pushed slot
-			} else if rest[0] == x {
-				installed++
+		// The pushed slot ends on top of the thief's list either way:
+		// pushed after the install, or taken out by it and pushed back
+		// (adoptChain never walks the stolen chain). Unless the racing
+		// pop took it, it is there.
+		for i, idx := range rest {
+			if idx == x && i != 0 {
+				t.Fatalf("round %d: the pushed slot %d is at depth %d of the thief's list %v, want the top", r, x, i, rest)
 			}
+		}
+		if len(rest) > 0 && rest[0] == x {
+			onTop++
+		} else {
+			taken++
 		}
 		seen := map[uint32]bool{top: true}
 		for _, idx := range append(rest, s.list(t, 0)...) {
@@ -543,7 +557,7 @@ func TestReviewStealListRacesPush(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d rounds: the pushed slot ended under the adopted chain %d times, on top %d times", rounds, walked, installed)
+	t.Logf("%d rounds: the pushed slot on top of the thief's list %d times, taken by the racing pop %d times", rounds, onTop, taken)
 }
 
 // 4: every successful head CAS bumps the tag by exactly one (Push, popList,
