@@ -15,15 +15,23 @@ import (
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	// Gate.Enter spelled out: it does not inline (two calls).
 	p := a.gate.EnterAny()
-	if !a.gate.Closed() && p < a.nP {
-		pc := a.pc(p)
-		if w := a.takeCached(pc); w != 0 {
-			pc.allocs++
-			idx, gen := cacheSlot(w)
-			v := a.payload(idx)
-			zeroValue(v) // a cached slot is always a recycled one
-			a.gate.Exit(p)
-			return token.New(idx, gen), v, nil
+	if !a.gate.Closed() {
+		if p < a.nP {
+			pc := a.pc(p)
+			if w := a.takeCached(pc); w != 0 {
+				pc.allocs++
+				idx, gen := cacheSlot(w)
+				v := a.payload(idx)
+				zeroValue(v) // a cached slot is always a recycled one
+				a.gate.Exit(p)
+				return token.New(idx, gen), v, nil
+			}
+		}
+		// The cache was empty: look at the shards in the same section
+		// (a slot freed on another P is found there). takeSlow, in
+		// sections of its own, does the rest.
+		if idx, gen, res := a.take(p); res == took || res == tookRecycled {
+			return a.allocated(p, idx, gen, res)
 		}
 	}
 	a.gate.Exit(p)
@@ -31,6 +39,12 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	if err != nil {
 		return token.Nil, nil, err
 	}
+	return a.allocated(p, idx, gen, res)
+}
+
+// allocated is Alloc's end once the shards gave slot idx at generation gen:
+// it zeroes a recycled slot and ends P p's gate section.
+func (a *Arena[T]) allocated(p int, idx, gen uint32, res takeResult) (token.Token, *T, error) {
 	v := a.payload(idx)
 	if res == tookRecycled {
 		zeroValue(v)
@@ -45,11 +59,18 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 // odd stack address, copies several times slower: bench/payload.go).
 func (a *Arena[T]) Store(v T) (token.Token, error) {
 	p := a.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
-	if !a.gate.Closed() && p < a.nP {
-		pc := a.pc(p)
-		if w := a.takeCached(pc); w != 0 {
-			pc.allocs++
-			idx, gen := cacheSlot(w)
+	if !a.gate.Closed() {
+		if p < a.nP {
+			pc := a.pc(p)
+			if w := a.takeCached(pc); w != 0 {
+				pc.allocs++
+				idx, gen := cacheSlot(w)
+				a.put(idx, &v)
+				a.gate.Exit(p)
+				return token.New(idx, gen), nil
+			}
+		}
+		if idx, gen, res := a.take(p); res == took || res == tookRecycled { // as in Alloc
 			a.put(idx, &v)
 			a.gate.Exit(p)
 			return token.New(idx, gen), nil
@@ -85,8 +106,9 @@ const (
 	retry                          // slots were moving between shards: retry unpinned
 )
 
-// takeSlow is Alloc's path when its P's cache was empty (or the arena
-// closed): the shards, then the other Ps' caches, then the shards again to
+// takeSlow is Alloc's path when its P's cache was empty and a first look at
+// the shards found nothing (or the arena closed): the shards, then the
+// other Ps' caches, then the shards again to
 // decide ErrFull exactly (see "Exact ErrFull" in cache.go). On success it
 // returns pinned to P p, inside a gate section, with slot idx allocated at
 // generation gen; the caller fills the slot and exits the section. On error
