@@ -42,8 +42,8 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	return a.allocated(p, idx, gen, res)
 }
 
-// allocated is Alloc's end once the shards gave slot idx at generation gen:
-// it zeroes a recycled slot and ends P p's gate section.
+// allocated is Alloc's (and allocQuiet's) end once slot idx was taken at
+// generation gen: it zeroes a recycled slot and ends P p's gate section.
 func (a *Arena[T]) allocated(p int, idx, gen uint32, res takeResult) (token.Token, *T, error) {
 	v := a.payload(idx)
 	if res == tookRecycled {

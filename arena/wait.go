@@ -319,12 +319,7 @@ func (a *Arena[T]) allocQuiet() (token.Token, *T, error) {
 	if err != nil {
 		return token.Nil, nil, err
 	}
-	v := a.payload(idx)
-	if res == tookRecycled {
-		zeroValue(v)
-	}
-	a.gate.Exit(p)
-	return token.New(idx, gen), v, nil
+	return a.allocated(p, idx, gen, res)
 }
 
 // storeQuiet is Store for the wait paths, as allocQuiet is Alloc.
