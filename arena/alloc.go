@@ -10,7 +10,7 @@ import (
 )
 
 // Alloc takes a free slot and returns its token and a pointer to its value,
-// zeroed. The pointer is valid until the token is freed or the arena closed;
+// zeroed (unless Config.NoZero). The pointer is valid until the token is freed or the arena closed;
 // it gives unsynchronised access (use View and Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	// Gate.Enter spelled out: it does not inline (two calls).
@@ -22,7 +22,9 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 				pc.allocs++
 				idx, gen := cacheSlot(w)
 				v := a.payload(idx)
-				zeroValue(v) // a cached slot is always a recycled one
+				if !a.noZero {
+					zeroValue(v) // a cached slot is always a recycled one
+				}
 				a.gate.Exit(p)
 				return token.New(idx, gen), v, nil
 			}
@@ -43,10 +45,11 @@ func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 }
 
 // allocated is Alloc's (and allocQuiet's) end once slot idx was taken at
-// generation gen: it zeroes a recycled slot and ends P p's gate section.
+// generation gen: it zeroes a recycled slot (unless Config.NoZero) and ends
+// P p's gate section.
 func (a *Arena[T]) allocated(p int, idx, gen uint32, res takeResult) (token.Token, *T, error) {
 	v := a.payload(idx)
-	if res == tookRecycled {
+	if res == tookRecycled && !a.noZero {
 		zeroValue(v)
 	}
 	a.gate.Exit(p)

@@ -41,6 +41,7 @@ type core struct {
 	stride   uintptr        // payload bytes per slot: T's size
 	slots    uint32
 	firstGen uint32         // generation of a never-used slot
+	noZero   bool           // Config.NoZero: Alloc leaves a recycled slot as it is
 	perP     unsafe.Pointer // nP pCounters, off-heap
 	nP       int
 
@@ -130,6 +131,7 @@ func newArena[T any](cfg Config, firstGen uint32) (*Arena[T], error) {
 		stride:   stride,
 		slots:    uint32(cfg.Slots),
 		firstGen: firstGen,
+		noZero:   cfg.NoZero,
 		perP:     counters.Base(),
 		nP:       nP,
 		class:    cfg.Class,

@@ -1,6 +1,7 @@
 package arena_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"runtime"
@@ -242,6 +243,56 @@ func TestRecycledSlotIsZeroed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, tok.Index(), tok2.Index())
 	require.Equal(t, msg{}, *p2, "a recycled slot must come back zeroed")
+}
+
+// With Config.NoZero, Alloc and AllocWait hand a recycled slot out as its
+// last value left it (across the P cache and the shards), a never-used slot
+// is still zero, and Store overwrites the whole value as always.
+func TestNoZeroKeepsRecycledBytes(t *testing.T) {
+	for _, big := range []bool{false, true} {
+		t.Run("big="+strconv.FormatBool(big), func(t *testing.T) {
+			if big {
+				testNoZero[[8192]byte](t, func(v *[8192]byte, b byte) { v[0], v[8191] = b, b },
+					func(v *[8192]byte) byte { return v[0] | v[8191] })
+			} else {
+				testNoZero[msg](t, func(v *msg, b byte) { v.ID, v.Buf[47] = uint64(b), b },
+					func(v *msg) byte { return byte(v.ID) | v.Buf[47] })
+			}
+		})
+	}
+}
+
+func testNoZero[T any](t *testing.T, mark func(*T, byte), marked func(*T) byte) {
+	a, err := arena.New[T](arena.Config{Slots: 2, Shards: 1, NoZero: true})
+	require.NoError(t, err)
+	defer a.Close()
+	t1, p1, err := a.Alloc()
+	require.NoError(t, err)
+	t2, p2, err := a.AllocWait(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, marked(p1), "a never-used slot is zero")
+	require.Zero(t, marked(p2), "a never-used slot is zero")
+	mark(p1, 0x5a)
+	mark(p2, 0x5a)
+	require.NoError(t, a.Free(t1))
+	require.NoError(t, a.Free(t2))
+	for range 2 {
+		tok, p, err := a.Alloc()
+		require.NoError(t, err)
+		require.Equal(t, byte(0x5a), marked(p), "Alloc with NoZero keeps the recycled bytes")
+		require.NoError(t, a.Free(tok))
+		tok, p, err = a.AllocWait(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, byte(0x5a), marked(p), "AllocWait with NoZero keeps the recycled bytes")
+		require.NoError(t, a.Free(tok))
+	}
+	var zero T
+	tok, err := a.Store(zero)
+	require.NoError(t, err)
+	v, err := a.Load(tok)
+	require.NoError(t, err)
+	require.Zero(t, marked(&v), "Store writes the whole value")
+	require.NoError(t, a.Free(tok))
 }
 
 func TestCloseBeforeUse(t *testing.T) {

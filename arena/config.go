@@ -20,6 +20,13 @@ type Config struct {
 	Shards int
 	// Class says where the memory lives; the zero value is memclass.Host().
 	Class memclass.Class
+	// NoZero makes Alloc and AllocWait hand out a recycled slot as its
+	// last value left it instead of zeroed (a never-used slot is zero
+	// either way). It is for callers that write the whole value right
+	// after Alloc: for a large T, zeroing is a pass over the slot that
+	// costs about as much as the write (message.Store uses it for Put).
+	// Store, StoreWait, Load, View and Update are unaffected.
+	NoZero bool
 }
 
 // MaxSlots is the largest capacity an arena supports. Up to 2^29-1 slots a

@@ -45,7 +45,8 @@
 // callback still holds the slot, the slot goes back to a freelist when the
 // last holder leaves, not before. A slot whose generation would wrap is
 // retired: it leaves Capacity and is never reused, so a token can never match
-// a slot twice. Recycled slots are zeroed by Alloc.
+// a slot twice. Recycled slots are zeroed by Alloc (unless Config.NoZero:
+// message.Store's Put writes the whole slot anyway).
 //
 // Each arena starts its generations at a random base, so a token from another
 // arena fails the generation check with high probability; a token can't name
