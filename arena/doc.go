@@ -89,8 +89,8 @@
 // ErrClosed are returned bare so that back-pressure does not allocate
 // either.
 //
-// A dry shard steals (the victim's whole freelist on its own node, else a
-// batch of 32) under a shared steal word that counts steals in progress and
+// A dry shard steals (the top 64 of the victim's freelist on its own node,
+// in three CASes whatever the list's length; else a batch of 32) under a shared steal word that counts steals in progress and
 // completed; that word is written only by steals, never on the fast path.
 // An Alloc that finds every shard and every cache empty decides ErrFull
 // with a double collect (see cache.go), and looks again, instead of

@@ -28,9 +28,12 @@
 // the other shards in turn and takes a batch from the first that has
 // anything, freelist first, then frontier. From a shard of its own part (its
 // own NUMA node) a thief takes the whole freelist with one CAS on the
-// victim's head, and makes it its own list with one CAS on its head; across
-// parts it takes StealBatch slots, and from a frontier StealBatch too. One
-// slot is returned and the rest go onto the home freelist, so the next
+// victim's head, keeps the top 2×StealBatch (the slots freed last, hot in
+// the caches), makes them its own list with one CAS on its head and gives
+// the rest back with one more (a thief that kept a long list would cycle
+// a producer and a consumer through every slot of the arena); across parts
+// it takes StealBatch slots, and from a frontier StealBatch too. One slot
+// is returned and the rest go onto the home freelist, so the next
 // allocations are local again.
 //
 // # When Pop says empty

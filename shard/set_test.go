@@ -256,8 +256,9 @@ func TestSetStealBatchFromFrontier(t *testing.T) {
 }
 
 // A steal from the freelist of a victim in the thief's own part takes the
-// whole list with one CAS: one slot is returned and every other one is on
-// the thief's freelist, in the victim's order, and nothing else.
+// whole list with one CAS when it is at most 2×StealBatch long: one slot is
+// returned and every other one is on the thief's freelist, in the victim's
+// order, and nothing else.
 func TestSetStealWholeListInPart(t *testing.T) {
 	const per = 64
 	const pushed = 40 // more than one StealBatch: the whole list moves anyway
@@ -300,6 +301,59 @@ func TestSetStealWholeListInPart(t *testing.T) {
 	}
 	if idx, src, ok := s.Pop(0); ok {
 		t.Fatalf("Pop(0) = (%d, %v): the victim kept a slot the thief took", idx, src)
+	}
+	s.checkGuards(t)
+}
+
+// From a long list a thief keeps the top 2×StealBatch (the slots freed
+// last) and the victim keeps the rest, in order: the thief's home pops its
+// part, then steals again the victim's next top, and the victim's home pops
+// the rest of its own list. Nothing is lost or handed out twice.
+func TestSetStealKeepsTopOfLongList(t *testing.T) {
+	const per = 256
+	const pushed = 150
+	const keep = 2 * shard.StealBatch
+	s := newTestSet(t, 2*per, 2)
+	victim := s.drain(t, 0)[:per]
+	free := make(map[uint32]bool)
+	for _, idx := range victim[:pushed] {
+		s.Push(0, idx)
+		free[idx] = true
+	}
+	got := map[uint32]bool{}
+	pop := func(home int, wantSrc shard.Source, want uint32) {
+		t.Helper()
+		idx, src, ok := s.Pop(home)
+		if !ok || src != wantSrc || idx != want {
+			t.Fatalf("Pop(%d) = (%d, %v, %v), want (%d, %v, true)", home, idx, src, ok, want, wantSrc)
+		}
+		if !free[idx] || got[idx] {
+			t.Fatalf("Pop(%d) = %d: not a free slot, or handed out twice", home, idx)
+		}
+		got[idx] = true
+	}
+	// The first steal: the top keep slots, the last pushed first.
+	j := pushed - 1
+	pop(1, shard.FromSteal, victim[j])
+	for j--; j >= pushed-keep; j-- {
+		pop(1, shard.FromList, victim[j])
+	}
+	// The thief's list is dry: it steals the next keep from the victim.
+	pop(1, shard.FromSteal, victim[j])
+	for j--; j >= pushed-2*keep; j-- {
+		pop(1, shard.FromList, victim[j])
+	}
+	// What is left is the victim's own list, in order.
+	for ; j >= 0; j-- {
+		pop(0, shard.FromList, victim[j])
+	}
+	if len(got) != pushed {
+		t.Fatalf("got %d slots back, want %d", len(got), pushed)
+	}
+	for home := range 2 {
+		if idx, src, ok := s.Pop(home); ok {
+			t.Fatalf("Pop(%d) = (%d, %v) after every free slot was taken", home, idx, src)
+		}
 	}
 	s.checkGuards(t)
 }

@@ -75,3 +75,60 @@ func TestStealListOntoEmptyList(t *testing.T) {
 	}
 	runtime.KeepAlive(links)
 }
+
+// giveBack lands a cut-off chain under what was pushed onto the victim
+// since the steal: the new pushes stay on top, in their order, then the
+// chain, and nothing else; the victim's tag moves once per CAS.
+func TestGiveBackUnderPushes(t *testing.T) {
+	links := make([]uint32, 16)
+	s := New(16, 2, unsafe.Pointer(&links[0]), 4)
+	for i := 0; i < 16; i++ {
+		if _, _, ok := s.Pop(0); !ok {
+			t.Fatalf("pop %d of 16 failed", i)
+		}
+	}
+	// The chain 3 → 2 → 1 → 0, taken off shard 0's list.
+	for _, idx := range []uint32{0, 1, 2, 3} {
+		s.Push(0, idx)
+	}
+	victim := &s.shards[0]
+	first, ok := s.Detach(0)
+	if !ok || first != 3 {
+		t.Fatalf("Detach = (%d, %v), want (3, true)", first, ok)
+	}
+	// Pushes land meanwhile.
+	for _, idx := range []uint32{8, 9} {
+		s.Push(0, idx)
+	}
+	before := victim.head.Load() >> 32
+	s.giveBack(victim, first)
+	if tag := victim.head.Load() >> 32; tag != before+2 {
+		t.Fatalf("victim's tag went %d -> %d, want two CASes (take the pushes out, land the chain)", before, tag)
+	}
+	s.steals.Add(stealDone - 1) // end the steal Detach began
+	for i, w := range []uint32{9, 8, 3, 2, 1, 0} {
+		if got, ok := s.popList(victim); !ok || got != w {
+			t.Fatalf("pop %d from the victim: (%d, %v), want %d", i, got, ok, w)
+		}
+	}
+	if got, ok := s.popList(victim); ok {
+		t.Fatalf("the victim's list holds %d past the chain's end", got)
+	}
+	// Onto an empty list: one CAS.
+	for _, idx := range []uint32{4, 5} {
+		s.Push(0, idx)
+	}
+	first, _ = s.Detach(0)
+	before = victim.head.Load() >> 32
+	s.giveBack(victim, first)
+	s.steals.Add(stealDone - 1)
+	if tag := victim.head.Load() >> 32; tag != before+1 {
+		t.Fatalf("victim's tag went %d -> %d, want one CAS", before, tag)
+	}
+	for i, w := range []uint32{5, 4} {
+		if got, ok := s.popList(victim); !ok || got != w {
+			t.Fatalf("pop %d from the victim: (%d, %v), want %d", i, got, ok, w)
+		}
+	}
+	runtime.KeepAlive(links)
+}

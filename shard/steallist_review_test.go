@@ -370,16 +370,18 @@ func TestReviewEmptyIsExactWhenQuiet(t *testing.T) {
 }
 
 // 3 and 4 (and 5), white-box: stealList for every mix of victim list length
-// (1, 2, 3, 40) and thief list length (0: one-CAS install; 1, 5: the
-// install takes the thief's list out and pushes it back on top). The caller
-// gets the victim's top; the thief's list is what it held, then the rest of
-// the victim's chain, in order; the victim is empty; each head's tag moved
-// by exactly its CAS count (victim one; thief none without a chain to
-// adopt, else one, or two when it held a list); every link keeps the flag,
-// and the chain's flagged 0 end ends the thief's list.
+// (1, 2, 3, 40, stealKeep, stealKeep+1, 100) and thief list length (0:
+// one-CAS install; 1, 5: the install takes the thief's list out and pushes
+// it back on top). The caller gets the victim's top; the thief's list is
+// what it held, then the rest of the victim's top stealKeep, in order; the
+// victim keeps the rest of its chain, in order (empty up to stealKeep);
+// each head's tag moved by exactly its CAS count (victim one, two with a
+// give-back; thief none without a chain to adopt, else one, or two when it
+// held a list); every link keeps the flag, and the chain's flagged 0 ends
+// end both lists.
 func TestReviewStealListChains(t *testing.T) {
 	for _, flag := range []uint32{0, 1 << 31} {
-		for _, vn := range []int{1, 2, 3, 40} {
+		for _, vn := range []int{1, 2, 3, 40, stealKeep, stealKeep + 1, 100} {
 			for _, tn := range []int{0, 1, 5} {
 				t.Run(fmt.Sprintf("flag=%#x/victim=%d/thief=%d", flag, vn, tn), func(t *testing.T) {
 					s := rvNew(128, 3, flag)
@@ -416,8 +418,15 @@ func TestReviewStealListChains(t *testing.T) {
 						t.Fatalf("stealList = (%d, %v), want (%d, true): the victim's top", idx, ok, vlist[0])
 					}
 					vh2, th2 := victim.head.Load(), me.head.Load()
-					if uint32(vh2) != 0 || tagOf(vh2) != tagOf(vh)+1 {
-						t.Fatalf("victim head %#x -> %#x, want empty with the tag bumped once", vh, vh2)
+					// The victim keeps what lies past the top stealKeep:
+					// one more CAS (giveBack) when there is any.
+					kept := min(vn, stealKeep)
+					if vn <= stealKeep {
+						if uint32(vh2) != 0 || tagOf(vh2) != tagOf(vh)+1 {
+							t.Fatalf("victim head %#x -> %#x, want empty with the tag bumped once", vh, vh2)
+						}
+					} else if tagOf(vh2) != tagOf(vh)+2 {
+						t.Fatalf("victim head %#x -> %#x, want the tag bumped twice (steal, give back)", vh, vh2)
 					}
 					// One CAS installs the rest of the chain; when the
 					// thief's list was not empty, one more puts what it
@@ -435,12 +444,20 @@ func TestReviewStealListChains(t *testing.T) {
 					if s.steals.Load() != w {
 						t.Fatalf("stealList touched the steal word: %#x -> %#x", w, s.steals.Load())
 					}
-					want := append(append([]uint32{}, tlist...), vlist[1:]...)
+					want := append(append([]uint32{}, tlist...), vlist[1:kept]...)
 					if got := s.list(t, 1); !sameSeq(got, want) {
 						t.Fatalf("thief's list after the steal %v, want %v", got, want)
 					}
-					if got := s.list(t, 0); len(got) != 0 {
-						t.Fatalf("victim's list after the steal %v, want empty", got)
+					if got := s.list(t, 0); !sameSeq(got, vlist[kept:]) {
+						t.Fatalf("victim's list after the steal %v, want %v", got, vlist[kept:])
+					}
+					// The victim's home pops what it kept, in order; the
+					// thief's home then gets the rest.
+					for i, wi := range vlist[kept:] {
+						got, src, ok := s.popQuiet(t, 0)
+						if !ok || got != wi || src != FromList {
+							t.Fatalf("pop %d on the victim's home: (%d, %v, %v), want (%d, FromList)", i, got, src, ok, wi)
+						}
 					}
 					// And through the public API: the thief's home pops them
 					// in that order, then everything is out.
@@ -781,5 +798,100 @@ func TestReviewCrossPartBatches(t *testing.T) {
 	}
 	if l := len(s2.list(t, 0)); l != StealBatch-1 {
 		t.Fatalf("home 0's list holds %d after a cross-part frontier steal, want %d", l, StealBatch-1)
+	}
+}
+
+// A thief cuts a long chain (more than stealKeep) and gives the rest back
+// while the victim's home pushes and pops on the same list: every slot is
+// accounted for exactly once afterwards, on a list, stolen, or popped.
+func TestStealListGiveBackRacesVictim(t *testing.T) {
+	rounds := 2000
+	if testing.Short() || raceEnabled {
+		rounds = 400
+	}
+	const slots = 256
+	s := rvNew(slots, 2, 1<<31)
+	all := s.drainAll(t, func(int) int { return 0 })
+	rng := rand.New(rand.NewPCG(21, 22))
+	for r := 0; r < rounds; r++ {
+		rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+		k := stealKeep + 1 + rng.IntN(slots-stealKeep-40)
+		chain, extra := all[:k], all[k:k+1+rng.IntN(30)]
+		for _, idx := range chain {
+			s.Push(0, idx)
+		}
+		me, victim := &s.shards[1], &s.shards[0]
+		var start, ready atomic.Int32
+		var popped []uint32
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { // the victim's home frees
+			defer wg.Done()
+			ready.Add(1)
+			for start.Load() == 0 {
+				runtime.Gosched()
+			}
+			for _, idx := range extra {
+				s.Push(0, idx)
+			}
+		}()
+		go func() { // and allocates
+			defer wg.Done()
+			ready.Add(1)
+			for start.Load() == 0 {
+				runtime.Gosched()
+			}
+			for range 5 {
+				if idx, ok := s.popList(victim); ok {
+					popped = append(popped, idx)
+				}
+			}
+		}()
+		for ready.Load() != 2 {
+			runtime.Gosched()
+		}
+		start.Store(1)
+		s.steals.Add(1) // as stealFrom does: the steal is in progress
+		top, ok := s.stealList(me, victim)
+		s.steals.Add(stealDone - 1)
+		wg.Wait()
+		seen := map[uint32]bool{}
+		add := func(where string, idx uint32) {
+			if seen[idx] {
+				t.Fatalf("round %d: index %d twice (%s)", r, idx, where)
+			}
+			seen[idx] = true
+		}
+		if ok {
+			add("stolen", top)
+		}
+		thief := s.list(t, 1)
+		if ok && len(thief) > stealKeep-1 {
+			t.Fatalf("round %d: the thief kept %d slots besides the one returned, want at most %d", r, len(thief), stealKeep-1)
+		}
+		for _, idx := range thief {
+			add("thief's list", idx)
+		}
+		for _, idx := range s.list(t, 0) {
+			add("victim's list", idx)
+		}
+		for _, idx := range popped {
+			add("popped", idx)
+		}
+		for _, idx := range append(append([]uint32{}, chain...), extra...) {
+			if !seen[idx] {
+				t.Fatalf("round %d: slot %d lost (chain of %d, %d pushed, %d popped)", r, idx, k, len(extra), len(popped))
+			}
+		}
+		if len(seen) != k+len(extra) {
+			t.Fatalf("round %d: %d slots accounted for, want %d", r, len(seen), k+len(extra))
+		}
+		for _, sh := range []int{0, 1} {
+			for {
+				if _, ok := s.popList(&s.shards[sh]); !ok {
+					break
+				}
+			}
+		}
 	}
 }
