@@ -10,8 +10,9 @@ import (
 )
 
 // Alloc takes a free slot and returns its token and a pointer to its value,
-// zeroed (unless Config.NoZero). The pointer is valid until the token is freed or the arena closed;
-// it gives unsynchronised access (use View and Update for shared access).
+// zeroed (unless Config.NoZero). The pointer is valid until the token is
+// freed or the arena closed; it gives unsynchronised access (use View and
+// Update for shared access).
 func (a *Arena[T]) Alloc() (token.Token, *T, error) {
 	// Gate.Enter spelled out: it does not inline (two calls).
 	p := a.gate.EnterAny()

@@ -355,7 +355,7 @@ func (e *Edge) check(t token.Token, q *queued) (lane int, err error) {
 	if e.pol.MaxBytes > 0 && int64(q.size) > e.pol.MaxBytes {
 		return 0, errOverMaxBytes
 	}
-	return int(qos.effective()) - 1, nil
+	return qos.lane(), nil
 }
 
 // setInfo fills q's admission fields from what admitInfo read and returns
@@ -386,7 +386,7 @@ func (e *Edge) checkBatch(ts []token.Token, qs []queued, lanes []uint8) (int, er
 			if !qos.Valid() || (e.pol.MaxBytes > 0 && int64(qs[n].size) > e.pol.MaxBytes) {
 				break // check gives its error
 			}
-			lanes[n] = uint8(qos.effective()) - 1
+			lanes[n] = uint8(qos.lane())
 		}
 	}
 	for ; n < len(ts); n++ {

@@ -48,6 +48,10 @@ func (q QoS) effective() QoS {
 	return q
 }
 
+// lane is the index of the edge lane a valid QoS goes to (laneBackground,
+// laneBestEffort or laneCritical: QoS-1, the zero QoS as BestEffort).
+func (q QoS) lane() int { return int(q.effective()) - 1 }
+
 // Flags are per-message bits.
 type Flags uint32
 

@@ -49,7 +49,7 @@ func packInfo(h *Header) uint64 {
 	if h.Flags.Has(DegradeAllowed) {
 		v |= infoDegrade
 	}
-	if h.Deadline == 0 && h.QoS.Valid() && int(h.QoS.effective())-1 == laneBestEffort {
+	if h.Deadline == 0 && h.QoS.Valid() && h.QoS.lane() == laneBestEffort {
 		v |= infoPlain
 	}
 	return v
@@ -160,9 +160,10 @@ type lateState struct {
 // reserves address space for the messages and their metadata and commits
 // none of it.
 func NewStore[P any](cfg arena.Config) (*Store[P], error) {
-	// Put writes a whole message over the slot: zeroing it first would be
-	// a second pass over it (13% of a 4 KiB hop). PutFunc and putBytes
-	// zero what they do not write themselves.
+	// Put writes a whole message over the slot: zeroing it first is a
+	// second pass over it (without it, Free+Put of a 4 KiB message took
+	// 26% less). PutFunc and putBytes zero what they do not write
+	// themselves.
 	cfg.NoZero = true
 	a, err := arena.New[Message[P]](cfg)
 	if err != nil {

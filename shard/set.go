@@ -527,8 +527,10 @@ func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
 // rest back to victim. A thief of the same part steals this way: in the
 // common case, a producer on one P and a consumer freeing on another, the
 // top of the consumer's list holds the slots it freed last, hot in the
-// caches, and one CAS on each head moves them, where popping a batch one
-// index at a time cost a contended CAS and a link read per slot.
+// caches, and three CASes move them (the victim's head, to take the list
+// and to give the rest back; the thief's, to install what it keeps), where
+// popping a batch one index at a time cost a contended CAS and a link read
+// per slot.
 //
 // Why not keep everything: the thief steals again only when its own list
 // is dry, so a thief that kept a whole long list would allocate through
@@ -597,18 +599,15 @@ func (s *Set) giveBack(victim *shardState, first uint32) {
 		if !victim.head.CompareAndSwap(old, (old>>32+1)<<32) {
 			continue
 		}
-		last := top - 1
-		for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
-			last = n - 1
-		}
-		s.storeLink(last, first+1)
+		s.storeLink(s.chainEnd(top-1), first+1)
 		first = top - 1
 	}
 }
 
 // adoptChain makes the chain that starts at first and ends with a 0 link
-// st's freelist, with one CAS and without walking it: the chain may be long
-// (a consumer's whole list), and the caller is pinned.
+// st's freelist, with one CAS and without walking it. (stealList's chain is
+// at most stealKeep-1 long and already walked, so pushChain with its end
+// would do too, but it would put what landed under the chain, not on top.)
 //
 // st's list is empty when its owner steals, unless a Push landed on it
 // meanwhile (a shard that several Ps share). The CAS then takes that list
@@ -623,14 +622,20 @@ func (s *Set) adoptChain(st *shardState, first uint32) {
 			continue
 		}
 		if top := uint32(old); top != 0 {
-			last := top - 1
-			for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
-				last = n - 1
-			}
-			s.pushChain(st, top-1, last)
+			s.pushChain(st, top-1, s.chainEnd(top-1))
 		}
 		return
 	}
+}
+
+// chainEnd returns the last index of the chain that starts at first, one
+// the caller holds (its links cannot change under the walk).
+func (s *Set) chainEnd(first uint32) uint32 {
+	last := first
+	for n := s.loadLink(last); n != 0; n = s.loadLink(last) {
+		last = n - 1
+	}
+	return last
 }
 
 // stealMore moves up to StealBatch-1 more indices from victim's freelist to
