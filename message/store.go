@@ -448,6 +448,35 @@ func (md *slotMeta) admission() (deadline int64, info uint64, whole bool) {
 	return deadline, info, md.info.Load() == info
 }
 
+// fastInfo is fastInfoN for one token, Send's path: t's size and true
+// when t is a live message that an edge's fast ring may take as it is
+// (plain: a valid QoS whose lane is BestEffort, no deadline, no refresh in
+// progress). On false the caller sends the checked way, which gives the
+// exact error or lane.
+func (s *metaTable) fastInfo(t token.Token) (size uint32, ok bool) {
+	idx, gen := t.Index(), uint64(t.Generation())
+	if t.IsNil() || unissued(gen) || idx >= s.slots {
+		return 0, false
+	}
+	g := s.gate.EnterAny()
+	if s.gate.Closed() {
+		s.gate.Exit(g)
+		return 0, false
+	}
+	md := s.md(idx)
+	r := md.ref.Load()
+	info := md.info.Load()
+	// As in admitInfo: live in both loads means live in between, so info
+	// is this allocation's.
+	ok = info&(infoWriting|infoPlain) == infoPlain && r>>32 == gen && uint32(r) != 0
+	if ok {
+		r = md.ref.Load()
+		ok = r>>32 == gen && uint32(r) != 0
+	}
+	s.gate.Exit(g)
+	return uint32(info >> 32), ok
+}
+
 // admitInfoN is admitInfo for a batch, in one gate section: for each
 // token of ts, from the first, it fills qs[i] (token, deadline, size,
 // flags) and qos[i] (the header's raw QoS) and returns how many tokens it
