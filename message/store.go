@@ -449,32 +449,20 @@ func (md *slotMeta) admission() (deadline int64, info uint64, whole bool) {
 }
 
 // fastInfo is fastInfoN for one token, Send's path: t's size and true
-// when t is a live message that an edge's fast ring may take as it is
-// (plain: a valid QoS whose lane is BestEffort, no deadline, no refresh in
-// progress). On false the caller sends the checked way, which gives the
-// exact error or lane.
+// when t is a live message that an edge's fast ring may take as it is.
+// On false the caller sends the checked way, which gives the exact error
+// or lane.
 func (s *metaTable) fastInfo(t token.Token) (size uint32, ok bool) {
 	idx, gen := t.Index(), uint64(t.Generation())
 	if t.IsNil() || unissued(gen) || idx >= s.slots {
 		return 0, false
 	}
 	g := s.gate.EnterAny()
-	if s.gate.Closed() {
-		s.gate.Exit(g)
-		return 0, false
-	}
-	md := s.md(idx)
-	r := md.ref.Load()
-	info := md.info.Load()
-	// As in admitInfo: live in both loads means live in between, so info
-	// is this allocation's.
-	ok = info&(infoWriting|infoPlain) == infoPlain && r>>32 == gen && uint32(r) != 0
-	if ok {
-		r = md.ref.Load()
-		ok = r>>32 == gen && uint32(r) != 0
+	if !s.gate.Closed() {
+		size, ok = s.md(idx).plain(gen)
 	}
 	s.gate.Exit(g)
-	return uint32(info >> 32), ok
+	return size, ok
 }
 
 // admitInfoN is admitInfo for a batch, in one gate section: for each
@@ -536,19 +524,31 @@ func (s *metaTable) fastInfoN(ts []token.Token, sizes []uint32) int {
 		if ts[n].IsNil() || unissued(gen) || idx >= s.slots {
 			break
 		}
-		md := s.md(idx)
-		r := md.ref.Load()
-		info := md.info.Load() // plain and even: no deadline, BestEffort
-		if info&(infoWriting|infoPlain) != infoPlain || r>>32 != gen || uint32(r) == 0 {
+		size, ok := s.md(idx).plain(gen)
+		if !ok {
 			break
 		}
-		if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
-			break
-		}
-		sizes[n] = uint32(info >> 32)
+		sizes[n] = size
 	}
 	s.gate.Exit(g)
 	return n
+}
+
+// plain reads ref, info and ref again, and returns the message's size and
+// true when the slot holds a live allocation of generation gen whose info
+// word is plain and even (no deadline, a BestEffort QoS, no refresh
+// writing). As in admitInfo, live in both loads of ref means live in
+// between, so info is this allocation's. The caller holds a gate section.
+func (md *slotMeta) plain(gen uint64) (size uint32, ok bool) {
+	r := md.ref.Load()
+	info := md.info.Load()
+	if info&(infoWriting|infoPlain) != infoPlain || r>>32 != gen || uint32(r) == 0 {
+		return 0, false
+	}
+	if r = md.ref.Load(); r>>32 != gen || uint32(r) == 0 {
+		return 0, false
+	}
+	return uint32(info >> 32), true
 }
 
 // live reports whether t holds references, for callers inside an arena hold
