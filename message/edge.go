@@ -191,8 +191,8 @@ func (e *Edge) Send(ctx context.Context, t token.Token) error {
 // staging it in a queued: a third of a message's life on one goroutine was
 // Send.
 func (e *Edge) trySendPlain(t token.Token) bool {
-	if e.fast == nil || e.meta == nil {
-		return false
+	if e.fast == nil || e.meta == nil || e.fast.tail.Load()&slowBit != 0 {
+		return false // slow mode: the checked way reads the metadata once
 	}
 	size, ok := e.meta.fastInfo(t)
 	return ok && e.fast.trySend(t, size)
