@@ -188,8 +188,8 @@ func (e *Edge) Send(ctx context.Context, t token.Token) error {
 // changed nothing, for anything else (a bad, stale or non-plain token, a
 // full ring, slow mode), which sendCatching then checks and sends the
 // general way. It is what sendCatching does for such a message, without
-// staging it in a queued: a third of a message's life on one goroutine was
-// Send.
+// staging it in a queued (Send was a quarter of the instructions of a
+// message's life on one goroutine, and is now a fifth).
 func (e *Edge) trySendPlain(t token.Token) bool {
 	if e.fast == nil || e.meta == nil || e.fast.tail.Load()&slowBit != 0 {
 		return false // slow mode: the checked way reads the metadata once
