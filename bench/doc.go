@@ -60,8 +60,11 @@
 //   - Machine: the machine's own costs, one goroutine: an uncontended locked
 //     instruction on a private word (op=locked-xadd, locked-cas,
 //     locked-xchg; op=plain-add as the baseline) and shard.Pin+Unpin
-//     (op=procpin). The report prints them in its header: they are why
-//     ratios against sync.Pool move between machines.
+//     (op=procpin): they are why ratios against sync.Pool move between
+//     machines. Then what sets the floor under the message ratios: one
+//     read of the clock Put stamps Created with (op=clock-stamp), and one
+//     cache line passed between two goroutines' cores and back
+//     (op=line-roundtrip, two Ps). The report prints them in its header.
 //
 // The pair loops are methods of each concrete implementation, so no one
 // pays for interface dispatch there. The other workloads drive every

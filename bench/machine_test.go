@@ -1,9 +1,12 @@
 package bench
 
 import (
+	"runtime"
 	"sync/atomic"
 	"testing"
 
+	"github.com/cella-go/cella/internal/atomicx"
+	"github.com/cella-go/cella/internal/clock"
 	"github.com/cella-go/cella/shard"
 )
 
@@ -14,8 +17,9 @@ type privateWord struct {
 	_ [120]byte
 }
 
-// BenchmarkMachine measures the two costs that set where cella's ratios
-// against sync.Pool land on a machine, one goroutine, no contention:
+// BenchmarkMachine measures the costs that set where cella's ratios land on
+// a machine. The first five run on one goroutine, with no contention, and
+// set the ratios against sync.Pool:
 //
 //   - op=locked-xadd: atomic.AddUint64 on a private word (LOCK XADD on amd64).
 //   - op=locked-cas: a CompareAndSwapUint64 that always succeeds (LOCK CMPXCHG).
@@ -30,7 +34,22 @@ type privateWord struct {
 // A locked instruction is several times a plain add on most x86 machines,
 // but by how much varies a lot (about 2 to 20 ns under virtualisation), and
 // cella's hot paths pay locked instructions where sync.Pool's fast path pays
-// a pin. The report command prints these figures in its header.
+// a pin.
+//
+// The last two set the floor under the message benchmarks' ratios against
+// channels:
+//
+//   - op=clock-stamp: one read of the clock that Put stamps Created with
+//     (what every message pays once, and a channel never does): the CPU's
+//     counter where the kernel's clock source is "tsc", otherwise the
+//     kernel's CLOCK_MONOTONIC through the vDSO (see internal/clock).
+//   - op=line-roundtrip: two goroutines on two Ps pass one cache line back
+//     and forth (each waits for the other's store, then stores): ns/op is a
+//     round trip, two transfers of the line between cores. A message from
+//     one goroutine to another moves several such lines (the slot's, its
+//     metadata's, the edge's), a channel of values fewer.
+//
+// The report command prints these figures in its header.
 func BenchmarkMachine(b *testing.B) {
 	b.Run("op=locked-xadd", func(b *testing.B) {
 		w := new(privateWord)
@@ -83,4 +102,58 @@ func BenchmarkMachine(b *testing.B) {
 			shard.Unpin()
 		}
 	})
+	b.Run("op=clock-stamp", func(b *testing.B) {
+		var acc int64
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			acc += clock.Stamp()
+		}
+		sinkAdd(uint64(acc))
+	})
+	b.Run("op=line-roundtrip", func(b *testing.B) {
+		if runtime.GOMAXPROCS(0) < 2 {
+			b.Skip("needs two Ps")
+		}
+		w := new(privateWord)
+		done := make(chan struct{})
+		b.ReportAllocs()
+		b.ResetTimer()
+		go func() { // the echo: waits for each odd value, answers with the next
+			defer close(done)
+			for want := uint64(1); ; want += 2 {
+				if !awaitWord(&w.v, want) {
+					return
+				}
+				atomicx.StoreRelease64(&w.v, want+1)
+			}
+		}()
+		for i := uint64(0); i < uint64(b.N); i++ {
+			atomicx.StoreRelease64(&w.v, 2*i+1)
+			awaitWord(&w.v, 2*i+2)
+		}
+		b.StopTimer()
+		atomic.StoreUint64(&w.v, lineStop)
+		<-done
+	})
+}
+
+// lineStop, stored into the word, ends the echo of op=line-roundtrip.
+const lineStop = ^uint64(0)
+
+// awaitWord spins until *p holds want (true) or lineStop (false). It
+// yields now and then, so that it also ends where the two goroutines share
+// one CPU.
+func awaitWord(p *uint64, want uint64) bool {
+	for i := 1; ; i++ {
+		switch atomic.LoadUint64(p) {
+		case want:
+			return true
+		case lineStop:
+			return false
+		}
+		if i%1024 == 0 {
+			runtime.Gosched()
+		}
+	}
 }

@@ -154,7 +154,7 @@ func run(o options) error {
 	}
 	in := pageInput{
 		machine: o.machine, cpu: cpuModel(), cpus: runtime.NumCPU(), procs: procs, goVersion: goVersion(root),
-		when: time.Now().UTC(), took: time.Since(start), opts: o,
+		clockSource: clockSource(), when: time.Now().UTC(), took: time.Since(start), opts: o,
 		sums: sums, benchstat: stats, svgs: svgs,
 	}
 	md := filepath.Join(o.out, o.machine+".md")
@@ -362,6 +362,16 @@ func cpuModel() string {
 		}
 	}
 	return runtime.GOOS + "/" + runtime.GOARCH
+}
+
+// clockSource is the kernel's current clock source ("tsc", "kvm-clock",
+// ...), or "" where it cannot be read.
+func clockSource() string {
+	b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)

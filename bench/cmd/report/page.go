@@ -11,7 +11,8 @@ import (
 
 type pageInput struct {
 	machine, cpu, goVersion string
-	cpus, procs             int // logical CPUs, GOMAXPROCS of the benchmarks
+	clockSource             string // the kernel's clock source, "" if unknown
+	cpus, procs             int    // logical CPUs, GOMAXPROCS of the benchmarks
 	when                    time.Time
 	took                    time.Duration
 	opts                    options
@@ -87,7 +88,7 @@ func renderTop(in pageInput, byFam map[string][]*summary) string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("# cella benchmarks: %s\n\n", in.machine)
 	p("- Machine: %s, %d logical CPUs, GOMAXPROCS=%d\n", in.cpu, in.cpus, in.procs)
-	renderMachine(&b, byFam["Machine"])
+	renderMachine(&b, byFam["Machine"], in.clockSource)
 	p("- Go: %s\n", in.goVersion)
 	p("- Produced %s by `go run ./bench/cmd/report%s` in %s\n", in.when.Format("2006-01-02 15:04 UTC"), flagsOf(in.opts), in.took.Round(time.Second))
 	p("- Every figure is the median of %d runs (-benchtime %s for the comparison suite). Ratios are against sync.Pool "+
@@ -100,9 +101,10 @@ func renderTop(in pageInput, byFam map[string][]*summary) string {
 }
 
 // renderMachine writes the header lines of BenchmarkMachine: what one
-// uncontended locked instruction and one procPin+procUnpin cost here.
-// Nothing is written when the run has no Machine results.
-func renderMachine(b *strings.Builder, rows []*summary) {
+// uncontended locked instruction and one procPin+procUnpin cost here, and
+// what a clock read for Created and a cache line's round trip between two
+// cores cost. A line is written only for what the run measured.
+func renderMachine(b *strings.Builder, rows []*summary, clockSource string) {
 	op := func(name string) float64 { return ns(find(rows, "BenchmarkMachine/op="+name)) }
 	xadd, cas, xchg, plain, pin := op("locked-xadd"), op("locked-cas"), op("locked-xchg"), op("plain-add"), op("procpin")
 	val := func(v float64) string {
@@ -126,6 +128,23 @@ func renderMachine(b *strings.Builder, rows []*summary) {
 		fmt.Fprintf(b, "- These two costs are why ratios move between machines: cella's hot paths pay locked instructions "+
 			"where sync.Pool's fast path pays only a pin, and here one locked instruction costs %.1fx a pin. "+
 			"Ratios near 1.00 differ from machine to machine (BenchmarkMachine in bench/).\n", locked/pin)
+	}
+	if stamp := op("clock-stamp"); !math.IsNaN(stamp) {
+		how := "the CPU's counter where the kernel's clock source is tsc, otherwise CLOCK_MONOTONIC through the vDSO"
+		switch clockSource {
+		case "":
+		case "tsc":
+			how = "the clock source is tsc: the CPU's counter, read directly"
+		default:
+			how = "the clock source is " + clockSource + ", not tsc: CLOCK_MONOTONIC through the vDSO"
+		}
+		fmt.Fprintf(b, "- Stamping a message's Created (clock.Stamp; every Put pays it once, a channel never does; %s): %s\n",
+			how, val(stamp))
+	}
+	if rt := op("line-roundtrip"); !math.IsNaN(rt) {
+		fmt.Fprintf(b, "- One cache line passed between two goroutines' cores and back (each waits for the other's store): %s "+
+			"per round trip. A message between goroutines moves several lines (the slot's, its metadata's, the edge's), "+
+			"a channel of values fewer: these two figures set the floor under the message ratios.\n", val(rt))
 	}
 }
 
