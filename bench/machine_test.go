@@ -41,8 +41,9 @@ type privateWord struct {
 //
 //   - op=clock-stamp: one read of the clock that Put stamps Created with
 //     (what every message pays once, and a channel never does): the CPU's
-//     counter where the kernel's clock source is "tsc", otherwise the
-//     kernel's CLOCK_MONOTONIC through the vDSO (see internal/clock).
+//     counter where the kernel reads its clock from it (clock source "tsc",
+//     or "kvm-clock" served by the vDSO), otherwise CLOCK_MONOTONIC
+//     through the runtime (see internal/clock).
 //   - op=line-roundtrip: two goroutines on two Ps pass one cache line back
 //     and forth (each waits for the other's store, then stores): ns/op is a
 //     round trip, two transfers of the line between cores. A message from

@@ -328,6 +328,11 @@ var trusted = sync.OnceValue(func() bool {
 	return err == nil && counterSource(string(bytes.TrimSpace(b)), func() bool { return vdsoServed(Mono) })
 })
 
+// UsesCounter reports whether Now and Stamp read the time-stamp counter on
+// this machine (see "When the counter is used"), rather than Mono. It can
+// still be given up later, if the counter stops following Mono.
+func UsesCounter() bool { return haveTSC && trusted() }
+
 // counterSource reports whether the clock source named source reads the
 // time-stamp counter as a line; served tells whether the vDSO serves the
 // clock, asked only for kvm-clock.

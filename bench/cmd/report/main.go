@@ -35,6 +35,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cella-go/cella/internal/clock"
 )
 
 // benchstatModule is the pinned benchstat used when none is on PATH.
@@ -154,7 +156,8 @@ func run(o options) error {
 	}
 	in := pageInput{
 		machine: o.machine, cpu: cpuModel(), cpus: runtime.NumCPU(), procs: procs, goVersion: goVersion(root),
-		clockSource: clockSource(), when: time.Now().UTC(), took: time.Since(start), opts: o,
+		clockSource: clockSource(), counterClock: clock.UsesCounter(),
+		when: time.Now().UTC(), took: time.Since(start), opts: o,
 		sums: sums, benchstat: stats, svgs: svgs,
 	}
 	md := filepath.Join(o.out, o.machine+".md")

@@ -12,6 +12,7 @@ import (
 type pageInput struct {
 	machine, cpu, goVersion string
 	clockSource             string // the kernel's clock source, "" if unknown
+	counterClock            bool   // whether clock.Stamp reads the CPU's counter here
 	cpus, procs             int    // logical CPUs, GOMAXPROCS of the benchmarks
 	when                    time.Time
 	took                    time.Duration
@@ -88,7 +89,7 @@ func renderTop(in pageInput, byFam map[string][]*summary) string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("# cella benchmarks: %s\n\n", in.machine)
 	p("- Machine: %s, %d logical CPUs, GOMAXPROCS=%d\n", in.cpu, in.cpus, in.procs)
-	renderMachine(&b, byFam["Machine"], in.clockSource)
+	renderMachine(&b, byFam["Machine"], in.clockSource, in.counterClock)
 	p("- Go: %s\n", in.goVersion)
 	p("- Produced %s by `go run ./bench/cmd/report%s` in %s\n", in.when.Format("2006-01-02 15:04 UTC"), flagsOf(in.opts), in.took.Round(time.Second))
 	p("- Every figure is the median of %d runs (-benchtime %s for the comparison suite). Ratios are against sync.Pool "+
@@ -104,7 +105,7 @@ func renderTop(in pageInput, byFam map[string][]*summary) string {
 // uncontended locked instruction and one procPin+procUnpin cost here, and
 // what a clock read for Created and a cache line's round trip between two
 // cores cost. A line is written only for what the run measured.
-func renderMachine(b *strings.Builder, rows []*summary, clockSource string) {
+func renderMachine(b *strings.Builder, rows []*summary, clockSource string, counterClock bool) {
 	op := func(name string) float64 { return ns(find(rows, "BenchmarkMachine/op="+name)) }
 	xadd, cas, xchg, plain, pin := op("locked-xadd"), op("locked-cas"), op("locked-xchg"), op("plain-add"), op("procpin")
 	val := func(v float64) string {
@@ -130,13 +131,13 @@ func renderMachine(b *strings.Builder, rows []*summary, clockSource string) {
 			"Ratios near 1.00 differ from machine to machine (BenchmarkMachine in bench/).\n", locked/pin)
 	}
 	if stamp := op("clock-stamp"); !math.IsNaN(stamp) {
-		how := "the CPU's counter where the kernel's clock source is tsc, otherwise CLOCK_MONOTONIC through the vDSO"
-		switch clockSource {
-		case "":
-		case "tsc":
-			how = "the clock source is tsc: the CPU's counter, read directly"
-		default:
-			how = "the clock source is " + clockSource + ", not tsc: CLOCK_MONOTONIC through the vDSO"
+		src := "clock source " + clockSource
+		if clockSource == "" {
+			src = "clock source unknown"
+		}
+		how := src + ": CLOCK_MONOTONIC through the runtime"
+		if counterClock {
+			how = src + ": the CPU's counter, read directly"
 		}
 		fmt.Fprintf(b, "- Stamping a message's Created (clock.Stamp; every Put pays it once, a channel never does; %s): %s\n",
 			how, val(stamp))
