@@ -5,9 +5,10 @@
 //
 // Mono reads it through Go's runtime (the kernel's vDSO): about 30 ns on the
 // build machines so far, a fifth to a quarter of a message's whole life
-// (Put, Send, Recv, View, Free). Now and Stamp read the CPU's time-stamp counter instead and turn
-// it into CLOCK_MONOTONIC with an anchor: a counter value, the Mono time it
-// stands for, and a rate in nanoseconds per tick. Now reads the counter
+// (Put, Send, Recv, View, Free). Now and Stamp read the CPU's time-stamp
+// counter instead and turn it into CLOCK_MONOTONIC with an anchor: a
+// counter value, the Mono time it stands for, and a rate in nanoseconds
+// per tick. Now reads the counter
 // after every earlier instruction has completed (LFENCE; RDTSC, as the vDSO
 // does); Stamp reads it without the fence (RDTSC alone), for Created: it
 // may then read a few cycles early, which only makes a creation time
