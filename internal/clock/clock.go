@@ -322,11 +322,17 @@ type sample struct {
 // trusted reports whether the kernel reads CLOCK_MONOTONIC from the
 // time-stamp counter (see "When the counter is used").
 var trusted = sync.OnceValue(func() bool {
-	if !haveTSC {
-		return false
-	}
+	return haveTSC && counterSource(Source(), func() bool { return vdsoServed(Mono) })
+})
+
+// Source is the kernel's current clock source ("tsc", "kvm-clock", ...),
+// read once; "" where it cannot be read.
+var Source = sync.OnceValue(func() string {
 	b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-	return err == nil && counterSource(string(bytes.TrimSpace(b)), func() bool { return vdsoServed(Mono) })
+	if err != nil {
+		return ""
+	}
+	return string(bytes.TrimSpace(b))
 })
 
 // UsesCounter reports whether Now and Stamp read the time-stamp counter on

@@ -156,7 +156,7 @@ func run(o options) error {
 	}
 	in := pageInput{
 		machine: o.machine, cpu: cpuModel(), cpus: runtime.NumCPU(), procs: procs, goVersion: goVersion(root),
-		clockSource: clockSource(), counterClock: clock.UsesCounter(),
+		clockSource: clock.Source(), counterClock: clock.UsesCounter(),
 		when: time.Now().UTC(), took: time.Since(start), opts: o,
 		sums: sums, benchstat: stats, svgs: svgs,
 	}
@@ -365,16 +365,6 @@ func cpuModel() string {
 		}
 	}
 	return runtime.GOOS + "/" + runtime.GOARCH
-}
-
-// clockSource is the kernel's current clock source ("tsc", "kvm-clock",
-// ...), or "" where it cannot be read.
-func clockSource() string {
-	b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
 }
 
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
