@@ -8,11 +8,11 @@
 // (Put, Send, Recv, View, Free). Now and Stamp read the CPU's time-stamp
 // counter instead and turn it into CLOCK_MONOTONIC with an anchor: a
 // counter value, the Mono time it stands for, and a rate in nanoseconds
-// per tick. Now reads the counter
-// after every earlier instruction has completed (LFENCE; RDTSC, as the vDSO
-// does); Stamp reads it without the fence (RDTSC alone), for Created: it
-// may then read a few cycles early, which only makes a creation time
-// earlier, never later than the moment the message became visible.
+// per tick. Now reads the counter after every earlier instruction has
+// completed (LFENCE; RDTSC, as the vDSO does); Stamp reads it without the
+// fence (RDTSC alone), for Created: it may then read a few cycles early,
+// which only makes a creation time earlier, never later than the moment
+// the message became visible.
 //
 // # When the counter is used
 //
@@ -338,7 +338,7 @@ var Source = sync.OnceValue(func() string {
 // UsesCounter reports whether Now and Stamp read the time-stamp counter on
 // this machine (see "When the counter is used"), rather than Mono. It can
 // still be given up later, if the counter stops following Mono.
-func UsesCounter() bool { return haveTSC && trusted() }
+func UsesCounter() bool { return trusted() }
 
 // counterSource reports whether the clock source named source reads the
 // time-stamp counter as a line; served tells whether the vDSO serves the
