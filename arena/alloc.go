@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/cella-go/cella/internal/arenalink"
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
@@ -214,7 +215,13 @@ func (c *core) take(p int) (idx, gen uint32, res takeResult) {
 // Free releases t's slot. From this moment every use of t returns ErrStale.
 // If View or Update callbacks are running on the slot, Free returns at once
 // and the slot is recycled when the last of them returns.
-func (c *core) Free(t token.Token) error {
+func (c *core) Free(t token.Token) error { return c.free(t, nil, 0) }
+
+// free is Free. When word is not nil and this call frees t, it also stores
+// mark into *word between the state CAS that frees the slot and the push
+// that lets it be allocated again (arenalink.FreeMarking, for message.Store's
+// reference counts).
+func (c *core) free(t token.Token, word *uint64, mark uint64) error {
 	idx, gen, ok := c.check(t)
 	if !ok {
 		return c.badToken("Free", t)
@@ -235,6 +242,9 @@ func (c *core) Free(t token.Token) error {
 		// keep the holders.
 		ns := (uint64(gen)+1)<<genShift | s&holders
 		if atomic.CompareAndSwapUint64(st, s, ns) {
+			if word != nil {
+				markWord(word, mark)
+			}
 			if ns&holders == 0 {
 				// Fast path: into this P's empty cache (cache.go).
 				pc := c.local(p)
@@ -267,4 +277,28 @@ func (c *core) recycle(p int, idx uint32, state uint64) {
 		return
 	}
 	c.set.Push(c.freeShard(p, idx), idx)
+}
+
+// markWord stores a FreeMarking mark: a plain store, atomic under the race
+// detector (see raceEnabled). The freed slot's state was just CASed, and the
+// slot reaches another allocator only through a freelist's synchronising
+// push and pop, so whoever allocates it next sees the mark.
+func markWord(word *uint64, mark uint64) {
+	if raceEnabled {
+		atomic.StoreUint64(word, mark)
+		return
+	}
+	*word = mark
+}
+
+// corePtr gives arenalink.Core the core of an *Arena[T].
+func (c *core) corePtr() *core { return c }
+
+func init() {
+	arenalink.Core = func(a any) unsafe.Pointer {
+		return unsafe.Pointer(a.(interface{ corePtr() *core }).corePtr())
+	}
+	arenalink.FreeMarking = func(c unsafe.Pointer, t token.Token, word *uint64, mark uint64) error {
+		return (*core)(c).free(t, word, mark)
+	}
 }

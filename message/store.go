@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/arena"
+	"github.com/cella-go/cella/internal/arenalink"
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/internal/clock"
 	"github.com/cella-go/cella/memclass"
@@ -25,9 +26,9 @@ import (
 //
 // ref packs the generation of the allocation it describes (high 32 bits)
 // with its reference count (low 32 bits). Put writes deadline and info,
-// then publishes ref = gen<<32 | 1; the last Free sets the count to 0
-// before the slot goes back to the arena, and the next Put of the slot
-// overwrites the generation. A token matches its slot's metadata only
+// then publishes ref = gen<<32 | 1; the last Free has the arena set the
+// count to 0 as it frees the slot (freeLast), before the slot can be
+// allocated again, and the next Put of the slot overwrites the generation. A token matches its slot's metadata only
 // while ref carries its generation and a count above zero, and the arena
 // never issues a generation twice for one slot, so the check is exact.
 //
@@ -119,6 +120,9 @@ func refOf(gen uint32, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
 type Store[P any] struct {
 	metaTable
 	a *arena.Arena[Message[P]]
+	// core is a's type-free core, for arenalink.FreeMarking (Free's last
+	// reference).
+	core unsafe.Pointer
 
 	writers []writerStripe // PutFunc fills in progress, per P
 
@@ -176,7 +180,7 @@ func NewStore[P any](cfg arena.Config) (*Store[P], error) {
 		return nil, fmt.Errorf("message: NewStore: mapping metadata for %d slots: %w", n, err)
 	}
 	nP := max(runtime.GOMAXPROCS(0), runtime.NumCPU())
-	s := &Store[P]{metaTable: metaTable{meta: region.Base(), slots: uint32(n)}, a: a, writers: make([]writerStripe, nP)}
+	s := &Store[P]{metaTable: metaTable{meta: region.Base(), slots: uint32(n)}, a: a, core: arenalink.Core(a), writers: make([]writerStripe, nP)}
 	s.late.region = region
 	s.gate.Init()
 	return s, nil
@@ -680,7 +684,10 @@ func (s *Store[P]) arenaErr(op string, t token.Token, err error) error {
 
 // Retain adds one reference to t, for handing the same message to one more
 // holder (fan-out: one Retain per extra edge). It refuses a token whose last
-// reference is already gone.
+// reference is already gone. Call it while holding a reference to t (as
+// SendAll and the Graph do): a Retain that races the Free of t's last
+// reference may succeed on a message that is being freed, whose token then
+// fails with ErrStale everywhere (see freeLast).
 func (s *Store[P]) Retain(t token.Token) error {
 	idx, gen := t.Index(), uint64(t.Generation())
 	g := s.gate.EnterAny()
@@ -733,21 +740,46 @@ func (s *Store[P]) Free(t token.Token) error {
 			s.gate.Exit(g)
 			return &tokenError{op: "Free", t: t, kind: staleKind(r, gen)}
 		}
+		if uint32(r) == 1 {
+			s.gate.Exit(g)
+			return s.freeLast(t, md)
+		}
 		if md.ref.CompareAndSwap(r, r-1) {
 			s.gate.Exit(g)
-			if uint32(r) != 1 {
-				return nil
-			}
-			// The last reference: the slot goes back to the arena, outside
-			// the section (the arena's Free has its own). If Close came in
-			// between, the arena is gone with the slot in it: the reference
-			// was dropped all the same.
-			if err := s.a.Free(t); err != nil && !errors.Is(err, arena.ErrClosed) {
-				return err
-			}
 			return nil
 		}
 	}
+}
+
+// freeLast drops t's last reference: the slot goes back to the arena,
+// whose Free zeroes the count as it frees the slot (arenalink.FreeMarking),
+// outside the section (the arena's Free has its own).
+//
+// The count is not CASed to zero first: the arena's CAS of the slot's state
+// already picks one winner among Frees racing for the last reference (the
+// others get ErrStale, as a later Free would), and one locked instruction
+// less is about a tenth of a message's life on one goroutine. What this
+// gives up is only for misuse: a Retain by a goroutine that holds no
+// reference, racing the last Free, may return nil for a message that is
+// being freed (every later use of its token then returns ErrStale). A holder
+// that Retains, as fan-out does, holds a reference of its own, so the count
+// it sees is never the last one.
+//
+// If Close came in after the section, the arena refuses the Free and the
+// reference is still counted: it is dropped as one that was outstanding at
+// Close (lateFree), and Free returns nil all the same.
+func (s *Store[P]) freeLast(t token.Token, md *slotMeta) error {
+	err := arenalink.FreeMarking(s.core, t, (*uint64)(unsafe.Pointer(&md.ref)), refOf(t.Generation(), 0))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, arena.ErrClosed):
+		return s.lateFree(t)
+	case errors.Is(err, arena.ErrStale):
+		// Another Free of the same reference won the arena's CAS.
+		return &tokenError{op: "Free", t: t, kind: released}
+	}
+	return err
 }
 
 // lateFree is Free after Close: it drops one of the references that were
