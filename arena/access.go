@@ -69,6 +69,71 @@ func (a *Arena[T]) Load(t token.Token) (v T, err error) {
 	}
 }
 
+// loadBytes copies the first n bytes of t's value (n at most the value's
+// size) to dst with Load's guarantees: never torn by a concurrent Update,
+// nothing written to shared memory, under a reader hold under the race
+// detector. It is Load's loop with a byte copy instead of a typed one, for
+// arenalink.LoadHead (message.Store.Header copies the header and not the
+// payload). If word is not nil it also returns *word, loaded after the
+// slot's state was found valid and before it was found unchanged: a word
+// that the slot's owner keeps beside it, read while the arena cannot be
+// closed under it. On error dst holds nothing useful.
+func (c *core) loadBytes(t token.Token, dst unsafe.Pointer, n uintptr, op string, word *uint64) (w uint64, err error) {
+	if raceEnabled {
+		return c.readHoldWord(t, dst, n, op, word)
+	}
+	idx, gen, ok := c.check(t)
+	if !ok {
+		return 0, c.badToken(op, t)
+	}
+	if err := c.checkNested(idx, op, t); err != nil {
+		return 0, err
+	}
+	st, ver, src := c.state(idx), c.version(idx), c.slot(idx)
+	var bo atomicx.Backoff
+	for {
+		p := c.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
+		if c.gate.Closed() {
+			c.gate.Exit(p)
+			return 0, ErrClosed
+		}
+		s := atomic.LoadUint64(st)
+		if !valid(s, gen) {
+			c.gate.Exit(p)
+			return 0, staleToken(op, t)
+		}
+		if s&writerBit == 0 {
+			v := atomic.LoadUint32(ver)
+			if word != nil {
+				w = atomic.LoadUint64(word)
+			}
+			copyBytes(dst, src, n)
+			loadFence()
+			if atomic.LoadUint64(st)&^readerMask == s&^readerMask && atomic.LoadUint32(ver) == v {
+				c.gate.Exit(p)
+				return w, nil
+			}
+		}
+		c.gate.Exit(p)
+		bo.Wait() // a writer holds the slot, or wrote meanwhile: wait unpinned
+	}
+}
+
+// readHoldWord is readHold that also loads *word under the hold, if word
+// is not nil (loadBytes under the race detector).
+func (c *core) readHoldWord(t token.Token, dst unsafe.Pointer, n uintptr, op string, word *uint64) (w uint64, err error) {
+	idx, err := c.lock(t, op, false)
+	if err != nil {
+		return 0, err
+	}
+	if word != nil {
+		w = atomic.LoadUint64(word)
+	}
+	copyBytes(dst, c.slot(idx), n)
+	c.unlockRead(idx)
+	return w, nil
+}
+
 // LoadInto copies t's value into *dst, with Load's guarantees, and never
 // allocates, whatever the size of T (a refusal allocates only its error,
 // one small value naming the token). On error *dst is unchanged; a nil dst
@@ -99,13 +164,8 @@ func (a *Arena[T]) loadSmall(t token.Token, dst *T) error {
 // starts only once the hold is taken, so it cannot fail halfway and dst is
 // untouched on error.
 func (c *core) readHold(t token.Token, dst unsafe.Pointer, n uintptr, op string) error {
-	idx, err := c.lock(t, op, false)
-	if err != nil {
-		return err
-	}
-	copyBytes(dst, c.slot(idx), n)
-	c.unlockRead(idx)
-	return nil
+	_, err := c.readHoldWord(t, dst, n, op, nil)
+	return err
 }
 
 // View runs fn with shared access to t's value. Other View calls on the slot

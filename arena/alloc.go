@@ -4,7 +4,6 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/cella-go/cella/internal/arenalink"
 	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/shard"
 	"github.com/cella-go/cella/token"
@@ -277,28 +276,4 @@ func (c *core) recycle(p int, idx uint32, state uint64) {
 		return
 	}
 	c.set.Push(c.freeShard(p, idx), idx)
-}
-
-// markWord stores a FreeMarking mark: a plain store, atomic under the race
-// detector (see raceEnabled). The freed slot's state was just CASed, and the
-// slot reaches another allocator only through a freelist's synchronising
-// push and pop, so whoever allocates it next sees the mark.
-func markWord(word *uint64, mark uint64) {
-	if raceEnabled {
-		atomic.StoreUint64(word, mark)
-		return
-	}
-	*word = mark
-}
-
-// corePtr gives arenalink.Core the core of an *Arena[T].
-func (c *core) corePtr() *core { return c }
-
-func init() {
-	arenalink.Core = func(a any) unsafe.Pointer {
-		return unsafe.Pointer(a.(interface{ corePtr() *core }).corePtr())
-	}
-	arenalink.FreeMarking = func(c unsafe.Pointer, t token.Token, word *uint64, mark uint64) error {
-		return (*core)(c).free(t, word, mark)
-	}
 }

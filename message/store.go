@@ -563,26 +563,35 @@ func (s *metaTable) live(t token.Token) bool {
 }
 
 // Header returns a copy of t's header without touching the payload.
+//
+// It takes no hold: it copies the header optimistically, as arena.Load
+// copies a value (arenalink.LoadHead: a seqlock on the slot's state word
+// and version, retried if an Update ran meanwhile), and reads the
+// message's count in the same section, so a message that is not published
+// yet, or released, is refused. Before, the copy ran under an arena reader
+// hold: two locked instructions on a word the producer wrote.
 func (s *Store[P]) Header(t token.Token) (Header, error) {
+	idx, gen := t.Index(), uint64(t.Generation())
 	if s.gate.Closed() {
 		return Header{}, arena.ErrClosed
 	}
-	var h Header
-	ok := false
-	err := s.a.View(t, func(m *Message[P]) {
-		if s.live(t) {
-			ok = true
-			h = m.Header
-		}
-	})
+	if unissued(gen) || idx >= s.slots {
+		return Header{}, &tokenError{op: "Header", t: t, kind: badIndex, slots: s.slots}
+	}
+	ref := (*uint64)(unsafe.Pointer(&s.md(idx).ref)) // read by LoadHead, inside its section
+	head, r, err := arenalink.LoadHead(s.core, t, unsafe.Sizeof(Header{}), "Header", ref)
 	if err != nil {
 		return Header{}, s.arenaErr("Header", t, err)
 	}
-	if !ok {
-		return Header{}, &tokenError{op: "Header", t: t, kind: released}
+	if r>>32 != gen || uint32(r) == 0 {
+		return Header{}, &tokenError{op: "Header", t: t, kind: staleKind(r, gen)}
 	}
-	return h, nil
+	return *(*Header)(unsafe.Pointer(&head)), nil
 }
+
+// Header sits at the start of Message and fits in what LoadHead copies.
+var _ [arenalink.HeadMax - unsafe.Sizeof(Header{})]byte
+var _ [0 - unsafe.Offsetof(Message[struct{}]{}.Header)]byte
 
 // View runs fn with shared access to t's message; other View calls may run
 // at the same time. fn must not keep the pointer, and must not call Update

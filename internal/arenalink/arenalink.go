@@ -1,14 +1,18 @@
-// Package arenalink carries the one arena operation that package message
+// Package arenalink carries the arena operations that package message
 // needs and package arena does not publish: a Free that also marks a word
 // of the caller's own per-slot metadata, at the one moment when nobody else
-// can see the slot (it is freed, and not yet back on a freelist).
+// can see the slot (it is freed, and not yet back on a freelist), and an
+// optimistic copy of the start of a slot (a message's header).
 //
 // message.Store keeps a reference count per slot beside the arena. Before,
 // dropping the last reference took two locked instructions: a CAS of the
 // count to zero (which picked one winner among racing Frees), then the
 // arena's CAS of the slot's state. With FreeMarking the arena's CAS picks
 // the winner and the count is zeroed with a plain store: one locked
-// instruction less on every message's last Free.
+// instruction less on every message's last Free. Store.Header read the
+// header under an arena reader hold (two locked instructions); LoadHead
+// copies it as Arena.Load copies a value, with none, and reads the count in
+// the same section.
 //
 // Package arena sets the functions in its init; nothing else may set them.
 package arenalink
@@ -35,3 +39,21 @@ var Core func(a any) unsafe.Pointer
 // with atomic loads; the store is a plain one (atomic under the race
 // detector), so nobody may write *word with anything but a CAS meanwhile.
 var FreeMarking func(c unsafe.Pointer, t token.Token, word *uint64, mark uint64) error
+
+// HeadMax is the most LoadHead copies.
+const HeadMax = 64
+
+// LoadHead returns a copy of the first n bytes (n at most HeadMax and at
+// most the arena's value size) of t's value in the arena whose Core is c,
+// with Arena.Load's guarantees (never torn by a concurrent Update; nothing
+// written to shared memory, so no locked instruction; a reader hold under
+// the race detector) and its errors, op naming the call in them. If word is
+// not nil it also returns *word, loaded (atomically) while the copy's slot
+// was allocated with t's generation and the arena open: message.Store.Header
+// reads the message's reference count with it, in the same pinned section,
+// where the metadata cannot be unmapped.
+//
+// The copy is returned by value, in 8-byte words (aligned for a Header): a
+// pointer passed through a function variable would make the caller's buffer
+// escape to the heap.
+var LoadHead func(c unsafe.Pointer, t token.Token, n uintptr, op string, word *uint64) (head [HeadMax / 8]uint64, w uint64, err error)

@@ -173,3 +173,42 @@ func TestCoreOfArena(t *testing.T) {
 	}()
 	arenalink.Core(42)
 }
+
+// LoadHead copies the start of a live slot, returns the word it was given,
+// and refuses stale tokens and a closed arena as Load does.
+func TestLoadHead(t *testing.T) {
+	type val struct{ A, B, C uint64 }
+	a, err := New[val](Config{Slots: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := a.Store(val{1, 2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	word := uint64(99)
+	head, w, err := arenalink.LoadHead(arenalink.Core(a), tok, 16, "Test", &word)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head[0] != 1 || head[1] != 2 || head[2] != 0 || w != 99 {
+		t.Fatalf("LoadHead = %v, %d; want [1 2 0 ...], 99", head, w)
+	}
+	if _, w, err = arenalink.LoadHead(arenalink.Core(a), tok, 8, "Test", nil); err != nil || w != 0 {
+		t.Fatalf("LoadHead without a word = %d, %v", w, err)
+	}
+	if err := a.Free(tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := arenalink.LoadHead(arenalink.Core(a), tok, 16, "Test", &word); !errors.Is(err, ErrStale) {
+		t.Fatalf("LoadHead of a freed token: %v, want ErrStale", err)
+	}
+	if _, _, err := arenalink.LoadHead(arenalink.Core(a), token.New(7, 1), 16, "Test", &word); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("LoadHead out of range: %v, want ErrBadToken", err)
+	}
+	tok2, _ := a.Store(val{4, 5, 6})
+	a.Close()
+	if _, _, err := arenalink.LoadHead(arenalink.Core(a), tok2, 16, "Test", &word); !errors.Is(err, ErrClosed) {
+		t.Fatalf("LoadHead after Close: %v, want ErrClosed", err)
+	}
+}
