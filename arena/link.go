@@ -33,6 +33,27 @@ func init() {
 	arenalink.FreeMarking = func(c unsafe.Pointer, t token.Token, word *uint64, mark uint64) error {
 		return (*core)(c).free(t, word, mark)
 	}
+	arenalink.Hold = func(c unsafe.Pointer, t token.Token, op string, word *uint64) (v unsafe.Pointer, w uint64, err error) {
+		co := (*core)(c)
+		idx, err := co.lock(t, op, false)
+		if err != nil {
+			return nil, 0, err
+		}
+		if debugNested {
+			co.noteHold(idx, false)
+		}
+		if word != nil {
+			w = atomic.LoadUint64(word)
+		}
+		return co.slot(idx), w, nil
+	}
+	arenalink.Release = func(c unsafe.Pointer, t token.Token) {
+		co := (*core)(c)
+		if debugNested {
+			co.dropHold(t.Index())
+		}
+		co.unlockRead(t.Index())
+	}
 	arenalink.LoadHead = func(c unsafe.Pointer, t token.Token, n uintptr, op string, word *uint64) (head [arenalink.HeadMax / 8]uint64, w uint64, err error) {
 		w, err = (*core)(c).loadBytes(t, unsafe.Pointer(&head), min(n, arenalink.HeadMax), op, word)
 		return

@@ -610,19 +610,22 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 	if fn == nil {
 		return fmt.Errorf("message: View: %w", arena.ErrNilFunc)
 	}
-	ok := false
-	err := s.a.View(t, func(m *Message[P]) {
-		if s.live(t) {
-			ok = true
-			fn(m)
-		}
-	})
+	idx, gen := t.Index(), uint64(t.Generation())
+	if unissued(gen) || idx >= s.slots {
+		return &tokenError{op: "View", t: t, kind: badIndex, slots: s.slots}
+	}
+	// The hold is Arena.View's, without its callback; the count is read
+	// under it, where Close cannot unmap the metadata.
+	ref := (*uint64)(unsafe.Pointer(&s.md(idx).ref))
+	m, r, err := arenalink.Hold(s.core, t, "View", ref)
 	if err != nil {
 		return s.arenaErr("View", t, err)
 	}
-	if !ok {
+	defer arenalink.Release(s.core, t)
+	if r>>32 != gen || uint32(r) == 0 {
 		return &tokenError{op: "View", t: t, kind: released}
 	}
+	fn((*Message[P])(m))
 	return nil
 }
 

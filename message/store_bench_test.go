@@ -50,6 +50,21 @@ func BenchmarkStoreHeader(b *testing.B) {
 	}
 }
 
+func BenchmarkStoreView(b *testing.B) {
+	s := benchStore(b)
+	t, _ := s.Put(Header{Created: 1}, payload{A: 1})
+	var acc uint64
+	read := func(m *Message[payload]) { acc += m.Payload.A }
+	for b.Loop() {
+		if err := s.View(t, read); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if acc == 0 {
+		b.Fatal("View never ran")
+	}
+}
+
 func BenchmarkStorePutFuncFree(b *testing.B) {
 	s := benchStore(b)
 	h := Header{Created: 1, Size: 64}

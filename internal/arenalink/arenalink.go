@@ -57,3 +57,15 @@ const HeadMax = 64
 // pointer passed through a function variable would make the caller's buffer
 // escape to the heap.
 var LoadHead func(c unsafe.Pointer, t token.Token, n uintptr, op string, word *uint64) (head [HeadMax / 8]uint64, w uint64, err error)
+
+// Hold takes a reader hold on t's slot in the arena whose Core is c, as
+// Arena.View does before it runs its callback (same errors, op naming the
+// call), and returns the slot's value and, if word is not nil, *word loaded
+// under the hold. Release(c, t) drops the hold; call it exactly once for
+// every Hold that returned no error, from any goroutine. message.Store.View
+// uses the pair instead of Arena.View: no callback between the arena and
+// the user's function, and the count read under the hold it already takes.
+var Hold func(c unsafe.Pointer, t token.Token, op string, word *uint64) (v unsafe.Pointer, w uint64, err error)
+
+// Release drops a hold taken by Hold.
+var Release func(c unsafe.Pointer, t token.Token)
