@@ -242,11 +242,18 @@ func (c *core) lock(t token.Token, op string, write bool) (uint32, error) {
 	}
 	st := c.state(idx)
 	var bo atomicx.Backoff
-	for {
+	for try := 0; ; try++ {
 		p := c.gate.EnterAny() // Gate.Enter spelled out, as in Alloc
 		if c.gate.Closed() {
 			c.gate.Exit(p)
 			return 0, ErrClosed
+		}
+		if try == 0 && !write {
+			// The usual state, a live slot with no holders, tried blind.
+			if idle := uint64(gen)<<genShift | allocBit; blindCAS(st, idle, idle+1) {
+				c.gate.Exit(p)
+				return idx, nil
+			}
 		}
 		s := atomic.LoadUint64(st)
 		if !valid(s, gen) {

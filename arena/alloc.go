@@ -231,16 +231,21 @@ func (c *core) free(t token.Token, word *uint64, mark uint64) error {
 		return ErrClosed
 	}
 	st := c.state(idx)
-	for {
-		s := atomic.LoadUint64(st)
-		if !valid(s, gen) {
-			c.gate.Exit(p)
-			return staleToken("Free", t)
+	// The first try assumes the usual state, a live slot with no holders,
+	// and CASes it without loading it first (blindCAS).
+	s := uint64(gen)<<genShift | allocBit
+	for try := 0; ; try++ {
+		if try > 0 {
+			s = atomic.LoadUint64(st)
+			if !valid(s, gen) {
+				c.gate.Exit(p)
+				return staleToken("Free", t)
+			}
 		}
 		// Clear alloc, advance the generation (to retiredGen at the wrap),
 		// keep the holders.
 		ns := (uint64(gen)+1)<<genShift | s&holders
-		if atomic.CompareAndSwapUint64(st, s, ns) {
+		if blindCAS(st, s, ns) {
 			if word != nil {
 				markWord(word, mark)
 			}

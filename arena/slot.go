@@ -1,5 +1,7 @@
 package arena
 
+import "sync/atomic"
+
 // Slot layout. A slot is three things, each in a region of its own (the
 // state words and versions are two page-aligned parts of one metadata
 // mapping):
@@ -89,4 +91,15 @@ func held(state uint64) bool {
 // valid reports whether state belongs to a live allocation of generation gen.
 func valid(state uint64, gen uint32) bool {
 	return state&allocBit != 0 && genOf(state) == gen
+}
+
+// blindCAS is a CAS whose expected value was guessed, not loaded: the
+// usual state of a slot (live, no holders) when a View takes its hold or a
+// Free frees it. On a state word another core wrote last (a consumer
+// viewing and freeing what a producer allocated) a load and then a CAS
+// fetch the line twice, shared and then for writing; the CAS alone fetches
+// it once. A wrong guess costs one failed CAS, after which the caller
+// loads the word and goes on as before.
+func blindCAS(st *uint64, guess, next uint64) bool {
+	return atomic.CompareAndSwapUint64(st, guess, next)
 }
