@@ -67,7 +67,10 @@
 //   - Free: pin, one CAS on the state word (it checks the generation,
 //     advances it, sees holders, and lets one of two racing Frees win), the
 //     slot parked in the P's cache with plain stores, unpin. One locked
-//     instruction, so an Alloc+Free pair has one.
+//     instruction, so an Alloc+Free pair has one. The CAS is first tried
+//     blind, expecting a live slot with no holders (blindCAS in slot.go):
+//     no load before it, so a line another core wrote last is fetched
+//     once, for writing, not twice.
 //   - Alloc with an empty cache: one CAS to pop the shard's freelist (or
 //     advance its frontier) and a plain store to claim the slot.
 //   - Load: pin, read the state word and the slot's version, copy, read
@@ -76,8 +79,9 @@
 //     over 4 KiB (and every value under the race detector) are copied under
 //     a reader hold instead (two locked instructions), so Updates cannot
 //     starve a long copy.
-//   - View: one CAS to take a reader hold (pinned), the callback, one XADD
-//     to drop it (unpinned: the hold is what keeps Close waiting). Update:
+//   - View: one CAS to take a reader hold (pinned; tried blind first, as
+//     Free's), the callback, one XADD to drop it (unpinned: the hold is
+//     what keeps Close waiting). Update:
 //     one CAS to set the writer bit, the callback, a plain version bump,
 //     one XADD to drop the bit. sync.RWMutex pays one XADD each way.
 //   - LoadInto: Load into a temporary and one copy out for values up to
