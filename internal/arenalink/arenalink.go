@@ -1,8 +1,9 @@
 // Package arenalink carries the arena operations that package message
 // needs and package arena does not publish: a Free that also marks a word
 // of the caller's own per-slot metadata, at the one moment when nobody else
-// can see the slot (it is freed, and not yet back on a freelist), and an
-// optimistic copy of the start of a slot (a message's header).
+// can see the slot (it is freed, and not yet back on a freelist); an
+// optimistic copy of the start of a slot (a message's header); and View's
+// reader hold taken and dropped without a callback in between.
 //
 // message.Store keeps a reference count per slot beside the arena. Before,
 // dropping the last reference took two locked instructions: a CAS of the
