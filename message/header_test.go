@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
@@ -109,4 +110,56 @@ func TestHeaderRefusesUnpublished(t *testing.T) {
 	if _, err := s.Header(t1); !errors.Is(err, arena.ErrClosed) {
 		t.Fatalf("Header after Close: %v, want ErrClosed", err)
 	}
+}
+
+// View takes the arena's hold without a callback of the arena's own: a
+// panic in fn must still drop it (an Update afterwards would wait forever
+// otherwise), and a Free of the last reference inside fn recycles the
+// slot only when fn returns.
+func TestViewReleasesItsHold(t *testing.T) {
+	s, err := NewStore[uint64](arena.Config{Slots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No deferred Close: with a leaked hold it would wait forever.
+	tok, err := s.Put(Header{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("View did not propagate fn's panic")
+			}
+		}()
+		s.View(tok, func(*Message[uint64]) { panic("fn") })
+	}()
+	done := make(chan error, 1)
+	go func() { done <- s.Update(tok, func(m *Message[uint64]) { m.Payload = 2 }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Update after a panicking View: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Update after a panicking View waits: the hold was not dropped")
+	}
+	err = s.View(tok, func(m *Message[uint64]) {
+		if err := s.Free(tok); err != nil {
+			t.Errorf("Free inside View: %v", err)
+		}
+		if m.Payload != 2 {
+			t.Errorf("payload inside View after Free = %d, want 2", m.Payload)
+		}
+		if _, err := s.Put(Header{}, 3); !errors.Is(err, arena.ErrFull) {
+			t.Errorf("Put inside View after the last Free: %v, want ErrFull (the slot is recycled when View returns)", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(Header{}, 4); err != nil {
+		t.Fatalf("Put after the View: %v", err)
+	}
+	s.Close()
 }
