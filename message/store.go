@@ -21,7 +21,7 @@ import (
 // slotMeta is a store's shadow of one arena slot: the reference count of the
 // live allocation and the header fields an edge's admission needs. It lets
 // Retain, Free and an edge's send check a token with a few atomic loads and
-// one CAS, instead of taking and dropping an arena reader hold (two atomic
+// at most one CAS, instead of taking and dropping an arena reader hold (two atomic
 // read-modify-writes, two pin sections and a callback) per call.
 //
 // ref packs the generation of the allocation it describes (high 32 bits)
@@ -42,6 +42,10 @@ type slotMeta struct {
 }
 
 const metaSize = unsafe.Sizeof(slotMeta{})
+
+// refWord is ref as the plain word the arenalink calls read (Hold,
+// LoadHead) or mark (FreeMarking).
+func (md *slotMeta) refWord() *uint64 { return (*uint64)(unsafe.Pointer(&md.ref)) }
 
 // packInfo packs what an edge keeps of a header besides its deadline:
 // Size in the high 32 bits, the raw QoS in bits 0-7, DegradeAllowed in bit
@@ -579,8 +583,8 @@ func (s *Store[P]) Header(t token.Token) (Header, error) {
 	if unissued(gen) || idx >= s.slots {
 		return Header{}, &tokenError{op: "Header", t: t, kind: badIndex, slots: s.slots}
 	}
-	ref := (*uint64)(unsafe.Pointer(&s.md(idx).ref)) // read by LoadHead, inside its section
-	head, r, err := arenalink.LoadHead(s.core, t, unsafe.Sizeof(Header{}), "Header", ref)
+	// The count is read by LoadHead, inside its section.
+	head, r, err := arenalink.LoadHead(s.core, t, unsafe.Sizeof(Header{}), "Header", s.md(idx).refWord())
 	if err != nil {
 		return Header{}, s.arenaErr("Header", t, err)
 	}
@@ -617,8 +621,7 @@ func (s *Store[P]) View(t token.Token, fn func(*Message[P])) error {
 	}
 	// The hold is Arena.View's, without its callback; the count is read
 	// under it, where Close cannot unmap the metadata.
-	ref := (*uint64)(unsafe.Pointer(&s.md(idx).ref))
-	m, r, err := arenalink.Hold(s.core, t, "View", ref)
+	m, r, err := arenalink.Hold(s.core, t, "View", s.md(idx).refWord())
 	if err != nil {
 		return s.arenaErr("View", t, err)
 	}
@@ -782,7 +785,7 @@ func (s *Store[P]) Free(t token.Token) error {
 // reference is still counted: it is dropped as one that was outstanding at
 // Close (lateFree), and Free returns nil all the same.
 func (s *Store[P]) freeLast(t token.Token, md *slotMeta) error {
-	err := arenalink.FreeMarking(s.core, t, (*uint64)(unsafe.Pointer(&md.ref)), refOf(t.Generation(), 0))
+	err := arenalink.FreeMarking(s.core, t, md.refWord(), refOf(t.Generation(), 0))
 	switch {
 	case err == nil:
 		return nil
