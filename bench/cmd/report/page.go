@@ -90,6 +90,7 @@ func renderTop(in pageInput, byFam map[string][]*summary) string {
 	p("# cella benchmarks: %s\n\n", in.machine)
 	p("- Machine: %s, %d logical CPUs, GOMAXPROCS=%d\n", in.cpu, in.cpus, in.procs)
 	renderMachine(&b, byFam["Machine"], in.clockSource, in.counterClock)
+	renderSPSC(&b, byFam["Machine"], byFam["MessageBatch"])
 	p("- Go: %s\n", in.goVersion)
 	p("- Produced %s by `go run ./bench/cmd/report%s` in %s\n", in.when.Format("2006-01-02 15:04 UTC"), flagsOf(in.opts), in.took.Round(time.Second))
 	p("- Every figure is the median of %d runs (-benchtime %s for the comparison suite). Ratios are against sync.Pool "+
@@ -147,6 +148,24 @@ func renderMachine(b *strings.Builder, rows []*summary, clockSource string, coun
 			"per round trip. A message between goroutines moves several lines (the slot's, its metadata's, the edge's), "+
 			"a channel of values fewer: these two figures set the floor under the message ratios.\n", val(rt))
 	}
+}
+
+// renderSPSC writes the header line of BenchmarkMachine's op=spsc-batch16,
+// with its ratio to BenchmarkMessageBatch's channel at the same room when
+// the run measured both: what the simplest lock-free ring reaches where the
+// batch target is measured with room for 4 batches.
+func renderSPSC(b *strings.Builder, machine, batch []*summary) {
+	spsc := ns(find(machine, "BenchmarkMachine/op=spsc-batch16"))
+	if math.IsNaN(spsc) {
+		return
+	}
+	vs := ""
+	if ch := ns(find(batch, "BenchmarkMessageBatch/impl=chan-token/batch=16")); !math.IsNaN(ch) && ch > 0 {
+		vs = fmt.Sprintf(" (%.2fx the channel of BenchmarkMessageBatch)", spsc/ch)
+	}
+	fmt.Fprintf(b, "- The simplest lock-free queue, a single-producer single-consumer ring of tokens with room for 4 batches "+
+		"of 16 and no locked instruction (BenchmarkMachine op=spsc-batch16): %s per token%s. With that little room the "+
+		"producer and the consumer wait for each other's lines; an edge with the same room pays that too.\n", fmtVal(spsc), vs)
 }
 
 func flagsOf(o options) string {

@@ -291,8 +291,15 @@ func TestHeaderClockAndLine(t *testing.T) {
 	if top := renderTop(in, byFamily(in.sums)); !strings.Contains(top, "clock source kvm-clock: the CPU's counter, read directly): 31 ns") {
 		t.Errorf("header does not say the counter is read:\n%s", top)
 	}
+	in = testInput("BenchmarkMachine/op=spsc-batch16-8 100 20 ns/op\n" +
+		"BenchmarkMessageBatch/impl=chan-token/batch=16-8 100 50 ns/op\n")
+	if top := renderTop(in, byFamily(in.sums)); !strings.Contains(top, "(BenchmarkMachine op=spsc-batch16): 20 ns per token "+
+		"(0.40x the channel of BenchmarkMessageBatch)") {
+		t.Errorf("header lacks the SPSC ring's line:\n%s", top)
+	}
 	in = testInput("BenchmarkMachine/op=procpin-8 100 2.5 ns/op\n")
-	if top := renderTop(in, byFamily(in.sums)); strings.Contains(top, "Created") || strings.Contains(top, "round trip") {
+	if top := renderTop(in, byFamily(in.sums)); strings.Contains(top, "Created") || strings.Contains(top, "round trip") ||
+		strings.Contains(top, "spsc") {
 		t.Errorf("header names a clock or line cost it did not measure:\n%s", top)
 	}
 }
