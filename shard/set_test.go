@@ -217,6 +217,69 @@ func TestSetPopOrderOwnRangeThenSteal(t *testing.T) {
 	}
 }
 
+// A dry home recycles the slots freed onto another shard of its part before
+// it touches its own frontier, and tries that shard first next time: a
+// producer on home 0 whose slots a consumer frees onto shard 1.
+func TestSetRecyclesBeforeFresh(t *testing.T) {
+	const per = 100
+	s := newTestSet(t, 3*per, 3)
+	var out []uint32
+	for i := 0; i < 10; i++ {
+		idx, src, ok := s.Pop(0)
+		if !ok || src != shard.FromFresh {
+			t.Fatalf("Pop(0) %d = (%d, %v, %v), want FromFresh", i, idx, src, ok)
+		}
+		out = append(out, idx)
+	}
+	_, front := s.Touched(0)
+	for round := 0; round < 3; round++ {
+		for _, idx := range out {
+			s.Push(2, idx) // the consumer's shard (not the first one home 0 looks at)
+		}
+		seen := map[uint32]bool{}
+		for i := range out {
+			idx, src, ok := s.Pop(0)
+			want := shard.FromList
+			if i == 0 {
+				want = shard.FromSteal
+			}
+			if !ok || src != want {
+				t.Fatalf("round %d, Pop(0) %d = (%d, %v, %v), want %v", round, i, idx, src, ok, want)
+			}
+			seen[idx] = true
+		}
+		for _, idx := range out {
+			if !seen[idx] {
+				t.Fatalf("round %d: freed slot %d was not reused (got %v)", round, idx, seen)
+			}
+		}
+		if _, f := s.Touched(0); f != front {
+			t.Fatalf("round %d: home frontier moved %d -> %d while freed slots waited on shard 2", round, front, f)
+		}
+	}
+	// Nothing freed anywhere: the home frontier again.
+	if idx, src, ok := s.Pop(0); !ok || src != shard.FromFresh || idx != front {
+		t.Fatalf("Pop(0) with every list empty = (%d, %v, %v), want (%d, FromFresh, true)", idx, src, ok, front)
+	}
+	s.checkGuards(t)
+}
+
+// Recycling stays inside a part: slots freed onto another NUMA node's shard
+// wait there while the home part has never-used slots of its own.
+func TestSetRecycleStaysInPart(t *testing.T) {
+	s := newLayout(t, []shard.Part{{Slots: 20, Shards: 2, Node: 0}, {Slots: 20, Shards: 2, Node: 1}})
+	lo2, _ := s.Range(2)
+	idx, src, ok := s.Pop(2)
+	if !ok || idx != lo2 || src != shard.FromFresh {
+		t.Fatalf("Pop(2) = (%d, %v, %v), want (%d, FromFresh, true)", idx, src, ok, lo2)
+	}
+	s.Push(2, idx) // freed on node 1
+	lo0, _ := s.Range(0)
+	if idx, src, ok := s.Pop(0); !ok || idx != lo0 || src != shard.FromFresh {
+		t.Fatalf("Pop(0) = (%d, %v, %v), want (%d, FromFresh, true): node 0's own slot", idx, src, ok, lo0)
+	}
+}
+
 // A steal from a victim's frontier takes a whole batch: one is returned, the
 // rest land on the thief's freelist, so the next Pops on the thief's home are
 // FromList and come from the victim's range, in order.
