@@ -24,17 +24,26 @@
 // P ids beyond the shard count wrap around, so raising GOMAXPROCS after New is
 // safe.
 //
-// Pop tries the home freelist, then the home frontier, then steals: it visits
-// the other shards in turn and takes a batch from the first that has
-// anything, freelist first, then frontier. From a shard of its own part (its
-// own NUMA node) a thief takes the whole freelist with one CAS on the
+// Pop tries the home freelist, then recycles: it takes the whole freelist of
+// another shard of its own part (its own NUMA node), looking first at the
+// one it took from last and at no more than a few others per call (a load
+// of each head; two CASes and one link read for the take, whatever the
+// list's length). Only then does it use the home frontier, and after that
+// it steals: it visits the other shards in turn and takes a batch from the
+// first that has anything, freelist first, then frontier. From a shard of
+// its own part that steal takes the whole freelist with one CAS on the
 // victim's head, keeps the top 2×StealBatch (the slots freed last, hot in
 // the caches), makes them its own list with one CAS on its head and gives
-// the rest back with one more (a thief that kept a long list would cycle
-// a producer and a consumer through every slot of the arena); across parts
-// it takes StealBatch slots, and from a frontier StealBatch too. One slot
-// is returned and the rest go onto the home freelist, so the next
-// allocations are local again.
+// the rest back with one more; across parts it takes StealBatch slots, and
+// from a frontier StealBatch too. One slot is returned and the rest go onto
+// the home freelist, so the next allocations are local again.
+//
+// Recycling before the frontier is what keeps a producer/consumer pair on
+// two Ps (the consumer's frees land on its own shard, see Push) within the
+// slots in flight: with the frontier first, the producer took every
+// never-used slot of its range before it reused one, and the memory in use
+// grew towards Capacity. Its lists stay short (what was freed since the
+// last take), which is why it may take them whole.
 //
 // # When Pop says empty
 //
@@ -61,9 +70,9 @@
 //
 // Push puts a freed index on the freeing goroutine's home shard, not on the
 // shard the index came from. The slot's cache lines are hot on this core,
-// and a producer/consumer pair on two Ps then costs the producer one steal
-// (two CAS) each time it has used up what the consumer freed, instead of one
-// contended CAS on the producer's head per free.
+// and a producer/consumer pair on two Ps then costs the producer one
+// recycle (two CAS) each time it has used up what the consumer freed,
+// instead of one contended CAS on the producer's head per free.
 //
 // # Links, and handing lists out
 //

@@ -368,14 +368,14 @@ func TestSetStealWholeListInPart(t *testing.T) {
 	s.checkGuards(t)
 }
 
-// From a long list a thief keeps the top 2×StealBatch (the slots freed
-// last) and the victim keeps the rest, in order: the thief's home pops its
-// part, then steals again the victim's next top, and the victim's home pops
-// the rest of its own list. Nothing is lost or handed out twice.
-func TestSetStealKeepsTopOfLongList(t *testing.T) {
+// A dry home takes the whole freelist of a shard of its part (recycle,
+// stealWhole), slots freed last first, and the victim keeps nothing: the
+// thief's home pops all of it, then finds the Set empty. Nothing is lost or
+// handed out twice. (stealList, which keeps the top 2×StealBatch of a long
+// list, serves the steals of popSlow's scan: see steal_internal_test.go.)
+func TestSetRecycleTakesWholeList(t *testing.T) {
 	const per = 256
 	const pushed = 150
-	const keep = 2 * shard.StealBatch
 	s := newTestSet(t, 2*per, 2)
 	victim := s.drain(t, 0)[:per]
 	free := make(map[uint32]bool)
@@ -395,20 +395,10 @@ func TestSetStealKeepsTopOfLongList(t *testing.T) {
 		}
 		got[idx] = true
 	}
-	// The first steal: the top keep slots, the last pushed first.
 	j := pushed - 1
 	pop(1, shard.FromSteal, victim[j])
-	for j--; j >= pushed-keep; j-- {
+	for j--; j >= 0; j-- {
 		pop(1, shard.FromList, victim[j])
-	}
-	// The thief's list is dry: it steals the next keep from the victim.
-	pop(1, shard.FromSteal, victim[j])
-	for j--; j >= pushed-2*keep; j-- {
-		pop(1, shard.FromList, victim[j])
-	}
-	// What is left is the victim's own list, in order.
-	for ; j >= 0; j-- {
-		pop(0, shard.FromList, victim[j])
 	}
 	if len(got) != pushed {
 		t.Fatalf("got %d slots back, want %d", len(got), pushed)

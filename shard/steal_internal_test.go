@@ -76,6 +76,60 @@ func TestStealListOntoEmptyList(t *testing.T) {
 	runtime.KeepAlive(links)
 }
 
+// stealWhole takes a long list whole, without walking it: the thief gets
+// every slot, in the victim's order, with one CAS on each head; onto a
+// list that a Push reached meanwhile, what had landed stays on top.
+func TestStealWhole(t *testing.T) {
+	for _, landed := range [][]uint32{nil, {200, 201}} {
+		links := make([]uint32, 256)
+		s := New(256, 2, unsafe.Pointer(&links[0]), 4)
+		for i := 0; i < 256; i++ {
+			if _, _, ok := s.Pop(0); !ok {
+				t.Fatalf("pop %d of 256 failed", i)
+			}
+		}
+		var pushed []uint32
+		for idx := uint32(0); idx < 3*stealKeep; idx++ {
+			s.Push(0, idx)
+			pushed = append(pushed, idx)
+		}
+		for _, idx := range landed {
+			s.Push(1, idx)
+		}
+		me, victim := &s.shards[1], &s.shards[0]
+		vtag, mtag, w0 := victim.head.Load()>>32, me.head.Load()>>32, s.steals.Load()
+		idx, ok := s.stealWhole(me, victim)
+		if top := pushed[len(pushed)-1]; !ok || idx != top {
+			t.Fatalf("landed %v: stealWhole = (%d, %v), want (%d, true): the victim's top", landed, idx, ok, top)
+		}
+		if got := victim.head.Load(); uint32(got) != 0 || got>>32 != vtag+1 {
+			t.Fatalf("landed %v: victim head %#x, want empty after one CAS (tag %d)", landed, got, vtag+1)
+		}
+		if len(landed) == 0 && me.head.Load()>>32 != mtag+1 {
+			t.Fatalf("thief's tag went %d -> %d, want one CAS", mtag, me.head.Load()>>32)
+		}
+		var want []uint32
+		for i := len(landed) - 1; i >= 0; i-- {
+			want = append(want, landed[i])
+		}
+		for i := len(pushed) - 2; i >= 0; i-- {
+			want = append(want, pushed[i])
+		}
+		for i, w := range want {
+			if got, ok := s.popList(me); !ok || got != w {
+				t.Fatalf("landed %v: pop %d from the thief: (%d, %v), want %d", landed, i, got, ok, w)
+			}
+		}
+		if got, ok := s.popList(me); ok {
+			t.Fatalf("landed %v: the thief's list holds %d past the %d slots it was given", landed, got, len(want))
+		}
+		if w := s.steals.Load(); w != w0 {
+			t.Fatalf("stealWhole touched the steal word (its caller's job): %#x -> %#x", w0, w)
+		}
+		runtime.KeepAlive(links)
+	}
+}
+
 // giveBack lands a cut-off chain under what was pushed onto the victim
 // since the steal: the new pushes stay on top, in their order, then the
 // chain, and nothing else; the victim's tag moves once per CAS.
