@@ -93,10 +93,11 @@
 // ErrClosed are returned bare so that back-pressure does not allocate
 // either.
 //
-// A dry shard first recycles: it takes the whole freelist of another shard
-// of its node (two CASes), before it uses never-used slots of its own, so a
-// producer/consumer stream keeps reusing the slots in flight instead of
-// committing the arena. Past its frontier it steals (the top 64 of the
+// A dry shard that has handed out 256 KiB of never-used slots (at least
+// 64; freshBudget) first recycles: it takes the whole freelist of another
+// shard of its node (two CASes) before it uses more never-used slots of its
+// own, so a producer/consumer stream keeps reusing the slots in flight
+// instead of committing the arena. Past its frontier it steals (the top 64 of the
 // victim's freelist on its own node, in three CASes whatever the list's
 // length; else a batch of 32). Both count on a shared steal word (steals
 // in progress and completed); that word is written only by steals, never

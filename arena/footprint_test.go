@@ -3,29 +3,35 @@ package arena_test
 import (
 	"runtime"
 	"testing"
+	"unsafe"
 
 	"github.com/cella-go/cella/arena"
 	"github.com/cella-go/cella/token"
 )
 
+// freshBudget mirrors arena's: the slot memory a shard hands out never-used
+// before it recycles slots freed onto other shards ahead of its own.
+const freshBudget = 256 << 10
+
 // A stream from a producer goroutine to a consumer goroutine that frees
 // (the message store's pattern) reuses the slots it frees: the slots ever
-// used stay near the number in flight, whatever the capacity. Before the
-// shards recycled other shards' frees ahead of their own never-used slots,
-// a producer whose frees landed on the consumer's shard took never-used
-// slots whenever its own list was dry: this test touched 1903 slots for
-// 130 in flight, each a first touch (a page fault, for 4 KiB slots), and
-// message's stream test about half of its store.
+// used stay within what is in flight plus each shard's fresh budget
+// (256 KiB of slots, at least 64), whatever the capacity. Before the shards
+// recycled other shards' frees ahead of their own never-used slots, a
+// producer whose frees landed on the consumer's shard took a never-used
+// slot whenever its own list was dry: 4 KiB slots each cost a page fault
+// when first touched, and the slots touched grew towards Capacity.
 func TestStreamReusesFreedSlots(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
 		t.Skip("needs two Ps: with one, producer and consumer share a shard")
 	}
-	const (
-		slots    = 1 << 16
-		inFlight = 128
-		messages = 400_000
-	)
-	a, err := arena.New[[8]uint64](arena.Config{Slots: slots})
+	t.Run("4KiB", func(t *testing.T) { streamFootprint[[512]uint64](t, 1<<16, 100_000) })
+	t.Run("64B", func(t *testing.T) { streamFootprint[[8]uint64](t, 1<<20, 400_000) })
+}
+
+func streamFootprint[T any](t *testing.T, slots, messages int) {
+	const inFlight = 128
+	a, err := arena.New[T](arena.Config{Slots: slots})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +47,9 @@ func TestStreamReusesFreedSlots(t *testing.T) {
 		}
 		done <- nil
 	}()
+	var v T
 	for i := 0; i < messages; i++ {
-		tok, err := a.Store([8]uint64{uint64(i)})
+		tok, err := a.Store(v)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,9 +61,10 @@ func TestStreamReusesFreedSlots(t *testing.T) {
 	}
 	st := a.Stats()
 	touched := uint64(slots) - st.Untouched
-	// In flight: the channel, one slot each side, a stolen batch each
-	// shard (stealKeep), a P cache each.
-	if bound := uint64(inFlight + 2 + st.Shards*(64+1)); touched > bound {
+	// In flight: the channel, one slot each side; per shard its fresh
+	// budget, a stolen batch (64) and a P cache.
+	fresh := max(64, freshBudget/int(unsafe.Sizeof(v)))
+	if bound := uint64(inFlight + 2 + st.Shards*(fresh+64+1)); touched > bound {
 		t.Fatalf("%d messages with at most %d in flight touched %d of %d slots, want at most %d",
 			messages, inFlight+2, touched, slots, bound)
 	}

@@ -24,11 +24,13 @@
 // P ids beyond the shard count wrap around, so raising GOMAXPROCS after New is
 // safe.
 //
-// Pop tries the home freelist, then recycles: it takes the whole freelist of
-// another shard of its own part (its own NUMA node), looking first at the
-// one it took from last and at no more than a few others per call (a load
-// of each head; two CASes and one link read for the take, whatever the
-// list's length). Only then does it use the home frontier, and after that
+// Pop tries the home freelist, then, once the home shard has handed out a
+// budget of never-used slots (SetFreshFirst; the arena gives 256 KiB of
+// slots), recycles: it takes the whole freelist of another shard of its
+// own part (its own NUMA node), looking first at the one it took from last
+// and at no more than a few others per call (a load of each head; two CASes
+// and one link read for the take, whatever the list's length). Only then
+// does it use the home frontier, and after that
 // it steals: it visits the other shards in turn and takes a batch from the
 // first that has anything, freelist first, then frontier. From a shard of
 // its own part that steal takes the whole freelist with one CAS on the
@@ -40,10 +42,13 @@
 //
 // Recycling before the frontier is what keeps a producer/consumer pair on
 // two Ps (the consumer's frees land on its own shard, see Push) within the
-// slots in flight: with the frontier first, the producer took every
-// never-used slot of its range before it reused one, and the memory in use
-// grew towards Capacity. Its lists stay short (what was freed since the
-// last take), which is why it may take them whole.
+// slots in flight and the budget: with the frontier first, the producer
+// took every never-used slot of its range before it reused one, and the
+// memory in use grew towards Capacity. The budget lets a freed slot's
+// lines leave the core that freed them before they are written again
+// (reusing them at once cost a 64-byte pipeline a tenth of its speed).
+// Its lists stay short (what was freed since the last take), which is why
+// it may take them whole.
 //
 // # When Pop says empty
 //

@@ -54,6 +54,9 @@ type Set struct {
 	stride   uintptr
 	n        int
 	linkFlag uint32 // ORed into every link written (SetLinkFlag)
+	// freshFirst is how many never-used slots of its range a shard hands
+	// out before recycle runs ahead of its frontier (SetFreshFirst).
+	freshFirst uint32
 
 	_ atomicx.Pad
 	// steals counts steals in progress (low 32 bits) and steals completed
@@ -241,6 +244,14 @@ func (s *Set) storeLink(idx, next uint32) {
 // it before the Set is used; links (index+1) must stay below flag.
 func (s *Set) SetLinkFlag(flag uint32) { s.linkFlag = flag }
 
+// SetFreshFirst lets each shard hand out n never-used slots of its range
+// before it recycles other shards' freed slots ahead of its frontier (see
+// recycle); 0, the default, recycles first from the start. Slots freed
+// onto another core's shard are reused sooner the smaller n is: fewer
+// slots ever touched, but lines still hot in the core that freed them.
+// Call it before the Set is used.
+func (s *Set) SetFreshFirst(n uint32) { s.freshFirst = n }
+
 // Pop takes a free slot for a caller whose home shard is home: from the home
 // freelist, else from the freelist of another shard of its part (recycle),
 // else the home frontier, else by stealing a batch from the other shards'
@@ -316,8 +327,10 @@ const scanPasses = 3
 // list, which is the steady state of one goroutine allocating and freeing.
 func (s *Set) popSlow(home int) (idx uint32, src Source, ok bool) {
 	st := &s.shards[home]
-	if idx, ok = s.recycle(home); ok {
-		return idx, FromSteal, true
+	if st.frontier.Load()-st.start >= s.freshFirst {
+		if idx, ok = s.recycle(home); ok {
+			return idx, FromSteal, true
+		}
 	}
 	if idx, _, ok = takeFresh(st, 1); ok {
 		return idx, FromFresh, true

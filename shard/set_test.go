@@ -264,6 +264,34 @@ func TestSetRecyclesBeforeFresh(t *testing.T) {
 	s.checkGuards(t)
 }
 
+// With SetFreshFirst(n), a home hands out n never-used slots of its own
+// before it recycles what other shards hold, then recycles first.
+func TestSetFreshFirst(t *testing.T) {
+	const per, n = 100, 5
+	s := newTestSet(t, 2*per, 2)
+	s.SetFreshFirst(n)
+	lo1, _ := s.Range(1)
+	idx, _, _ := s.Pop(1)
+	s.Push(1, idx) // a free slot on shard 1 from the start
+	if _, _, ok := s.Pop(1); !ok {
+		t.Fatal("Pop(1) failed")
+	}
+	s.Push(1, lo1)
+	lo0, _ := s.Range(0)
+	for i := uint32(0); i < n; i++ {
+		if idx, src, ok := s.Pop(0); !ok || src != shard.FromFresh || idx != lo0+i {
+			t.Fatalf("Pop(0) %d = (%d, %v, %v), want (%d, FromFresh, true): within the fresh budget", i, idx, src, ok, lo0+i)
+		}
+	}
+	if idx, src, ok := s.Pop(0); !ok || src != shard.FromSteal || idx != lo1 {
+		t.Fatalf("Pop(0) past the budget = (%d, %v, %v), want (%d, FromSteal, true): shard 1's freed slot", idx, src, ok, lo1)
+	}
+	if idx, src, ok := s.Pop(0); !ok || src != shard.FromFresh || idx != lo0+n {
+		t.Fatalf("Pop(0) with nothing to recycle = (%d, %v, %v), want (%d, FromFresh, true)", idx, src, ok, lo0+n)
+	}
+	s.checkGuards(t)
+}
+
 // Recycling stays inside a part: slots freed onto another NUMA node's shard
 // wait there while the home part has never-used slots of its own.
 func TestSetRecycleStaysInPart(t *testing.T) {
