@@ -358,14 +358,15 @@ func (s *Set) popSlow(home int) (idx uint32, src Source, ok bool) {
 const recycleProbes = 8
 
 // recycle takes a batch of freed slots from another shard of home's part,
-// before popSlow turns to home's never-used frontier. Slots are freed onto
-// the freeing P's shard; where one goroutine allocates and another frees
-// (a producer and a consumer), the producer's list stays dry and, without
-// this, it took every slot of its frontier before it reused one: a stream
-// with 130 messages in flight touched 57% of a 65536-slot store (every
-// slot a first touch: a page fault for 4 KiB ones) and all of a 4096-slot
-// one. Recycling first keeps the slots in use near what is in flight, warm
-// in the caches.
+// before popSlow turns to home's never-used frontier (once home has handed
+// out freshFirst of those). Slots are freed onto the freeing P's shard;
+// where one goroutine allocates and another frees (a producer and a
+// consumer), the producer's list stays dry and, without this, it took
+// every slot of its frontier before it reused one: a stream with 130
+// messages in flight touched half of a 65536-slot store (every slot a
+// first touch: a page fault for 4 KiB ones) and all of a 4096-slot one.
+// Recycling keeps the slots in use near what is in flight plus the fresh
+// budget.
 //
 // It looks first at the shard it recycled from last (the consumer's, in
 // that pattern), then at up to recycleProbes others, in steal order from
@@ -379,9 +380,10 @@ const recycleProbes = 8
 // It takes the victim's whole list (stealWhole), not stealList's top
 // stealKeep: stealList walks the links it keeps, and in a stream those
 // are lines the consumer has just written, a cache miss each, one after
-// the other. With stealList here, a 64-byte stream, fan-out and pipeline
-// were 12-21% slower than taking fresh slots; with stealWhole they are
-// within noise of it. Recycling first keeps a stream's lists short (what
+// the other. With stealList here (and no fresh budget), the 64-byte hop
+// and fan-out to 2 were 16% and 21% slower than taking fresh slots; with
+// stealWhole, within noise (the saturated pipeline stayed 9-12% slower
+// until the budget). Recycling first keeps a stream's lists short (what
 // was freed since the last take), so the whole list is about the slots
 // in flight. After a burst of frees on one P it is long, and the thief
 // goes through all of it before it takes newer frees: a larger working
@@ -492,19 +494,11 @@ func (s *Set) Push(home int, idx uint32) {
 // must be followed by Reattach; one that returns !ok has nothing to give
 // back and has already ended its steal.
 func (s *Set) Detach(shard int) (first uint32, ok bool) {
-	st := &s.shards[shard]
 	s.steals.Add(1)
-	for {
-		old := st.head.Load()
-		top := uint32(old)
-		if top == 0 {
-			s.steals.Add(^uint64(0))
-			return 0, false
-		}
-		if st.head.CompareAndSwap(old, (old>>32+1)<<32) {
-			return top - 1, true
-		}
+	if first, ok = takeAll(&s.shards[shard]); !ok {
+		s.steals.Add(^uint64(0))
 	}
+	return first, ok
 }
 
 // Next returns the index after idx in a chain taken by Detach.
@@ -654,19 +648,13 @@ func (s *Set) stealFrom(me, victim *shardState, v *scanView) (uint32, bool) {
 // its links are the thief's to read and cut. The cut-off part is in the
 // thief's hands until giveBack lands it, covered by the steal word.
 func (s *Set) stealList(me, victim *shardState) (uint32, bool) {
-	var top uint32
-	for {
-		old := victim.head.Load()
-		if top = uint32(old); top == 0 {
-			return 0, false
-		}
-		if victim.head.CompareAndSwap(old, (old>>32+1)<<32) {
-			break
-		}
+	first, ok := takeAll(victim)
+	if !ok {
+		return 0, false
 	}
 	// Walk to the last index kept. These are the link reads the pops of
 	// the kept slots would make anyway.
-	last := top - 1
+	last := first
 	for kept := 1; kept < stealKeep; kept++ {
 		n := s.loadLink(last)
 		if n == 0 {
@@ -678,10 +666,10 @@ func (s *Set) stealList(me, victim *shardState) (uint32, bool) {
 		s.storeLink(last, 0)
 		s.giveBack(victim, rest-1)
 	}
-	if next := s.loadLink(top - 1); next != 0 {
+	if next := s.loadLink(first); next != 0 {
 		s.adoptChain(me, next-1)
 	}
-	return top - 1, true
+	return first, true
 }
 
 // stealWhole takes victim's whole freelist with one CAS, returns its first
@@ -691,20 +679,29 @@ func (s *Set) stealList(me, victim *shardState) (uint32, bool) {
 // the victim's head nobody else can reach the chain, and until adoptChain
 // lands it the chain is in the thief's hands, covered by the steal word.
 func (s *Set) stealWhole(me, victim *shardState) (uint32, bool) {
-	var top uint32
-	for {
-		old := victim.head.Load()
-		if top = uint32(old); top == 0 {
-			return 0, false
-		}
-		if victim.head.CompareAndSwap(old, (old>>32+1)<<32) {
-			break
-		}
+	first, ok := takeAll(victim)
+	if !ok {
+		return 0, false
 	}
-	if next := s.loadLink(top - 1); next != 0 {
+	if next := s.loadLink(first); next != 0 {
 		s.adoptChain(me, next-1)
 	}
-	return top - 1, true
+	return first, true
+}
+
+// takeAll empties st's freelist with one CAS (bumping its tag) and returns
+// the first index of the chain it held; ok is false if it was empty.
+func takeAll(st *shardState) (first uint32, ok bool) {
+	for {
+		old := st.head.Load()
+		top := uint32(old)
+		if top == 0 {
+			return 0, false
+		}
+		if st.head.CompareAndSwap(old, (old>>32+1)<<32) {
+			return top - 1, true
+		}
+	}
 }
 
 // stealKeep is how many slots stealList keeps of a victim's list: twice a
