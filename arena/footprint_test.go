@@ -26,7 +26,7 @@ func TestStreamReusesFreedSlots(t *testing.T) {
 		t.Skip("needs two Ps: with one, producer and consumer share a shard")
 	}
 	t.Run("4KiB", func(t *testing.T) { streamFootprint[[512]uint64](t, 1<<16, 100_000) })
-	t.Run("64B", func(t *testing.T) { streamFootprint[[8]uint64](t, 1<<20, 400_000) })
+	t.Run("64B", func(t *testing.T) { streamFootprint[[8]uint64](t, 1<<20, 2_000_000) })
 }
 
 func streamFootprint[T any](t *testing.T, slots, messages int) {

@@ -21,8 +21,8 @@ import (
 // slotMeta is a store's shadow of one arena slot: the reference count of the
 // live allocation and the header fields an edge's admission needs. It lets
 // Retain, Free and an edge's send check a token with a few atomic loads and
-// at most one CAS, instead of taking and dropping an arena reader hold (two atomic
-// read-modify-writes, two pin sections and a callback) per call.
+// at most one CAS, instead of taking and dropping an arena reader hold (two
+// atomic read-modify-writes, two pin sections and a callback) per call.
 //
 // ref packs the generation of the allocation it describes (high 32 bits)
 // with its reference count (low 32 bits). Put writes deadline and info,
