@@ -303,7 +303,7 @@ func (e *Edge) fastSendBatch(qs []queued, lanes []uint8) int {
 			continue
 		}
 		if i == fastSendSpins || e.pol.Admission != Block || f.tail.Load()&slowBit != 0 ||
-			lanes[n] != laneBestEffort || qs[n].deadline != 0 {
+			lanes[n] != laneBestEffort || qs[n].deadline != 0 || !ringable(qs[n].tok) {
 			break
 		}
 		i++

@@ -237,7 +237,7 @@ func (e *Edge) sendCatching(ctx context.Context, t token.Token, wait, raising bo
 		e.mu.Unlock()
 		return nil, errExpiredOnSend
 	}
-	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil {
+	if lane == laneBestEffort && q.deadline == 0 && e.fast != nil && ringable(t) {
 		if e.fast.trySend(t, q.size) || (wait && e.pol.Admission == Block && e.spinSend(t, q.size)) {
 			return nil, nil
 		}

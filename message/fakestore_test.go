@@ -34,7 +34,20 @@ func (s *fakeStore) put(h Header) token.Token {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
-	t := token.New(s.next, 1)
+	return s.putLocked(token.New(s.next, 1), h)
+}
+
+// putHigh is put with the top bit of the token's index set (an index of
+// 2^31 or more), as a store of more than 2^31 slots, or a HeaderStore of
+// another kind, may hand out.
+func (s *fakeStore) putHigh(h Header) token.Token {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	return s.putLocked(token.New(s.next|1<<31, 1), h)
+}
+
+func (s *fakeStore) putLocked(t token.Token, h Header) token.Token {
 	if h.Created == 0 {
 		h.Created = Now()
 	}

@@ -13,19 +13,21 @@ package message
 // # The ring
 //
 // Positions grow without end (64 bits); position pos lives in cell
-// pos&mask. A sender claims positions with a CAS on the tail, writes the
-// token into each cell and publishes it by storing pos+1 into the cell's
-// sequence word (publishCell: a plain store on amd64). A receiver reads the
-// sequence words and the tokens first and then takes the positions with a
-// CAS on the head: the CAS succeeds only if no other receiver took them in
-// between, and a failed CAS drops what it read. So only senders write a
+// pos&mask. A cell is one word: a token and the lap parity of its
+// position (fastCell). A sender claims positions with a CAS on the tail
+// and publishes each token by storing it, with its position's parity, into
+// the cell (publish: a plain store on amd64). A receiver reads the cells
+// first, each published for its position when its parity is that of the
+// position, and then takes the positions with a CAS on the head: the CAS
+// succeeds only if no other receiver took them in between, and a failed
+// CAS drops what it read. So only senders write a
 // cell, and a sender may reuse the cell of position pos-len(cells) as soon
 // as the head has passed it: the receiver that moved the head past it had
 // read it already. Senders learn the head from a cache (headCache, at most
 // the real head) and reload it when the cache says the ring is full.
 //
 // This differs from Dmitry Vyukov's ring, where a receiver takes a cell
-// first and then releases it with a store to its sequence word: there,
+// first and then releases it with a store to the cell's sequence word: there,
 // every cell's cache line goes to the receiver's core and back with write
 // ownership on every lap; here the receiver only reads it, and the one line
 // it writes is the head's (once per batch).
@@ -71,6 +73,7 @@ package message
 // never exceed MaxItems; the sender then reloads the head.
 
 import (
+	"math/bits"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
@@ -83,7 +86,7 @@ import (
 const slowBit = uint64(1) << 63
 
 // fastMaxCells bounds a ring's size: an edge with a larger (or no) item
-// cap has a ring of this many cells (16 KiB) and goes to slow mode when it
+// cap has a ring of this many cells (8 KiB) and goes to slow mode when it
 // fills. Room lets a producer and a consumer of batches work on different
 // lines instead of waiting for each other: batches of 16 over an edge of
 // MaxItems 1024 took 12.3-12.7 ns per token with 256 cells (slow mode past
@@ -91,42 +94,48 @@ const slowBit = uint64(1) << 63
 // (BenchmarkMessageBatch room=1024).
 const fastMaxCells = 1024
 
+// A fastCell is one 64-bit word: the token of the position it holds, with
+// bit lapBit set to that position's lap parity (lapOf). Only senders (and
+// the mutex's holder) write it, with one release store that publishes the
+// position (publish); receivers read it with one atomic load (a plain
+// load on amd64), so there is nothing to tear.
+//
+// One word instead of a sequence word beside the token (a 16-byte cell)
+// puts eight cells in a cache line instead of four: a token crossing the
+// ring costs the receiver an eighth of a line's miss and the sender an
+// eighth of taking it back, not a quarter.
+//
+// The parity is enough to tell whether a cell holds the position a
+// receiver is looking at: while the head is at pos, the cell of pos holds
+// either pos's token or that of pos-len(cells) (published before the
+// head could pass it; a sender claims pos+len(cells) only once the head
+// has passed pos), and those two laps differ in parity. A receiver whose
+// head was stale may see a later lap of the same parity; its CAS on the
+// head then fails, as it does today.
 type fastCell struct {
-	// seq is the cell's state, as the low 32 bits of a position (cellSeq):
-	// pos+1 once position pos's token is published, anything behind it
-	// before (the cell's initial position, or the previous lap's pos+1).
-	// Only senders (and the mutex's holder) write it. 32 bits are enough:
-	// a ring has at most fastMaxCells cells, so the values a cell can hold
-	// for the positions a sender or receiver is looking at are a few laps
-	// apart, and the claims themselves are CASes on the 64-bit tail and
-	// head.
-	seq atomic.Uint32
-	// size and tok are written by the sender of the cell's position before
-	// it publishes, and read by receivers with atomic loads (plain loads on
-	// amd64): a receiver reads them before its CAS on the head, possibly
-	// while a sender of a later lap rewrites them (the CAS then fails and
-	// the read is dropped). See loadCell and storeCell.
-	size uint32
-	tok  token.Token
+	word atomic.Uint64
 }
 
-// A cell is 16 bytes: four share a cache line, so a batch of 16 tokens
-// moves 4 lines between the sender's and the receiver's cores, not 8 (a
-// compile error otherwise).
-var _ [16 - unsafe.Sizeof(fastCell{})]byte
-var _ [unsafe.Sizeof(fastCell{}) - 16]byte
+// lapBit is the bit of a cell that holds its position's lap parity: the
+// top bit of the token's index. Tokens that have it set (an index of 2^31
+// or more: only from a store of more than 2^31 slots, or from a
+// HeaderStore of another kind) never take the ring; they go the locked
+// way (ringable).
+const lapBit = uint64(1) << 31
 
-// cellSeq is position pos as a cell's sequence word holds it.
-func cellSeq(pos uint64) uint32 { return uint32(pos) }
+// ringable reports whether t can travel in a cell.
+func ringable(t token.Token) bool { return uint64(t)&lapBit == 0 }
 
-// behind reports whether a cell's sequence word seq is below want, the
-// value it must have for the caller's position (a wrapping comparison).
-func behind(seq uint32, want uint64) bool { return int32(seq-cellSeq(want)) < 0 }
+// Eight cells share a cache line (a compile error otherwise).
+var _ [8 - unsafe.Sizeof(fastCell{})]byte
+var _ [unsafe.Sizeof(fastCell{}) - 8]byte
 
 type fastRing struct {
 	// Read-only after newFastRing.
 	cells []fastCell
+	sizes []uint32 // the Size of each cell's token, written before its publish
 	mask  uint64
+	shift uint   // log2(len(cells)): pos>>shift is pos's lap
 	room  uint64 // how many tokens the ring may hold: MaxItems, at most len(cells)
 
 	_ atomicx.Pad
@@ -161,14 +170,32 @@ func newFastRing(p *Policy) *fastRing {
 	if p.MaxItems > 0 && p.MaxItems < n {
 		n = max(fastMinCells, ceilPow2(p.MaxItems))
 	}
-	f := &fastRing{cells: make([]fastCell, n), mask: uint64(n - 1), room: uint64(n)}
+	f := &fastRing{cells: make([]fastCell, n), sizes: make([]uint32, n), mask: uint64(n - 1),
+		shift: uint(bits.TrailingZeros(uint(n))), room: uint64(n)}
 	if p.MaxItems > 0 && p.MaxItems < n {
 		f.room = uint64(p.MaxItems)
 	}
 	for i := range f.cells {
-		f.cells[i].seq.Store(cellSeq(uint64(i))) // unpublished: behind i+1
+		f.clearCell(uint64(i))
 	}
 	return f
+}
+
+// lapOf is the lap parity of position pos, where a cell holding pos's
+// token has it (at lapBit).
+func (f *fastRing) lapOf(pos uint64) uint64 { return ((pos >> f.shift) & 1) << 31 }
+
+// holds reports whether w, the word of pos's cell, holds pos's token,
+// given that it holds pos's or pos-len(cells)'s (see fastCell).
+func (f *fastRing) holds(w, pos uint64) bool { return w&lapBit == f.lapOf(pos) }
+
+// cellToken is the token in a cell's word.
+func cellToken(w uint64) token.Token { return token.Token(w &^ lapBit) }
+
+// clearCell makes pos's cell unpublished for pos: it holds the previous
+// lap's position, with no token. For a new ring (or a test's).
+func (f *fastRing) clearCell(pos uint64) {
+	f.cells[pos&f.mask].word.Store(f.lapOf(pos - uint64(len(f.cells))))
 }
 
 // full reports whether the ring holds room tokens when a sender is about to
@@ -183,24 +210,24 @@ func (f *fastRing) full(pos, h uint64) (bool, uint64) {
 	return pos-h >= f.room, h
 }
 
-// storeCell writes a token and its size into c, before publishCell.
-func storeCell(c *fastCell, t token.Token, size uint32) {
-	atomicx.StoreRelease32(&c.size, size)
-	atomicx.StoreRelease64((*uint64)(unsafe.Pointer(&c.tok)), uint64(t))
-}
-
-// loadCell reads what storeCell wrote. A receiver calls it before its CAS
-// on the head, so a sender of the next lap may be writing the cell: the
-// loads are atomic (plain on amd64) and a torn pair is dropped with the
-// failed CAS.
-func loadCell(c *fastCell) (token.Token, uint32) {
-	return token.Token(atomic.LoadUint64((*uint64)(unsafe.Pointer(&c.tok)))), atomic.LoadUint32(&c.size)
+// publish writes position pos's token t (ringable) and its size into the
+// ring, and publishes them with the release store of the cell's word
+// (atomicx.StoreRelease64: a plain store on amd64, instead of an atomic
+// store's full fence, an XCHG, once per token). The size is read only by
+// the mutex's holder, after it has seen the word (enterSlowLocked).
+func (f *fastRing) publish(pos uint64, t token.Token, size uint32) {
+	i := pos & f.mask
+	atomicx.StoreRelease32(&f.sizes[i], size)
+	atomicx.StoreRelease64((*uint64)(unsafe.Pointer(&f.cells[i].word)), uint64(t)|f.lapOf(pos))
 }
 
 // trySend claims a cell for t and publishes it. It fails, changing
-// nothing, when the edge is in slow mode or the ring holds its room (the
-// item cap, or every cell).
+// nothing, when the edge is in slow mode, the ring holds its room (the
+// item cap, or every cell) or t is not ringable.
 func (f *fastRing) trySend(t token.Token, size uint32) bool {
+	if !ringable(t) {
+		return false
+	}
 	for {
 		pos := f.tail.Load()
 		if pos&slowBit != 0 {
@@ -213,15 +240,13 @@ func (f *fastRing) trySend(t token.Token, size uint32) bool {
 		if !f.tail.CompareAndSwap(pos, pos+1) {
 			continue // another sender claimed pos
 		}
-		c := &f.cells[pos&f.mask]
 		// Length now, counting claimed cells: an upper bound from the
 		// cached head; the exact one from the real head only when the
 		// bound is above the high water mark.
 		if int64(pos+1-h) > f.hw.Load() {
 			f.raiseHighWater(pos)
 		}
-		storeCell(c, t, size)
-		publishCell(c, pos+1)
+		f.publish(pos, t, size)
 		return true
 	}
 }
@@ -248,48 +273,47 @@ func (f *fastRing) tryRecv() (token.Token, bool) {
 		if pos&slowBit != 0 {
 			return token.Nil, false
 		}
-		c := &f.cells[pos&f.mask]
-		seq := c.seq.Load()
-		if seq != cellSeq(pos+1) {
-			if behind(seq, pos+1) {
+		w := f.cells[pos&f.mask].word.Load()
+		if !f.holds(w, pos) {
+			if f.head.Load() == pos {
 				return token.Nil, false // empty, or its sender is publishing
 			}
-			continue // a later lap: another receiver took pos
+			continue // another receiver took pos (w may be a later lap's)
 		}
-		t, _ := loadCell(c)
 		if !f.head.CompareAndSwap(pos, pos+1) {
-			continue // another receiver took pos: t may be a later lap's
+			continue // another receiver took pos: w may be a later lap's
 		}
-		return t, true
+		return cellToken(w), true
 	}
 }
 
 // trySendN is trySend for the longest prefix of qs that may take the fast
-// path (BestEffort, no deadline: lanes[i] and qs[i].deadline), claimed with
-// one CAS. It returns how many it sent, in order; 0 when the edge is in
+// path (BestEffort, no deadline, ringable: lanes[i], qs[i].deadline and
+// qs[i].tok), claimed with one CAS. It returns how many it sent, in order; 0 when the edge is in
 // slow mode, the item cap is reached or the ring is full.
 func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 	m := 0
-	for m < len(qs) && lanes[m] == laneBestEffort && qs[m].deadline == 0 {
+	for m < len(qs) && lanes[m] == laneBestEffort && qs[m].deadline == 0 && ringable(qs[m].tok) {
 		m++
 	}
 	pos, j := f.claim(m)
 	for i := uint64(0); i < j; i++ {
-		c := &f.cells[(pos+i)&f.mask]
-		storeCell(c, qs[i].tok, qs[i].size)
-		publishCell(c, pos+i+1)
+		f.publish(pos+i, qs[i].tok, qs[i].size)
 	}
 	return int(j)
 }
 
-// trySendTokens is trySendN for tokens already known to take the fast path,
-// with their sizes: SendBatch's path without staging (sendFastPrefix).
+// trySendTokens is trySendN for tokens already known to take the fast path
+// (but for being ringable), with their sizes: SendBatch's path without
+// staging (sendFastPrefix).
 func (f *fastRing) trySendTokens(ts []token.Token, sizes []uint32) int {
-	pos, j := f.claim(len(ts))
+	m := 0
+	for m < len(ts) && ringable(ts[m]) {
+		m++
+	}
+	pos, j := f.claim(m)
 	for i := uint64(0); i < j; i++ {
-		c := &f.cells[(pos+i)&f.mask]
-		storeCell(c, ts[i], sizes[i])
-		publishCell(c, pos+i+1)
+		f.publish(pos+i, ts[i], sizes[i])
 	}
 	return int(j)
 }
@@ -360,19 +384,21 @@ func (f *fastRing) tryRecvN(dst []token.Token) int {
 		if pos&slowBit != 0 {
 			return 0
 		}
+		// At most a lap: the cells past it are the same cells again.
+		n := min(uint64(len(dst)), uint64(len(f.cells)))
 		k := uint64(0)
-		for ; k < uint64(len(dst)); k++ {
-			c := &f.cells[(pos+k)&f.mask]
-			if c.seq.Load() != cellSeq(pos+k+1) {
+		for ; k < n; k++ {
+			w := f.cells[(pos+k)&f.mask].word.Load()
+			if !f.holds(w, pos+k) {
 				break
 			}
-			dst[k], _ = loadCell(c)
+			dst[k] = cellToken(w)
 		}
 		if k == 0 {
-			if behind(f.cells[pos&f.mask].seq.Load(), pos+1) {
+			if f.head.Load() == pos {
 				return 0 // empty, or its sender is publishing
 			}
-			continue // a later lap: another receiver took pos
+			continue // another receiver took pos
 		}
 		if !f.head.CompareAndSwap(pos, pos+k) {
 			clear(dst[:k])
@@ -393,17 +419,8 @@ func (f *fastRing) queuedHint() int {
 	return int(t - h)
 }
 
-// publishCell stores position pos into c's sequence word, ordered after
-// every earlier load and store of the goroutine, as a sender's (or the
-// mutex holder's) publish of the cell: atomicx.StoreRelease32, a plain store
-// on amd64 instead of an atomic store's full fence (an XCHG, one per token,
-// 16 per batch of 16). Receivers load the word atomically and never write
-// it.
-func publishCell(c *fastCell, pos uint64) {
-	atomicx.StoreRelease32((*uint32)(unsafe.Pointer(&c.seq)), cellSeq(pos))
-}
-
-// storeRelease is publishCell for the senders' cached head.
+// storeRelease is a release store (plain on amd64), for the senders'
+// cached head.
 func storeRelease(w *atomic.Uint64, v uint64) {
 	atomicx.StoreRelease64((*uint64)(unsafe.Pointer(w)), v)
 }
@@ -434,10 +451,12 @@ func (e *Edge) enterSlowLocked() {
 	for pos := head; pos < tail; pos++ {
 		c := &f.cells[pos&f.mask]
 		var b atomicx.Backoff
-		for c.seq.Load() != cellSeq(pos+1) {
+		w := c.word.Load()
+		for !f.holds(w, pos) {
 			b.Wait() // its sender claimed it before the bit and is publishing
+			w = c.word.Load()
 		}
-		tok, size := loadCell(c)
+		tok, size := cellToken(w), atomic.LoadUint32(&f.sizes[pos&f.mask])
 		e.seq++
 		d := lane.push()
 		d.tok, d.seq, d.deadline, d.size, d.flags = tok, e.seq, 0, size, 0
@@ -471,7 +490,7 @@ func (e *Edge) reopenLocked() {
 		return
 	}
 	for i := 0; i < lane.len(); i++ {
-		if lane.at(i).deadline != 0 {
+		if q := lane.at(i); q.deadline != 0 || !ringable(q.tok) {
 			return
 		}
 	}
@@ -481,10 +500,8 @@ func (e *Edge) reopenLocked() {
 	// before the switch may still be reading it; its CAS on the head fails.
 	pos := f.tail.Load() &^ slowBit
 	for i := uint64(0); lane.len() > 0; i++ {
-		c := &f.cells[(pos+i)&f.mask]
 		q := lane.pop()
-		storeCell(c, q.tok, q.size)
-		publishCell(c, pos+i+1)
+		f.publish(pos+i, q.tok, q.size)
 	}
 	end := pos + uint64(e.n)
 	e.n, e.bytes, e.laneBytes[laneBestEffort] = 0, 0, 0

@@ -113,9 +113,7 @@ func TestFastAttackTryRecvHiddenByClaimedCell(t *testing.T) {
 	go func() { // sender A resumes
 		defer close(published)
 		time.Sleep(200 * time.Millisecond)
-		c := &f.cells[pos&f.mask]
-		c.tok, c.size = tokA, 0
-		publishCell(c, pos+1)
+		f.publish(pos, tokA, 0)
 	}()
 	if err := e.Send(context.Background(), tokB); err != nil { // sender B
 		t.Fatal(err)

@@ -370,9 +370,7 @@ func TestFastSwitchWaitsForClaimedCell(t *testing.T) {
 		t.Fatalf("Stats returned %+v before the claimed cell was published", st)
 	default:
 	}
-	c := &f.cells[pos&f.mask]
-	c.tok, c.size = late, 3
-	publishCell(c, pos+1)
+	f.publish(pos, late, 3)
 	st := <-got
 	if st.Admitted != 2 || st.Len != 2 || st.Bytes != 5 {
 		t.Fatalf("Stats = %+v; want the claimed send counted: Admitted 2, Len 2, Bytes 5", st)
@@ -398,7 +396,7 @@ func TestFastStaleReaderLosesItsTake(t *testing.T) {
 	}
 	f := e.fast
 	pos := f.head.Load()
-	if got, _ := loadCell(&f.cells[pos&f.mask]); got != a {
+	if got := cellToken(f.cells[pos&f.mask].word.Load()); got != a {
 		t.Fatalf("cell holds %v, want %v", got, a)
 	}
 	// A LatencyCritical send switches to slow mode (a moves to the lane);
@@ -418,7 +416,7 @@ func TestFastStaleReaderLosesItsTake(t *testing.T) {
 	if err := e.TrySend(b); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := loadCell(&f.cells[pos&f.mask]); got != b {
+	if got := cellToken(f.cells[pos&f.mask].word.Load()); got != b {
 		t.Fatalf("cell holds %v, want b %v", got, b)
 	}
 	if f.head.CompareAndSwap(pos, pos+1) {
@@ -448,14 +446,14 @@ func TestFastSenderReusesCellOnlyPastHead(t *testing.T) {
 		t.Fatal("a third send overwrote a cell nobody took")
 	}
 	pos := f.head.Load()
-	read, _ := loadCell(&f.cells[pos&f.mask])         // the slow receiver reads pos...
-	if got, ok := f.tryRecv(); !ok || got != tok(1) { // ...another takes it
+	read := cellToken(f.cells[pos&f.mask].word.Load()) // the slow receiver reads pos...
+	if got, ok := f.tryRecv(); !ok || got != tok(1) {  // ...another takes it
 		t.Fatalf("tryRecv = %v, %v", got, ok)
 	}
 	if !f.trySend(tok(3), 1) { // the head passed pos: its cell is free
 		t.Fatal("send into the freed cell failed")
 	}
-	if got, _ := loadCell(&f.cells[pos&f.mask]); got != tok(3) {
+	if got := cellToken(f.cells[pos&f.mask].word.Load()); got != tok(3) {
 		t.Fatalf("cell holds %v, want the next lap's %v", got, tok(3))
 	}
 	if read != tok(1) || f.head.CompareAndSwap(pos, pos+1) {
@@ -607,7 +605,8 @@ func TestFastRingOfOneItem(t *testing.T) {
 }
 
 // TestFastRingCellSeqWraps runs a ring across the point where positions
-// pass 2^32, where a cell's 32-bit sequence word wraps to 0: sends and
+// pass 2^32 (where the cells' 32-bit sequence words wrapped to 0, when a
+// cell had one; the lap parity must hold there too): sends and
 // receives, one at a time and in batches, stay in order, a full ring still
 // refuses, and an empty one still reports empty.
 func TestFastRingCellSeqWraps(t *testing.T) {
@@ -629,7 +628,7 @@ func TestFastRingCellSeqWraps(t *testing.T) {
 func runRingAcrossWrap(t *testing.T, start uint64) {
 	f := newFastRing(&Policy{MaxItems: 4})
 	for pos := start; pos < start+uint64(len(f.cells)); pos++ {
-		f.cells[pos&f.mask].seq.Store(cellSeq(pos))
+		f.clearCell(pos)
 	}
 	f.tail.Store(start)
 	f.head.Store(start)

@@ -115,15 +115,16 @@ func TestReviewHeldFreePanicNextRecv(t *testing.T) {
 	}
 }
 
-// The 32-bit cell sequence words across the wrap of the low 32 bits of the
-// 64-bit positions (a sanity check of cellSeq/behind).
+// Positions across the wrap of their low 32 bits (where the cells' 32-bit
+// sequence words wrapped, when a cell had one): a sanity check of the lap
+// parity there.
 func TestReviewFastRingSeqWrap(t *testing.T) {
 	f := newFastRing(&Policy{MaxItems: 4})
 	start := uint64(1)<<32 - 3
 	n := uint64(len(f.cells))
 	for i := uint64(0); i < n; i++ {
 		pos := start + i
-		f.cells[pos&f.mask].seq.Store(cellSeq(pos))
+		f.clearCell(pos)
 	}
 	f.head.Store(start)
 	f.tail.Store(start)

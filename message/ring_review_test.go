@@ -88,9 +88,9 @@ func TestRingReviewTryRecvDuringReopen(t *testing.T) {
 // Stepwise senders and receivers play preempted parties: a sender loads
 // the tail and the cached head (and checks room with f.full, the real
 // function), CASes the tail one step later, and stores and publishes its
-// cell a step after that; a receiver loads the head, then for each cell
-// loads its sequence word and, one step later, its token (exactly the
-// order of tryRecvN), and CASes the head one step after its last read.
+// cell a step after that; a receiver loads the head, then loads one cell
+// per step (as tryRecvN does, in order), and CASes the head one step after
+// its last read.
 // Between those steps the real operations run: f.trySend, f.trySendN,
 // f.tryRecv, f.tryRecvN, and the edge's locked operations (Len, Stats,
 // LatencyCritical and deadline sends, TryRecv, RecvBatch, SendBatch),
@@ -184,7 +184,6 @@ type rrStepRecv struct {
 	state   int // 0 idle, 1 reading, 2 ready to CAS
 	pos     uint64
 	k, kmax uint64
-	seqOK   bool // the seq word of cell pos+k matched; its token is next
 	toks    []token.Token
 }
 
@@ -214,9 +213,7 @@ func (m *rrModel) stepSender(s *rrStepSender) {
 		s.state = 2
 		m.claimed++
 	case 2:
-		c := &f.cells[s.pos&f.mask]
-		storeCell(c, s.tok, 0)
-		publishCell(c, s.pos+1)
+		f.publish(s.pos, s.tok, 0)
 		s.state = 0
 		m.claimed--
 	}
@@ -230,20 +227,14 @@ func (m *rrModel) stepRecv(r *rrStepRecv, kmax uint64) {
 		if pos&slowBit != 0 {
 			return
 		}
-		r.pos, r.k, r.kmax, r.seqOK, r.toks, r.state = pos, 0, kmax, false, r.toks[:0], 1
+		r.pos, r.k, r.kmax, r.toks, r.state = pos, 0, kmax, r.toks[:0], 1
 	case 1:
-		if r.seqOK {
-			tok, _ := loadCell(&f.cells[(r.pos+r.k)&f.mask])
-			r.toks = append(r.toks, tok)
+		if w := f.cells[(r.pos+r.k)&f.mask].word.Load(); f.holds(w, r.pos+r.k) {
+			r.toks = append(r.toks, cellToken(w))
 			r.k++
-			r.seqOK = false
 			if r.k == r.kmax {
 				r.state = 2
 			}
-			return
-		}
-		if f.cells[(r.pos+r.k)&f.mask].seq.Load() == cellSeq(r.pos+r.k+1) {
-			r.seqOK = true
 			return
 		}
 		if r.k == 0 {
@@ -291,7 +282,7 @@ func rrStartAt(e *Edge, start uint64) {
 	defer e.mu.Unlock()
 	f := e.fast
 	for pos := start; pos < start+uint64(len(f.cells)); pos++ {
-		f.cells[pos&f.mask].seq.Store(cellSeq(pos))
+		f.clearCell(pos)
 	}
 	f.tail.Store(start)
 	f.head.Store(start)
@@ -516,7 +507,7 @@ func (m *rrModel) lockedOp(op int, rng *rand.Rand, ctx context.Context) {
 
 // TestRingReviewInterleavingModel runs the model on tiny rings (MaxItems
 // 1, 2, 3: rooms below and equal to the ring's size) and larger ones,
-// from position 0 and across the 2^32 wrap of the cells' sequence words.
+// from position 0 and across the 2^32 wrap of the positions' low words.
 func TestRingReviewInterleavingModel(t *testing.T) {
 	steps := 8000
 	if testing.Short() {
@@ -866,7 +857,7 @@ func TestRingReviewStaleHeadSameValueAfterEmptySwitch(t *testing.T) {
 			t.Fatalf("start %#x: TryRecv = %v, %v", start, tok, ok)
 		}
 		pos := f.head.Load() // the stale receiver loads the head of an empty ring
-		if c := &f.cells[pos&f.mask]; c.seq.Load() == cellSeq(pos+1) {
+		if f.holds(f.cells[pos&f.mask].word.Load(), pos) {
 			t.Fatalf("start %#x: the cell of the empty head reads as published", start)
 		}
 		crit, a := fs.put(Header{QoS: LatencyCritical}), fs.put(Header{})
@@ -882,12 +873,12 @@ func TestRingReviewStaleHeadSameValueAfterEmptySwitch(t *testing.T) {
 		if !e.inFastMode() || f.head.Load() != pos {
 			t.Fatalf("start %#x: fast %v head %#x; want fast mode at the old head %#x", start, e.inFastMode(), f.head.Load(), pos)
 		}
-		// The stale receiver goes on: the seq word, the token, the CAS.
-		c := &f.cells[pos&f.mask]
-		if c.seq.Load() != cellSeq(pos+1) {
+		// The stale receiver goes on: the cell's word, then the CAS.
+		w := f.cells[pos&f.mask].word.Load()
+		if !f.holds(w, pos) {
 			t.Fatalf("start %#x: the reopened cell is not published", start)
 		}
-		got, _ := loadCell(c)
+		got := cellToken(w)
 		if !f.head.CompareAndSwap(pos, pos+1) {
 			t.Fatalf("start %#x: the take of the reopened position failed", start)
 		}
@@ -904,16 +895,16 @@ func TestRingReviewStaleHeadSameValueAfterEmptySwitch(t *testing.T) {
 	}
 }
 
-// A batch receiver reads three cells (seq word, then token, each) and is
+// A batch receiver reads three cells and is
 // preempted before its CAS; meanwhile another receiver takes one token and
 // a sender reuses that cell for the next lap. The batch's CAS must fail,
 // and the tokens must come out once each, in order. Played across the wrap
-// of the 32-bit sequence words.
+// of the positions' low 32 bits.
 func TestRingReviewPreemptedBatchReaderOvertaken(t *testing.T) {
 	for _, start := range []uint64{0, 1<<32 - 2, 1<<32 - 1} {
 		f := newFastRing(&Policy{MaxItems: 3}) // 4 cells, room 3
 		for pos := start; pos < start+uint64(len(f.cells)); pos++ {
-			f.cells[pos&f.mask].seq.Store(cellSeq(pos))
+			f.clearCell(pos)
 		}
 		f.tail.Store(start)
 		f.head.Store(start)
@@ -930,11 +921,11 @@ func TestRingReviewPreemptedBatchReaderOvertaken(t *testing.T) {
 		pos := f.head.Load()
 		var read [3]token.Token
 		for k := uint64(0); k < 3; k++ {
-			c := &f.cells[(pos+k)&f.mask]
-			if c.seq.Load() != cellSeq(pos+k+1) {
+			w := f.cells[(pos+k)&f.mask].word.Load()
+			if !f.holds(w, pos+k) {
 				t.Fatalf("start %#x: cell %d not published", start, k)
 			}
-			read[k], _ = loadCell(c)
+			read[k] = cellToken(w)
 		}
 		if got, ok := f.tryRecv(); !ok || got != tok(1) {
 			t.Fatalf("start %#x: tryRecv = %v, %v", start, got, ok)
