@@ -54,6 +54,12 @@ func init() {
 		}
 		co.unlockRead(t.Index())
 	}
+	arenalink.Touched = func(c unsafe.Pointer, f func(lo, hi uint32)) {
+		set := (*core)(c).set
+		for sh := 0; sh < set.Len(); sh++ {
+			f(set.Touched(sh)) // Go memory: readable after Close too
+		}
+	}
 	arenalink.LoadHead = func(c unsafe.Pointer, t token.Token, n uintptr, op string, word *uint64) (head [arenalink.HeadMax / 8]uint64, w uint64, err error) {
 		w, err = (*core)(c).loadBytes(t, unsafe.Pointer(&head), min(n, arenalink.HeadMax), op, word)
 		return

@@ -917,18 +917,22 @@ func unmapRegion(r *memclass.Region) { r.Unmap() }
 // arena had allocated at Close, at least the number of messages with
 // references (a slot is allocated before it is published and freed after
 // its count reached zero): the scan stops when it has found that many, so
-// a store closed in the right order does not scan at all.
+// a store closed in the right order does not scan at all. It reads only
+// the metadata of slots the arena ever handed out (arenalink.Touched): the
+// rest is zero, and reading it would commit it.
 func (s *Store[P]) outstanding(bound int64) (msgs, refs int64, first []token.Token) {
-	for idx := uint32(0); idx < s.slots && msgs < bound; idx++ {
-		r := s.md(idx).ref.Load()
-		if n := uint32(r); n != 0 {
-			msgs++
-			refs += int64(n)
-			if len(first) < 3 {
-				first = append(first, token.New(idx, uint32(r>>32)))
+	arenalink.Touched(s.core, func(lo, hi uint32) {
+		for idx := lo; idx < hi && msgs < bound; idx++ {
+			r := s.md(idx).ref.Load()
+			if n := uint32(r); n != 0 {
+				msgs++
+				refs += int64(n)
+				if len(first) < 3 {
+					first = append(first, token.New(idx, uint32(r>>32)))
+				}
 			}
 		}
-	}
+	})
 	return msgs, refs, first
 }
 
