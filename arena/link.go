@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"github.com/cella-go/cella/internal/arenalink"
+	"github.com/cella-go/cella/internal/atomicx"
 	"github.com/cella-go/cella/token"
 )
 
@@ -35,6 +36,14 @@ func init() {
 	}
 	arenalink.Hold = func(c unsafe.Pointer, t token.Token, op string, word *uint64) (v unsafe.Pointer, w uint64, err error) {
 		co := (*core)(c)
+		if i := t.Index(); i < co.slots {
+			// The hold's CAS waits for the state word's line; meanwhile
+			// the lines the caller reads next are on their way.
+			if word != nil {
+				atomicx.PrefetchWrite(unsafe.Pointer(word))
+			}
+			atomicx.Prefetch(co.slot(i))
+		}
 		idx, err := co.lock(t, op, false)
 		if err != nil {
 			return nil, 0, err

@@ -13,3 +13,9 @@ import "unsafe"
 //
 //go:noescape
 func PrefetchWrite(p unsafe.Pointer)
+
+// Prefetch is PrefetchWrite for reading (PREFETCHT0): the line is fetched
+// shared, and another core that writes it keeps it.
+//
+//go:noescape
+func Prefetch(p unsafe.Pointer)

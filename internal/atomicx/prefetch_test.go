@@ -5,8 +5,9 @@ import (
 	"unsafe"
 )
 
-// TestPrefetchWriteChangesNothing: the hint leaves memory as it was, at
-// every offset of a line and at both ends of a buffer.
+// TestPrefetchWriteChangesNothing: the hints (for writing and for
+// reading) leave memory as they found it, at every offset of a line and at
+// both ends of a buffer.
 func TestPrefetchWriteChangesNothing(t *testing.T) {
 	buf := make([]byte, 4*CacheLine)
 	for i := range buf {
@@ -14,6 +15,7 @@ func TestPrefetchWriteChangesNothing(t *testing.T) {
 	}
 	for off := range buf {
 		PrefetchWrite(unsafe.Pointer(&buf[off]))
+		Prefetch(unsafe.Pointer(&buf[off]))
 	}
 	for i, b := range buf {
 		if b != byte(i) {
