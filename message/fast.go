@@ -27,9 +27,9 @@ package message
 // the real head) and reload it when the cache says the ring is full.
 //
 // This differs from Dmitry Vyukov's ring, where a receiver takes a cell
-// first and then releases it with a store to the cell's sequence word: there,
-// every cell's cache line goes to the receiver's core and back with write
-// ownership on every lap; here the receiver only reads it, and the one line
+// first and then releases it with a store to the cell's sequence word:
+// there, every cell's cache line goes to the receiver's core and back with
+// write ownership on every lap; here the receiver only reads it, and the one line
 // it writes is the head's (once per batch).
 //
 // # Modes
@@ -109,9 +109,11 @@ const fastMaxCells = 1024
 // receiver is looking at: while the head is at pos, the cell of pos holds
 // either pos's token or that of pos-len(cells) (published before the
 // head could pass it; a sender claims pos+len(cells) only once the head
-// has passed pos), and those two laps differ in parity. A receiver whose
-// head was stale may see a later lap of the same parity; its CAS on the
-// head then fails, as it does today.
+// has passed pos), and those two laps differ in parity. A switch to slow
+// mode and back may leave the head where it was; the reopen then publishes
+// the positions from there on, so this still holds. A receiver whose head
+// was stale may see a later lap of the same parity; its CAS on the head
+// then fails.
 type fastCell struct {
 	word atomic.Uint64
 }
@@ -289,8 +291,9 @@ func (f *fastRing) tryRecv() (token.Token, bool) {
 
 // trySendN is trySend for the longest prefix of qs that may take the fast
 // path (BestEffort, no deadline, ringable: lanes[i], qs[i].deadline and
-// qs[i].tok), claimed with one CAS. It returns how many it sent, in order; 0 when the edge is in
-// slow mode, the item cap is reached or the ring is full.
+// qs[i].tok), claimed with one CAS. It returns how many it sent, in order;
+// 0 when the edge is in slow mode, the item cap is reached or the ring is
+// full.
 func (f *fastRing) trySendN(qs []queued, lanes []uint8) int {
 	m := 0
 	for m < len(qs) && lanes[m] == laneBestEffort && qs[m].deadline == 0 && ringable(qs[m].tok) {
