@@ -211,3 +211,127 @@ func TestLapBitHighTokensConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLapBitEdgeModel drives one edge from one goroutine with a mix of
+// ordinary and high tokens (BestEffort, and LatencyCritical ones that
+// switch the edge to slow mode), sent one at a time and in batches,
+// received one at a time and in batches, and checks every result against
+// a model: the LatencyCritical tokens first, each lane in send order, the
+// item cap exact, and Stats at the end. Each input byte is one operation.
+func FuzzLapBitEdgeModel(f *testing.F) {
+	f.Add([]byte{0, 1, 0, 1, 3, 3, 3, 3})
+	f.Add([]byte{2, 2, 2, 5, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 1, 4, 6, 4, 0, 1, 0, 1, 2, 2, 5})
+	f.Add([]byte{6, 0, 1, 3, 6, 3, 3, 2, 4, 4, 4, 4})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		const maxItems = 6
+		fs := newFakeStore()
+		e := mustEdge(t, fs, Policy{MaxItems: maxItems, Admission: Block})
+		var crit, be []token.Token // the model's lanes
+		admitted, delivered := uint64(0), uint64(0)
+		newTok := func(b byte) token.Token {
+			if b&0x10 != 0 {
+				return fs.putHigh(Header{})
+			}
+			return fs.put(Header{})
+		}
+		take := func() token.Token {
+			if len(crit) > 0 {
+				t := crit[0]
+				crit = crit[1:]
+				return t
+			}
+			t := be[0]
+			be = be[1:]
+			return t
+		}
+		ctx := context.Background()
+		for i, b := range ops {
+			queued := len(crit) + len(be)
+			switch b % 7 {
+			case 0, 1: // one BestEffort token: high by bit 4 of b (0), or high (1)
+				tok := newTok(b | byte(b%7)<<4)
+				err := e.TrySend(tok)
+				if queued < maxItems {
+					if err != nil {
+						t.Fatalf("op %d: TrySend with %d queued = %v", i, queued, err)
+					}
+					be = append(be, tok)
+					admitted++
+				} else if err == nil {
+					t.Fatalf("op %d: TrySend past MaxItems succeeded", i)
+				}
+			case 2: // a batch that fits, ordinary and high mixed by b's bits
+				k := min(int(b>>4)%4+1, maxItems-queued)
+				if k == 0 {
+					continue
+				}
+				ts := make([]token.Token, k)
+				for j := range ts {
+					ts[j] = newTok(b << (j + 1))
+				}
+				if n, err := e.SendBatch(ctx, ts); n != k || err != nil {
+					t.Fatalf("op %d: SendBatch of %d with %d queued = %d, %v", i, k, queued, n, err)
+				}
+				be = append(be, ts...)
+				admitted += uint64(k)
+			case 3: // one receive
+				got, ok := e.TryRecv()
+				if queued == 0 {
+					if ok {
+						t.Fatalf("op %d: TryRecv = %v from an empty edge", i, got)
+					}
+					continue
+				}
+				if want := take(); !ok || got != want {
+					t.Fatalf("op %d: TryRecv = %v, %v; want %v", i, got, ok, want)
+				}
+				delivered++
+			case 4: // a batch receive, only when something is queued
+				if queued == 0 {
+					continue
+				}
+				dst := make([]token.Token, int(b>>4)%5+1)
+				n, err := e.RecvBatch(ctx, dst)
+				if err != nil || n == 0 || n > len(dst) {
+					t.Fatalf("op %d: RecvBatch = %d, %v", i, n, err)
+				}
+				for j := range n {
+					if want := take(); dst[j] != want {
+						t.Fatalf("op %d: RecvBatch[%d] = %v; want %v", i, j, dst[j], want)
+					}
+				}
+				delivered += uint64(n)
+			case 5: // a LatencyCritical token: slow mode
+				tok := fs.put(Header{QoS: LatencyCritical})
+				if b&0x10 != 0 {
+					tok = fs.putHigh(Header{QoS: LatencyCritical})
+				}
+				err := e.TrySend(tok)
+				if queued < maxItems {
+					if err != nil {
+						t.Fatalf("op %d: TrySend LatencyCritical = %v", i, err)
+					}
+					crit = append(crit, tok)
+					admitted++
+				} else if err == nil {
+					t.Fatalf("op %d: LatencyCritical TrySend past MaxItems succeeded", i)
+				}
+			case 6: // Len and Bytes go through the lock (a switch to slow mode)
+				if n := e.Len(); n != queued {
+					t.Fatalf("op %d: Len = %d; want %d", i, n, queued)
+				}
+			}
+		}
+		st := e.Stats()
+		if st.Admitted != admitted || st.Delivered != delivered || st.Len != len(crit)+len(be) {
+			t.Fatalf("Stats = %+v; want Admitted %d Delivered %d Len %d", st, admitted, delivered, len(crit)+len(be))
+		}
+		for len(crit)+len(be) > 0 {
+			want := take()
+			if got, ok := e.TryRecv(); !ok || got != want {
+				t.Fatalf("drain: TryRecv = %v, %v; want %v", got, ok, want)
+			}
+		}
+	})
+}
